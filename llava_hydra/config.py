@@ -1,0 +1,149 @@
+"""The run spec's schema: dataclasses registered in Hydra's ConfigStore.
+
+Every YAML file under ``conf/`` is merged onto these dataclasses, so a misspelled key
+(``training.learnig_rate=...``) or a wrong type is rejected by Hydra before the task
+function runs, with a message that names the key. This module imports nothing heavy:
+``--cfg job`` must answer without torch or transformers.
+
+``training`` holds Hugging Face ``TrainingArguments`` fields by their own names plus the
+LLaVA-specific ones; a TrainingArguments field not listed here can still be passed with
+Hydra's append syntax (``+training.max_grad_norm=0.5``) and is handed through verbatim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+TRAINABLE_PARTS = ("mm_projector", "llm", "vision_tower")
+TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING  # pretrain | finetune
+    trainable: List[str] = field(default_factory=lambda: ["mm_projector"])
+    pretrain_mm_mlp_adapter: Optional[str] = None  # projector weights to start from
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    llm: str = MISSING  # hub id, local path, or builtin://tiny-llama
+    vision_tower: str = MISSING  # hub id, local path, or builtin://tiny-clip
+    mm_projector_type: str = "mlp2x_gelu"
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"  # patch | cls_patch
+    model_max_length: int = 2048
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
+    dtype: str = "auto"  # auto (bf16 if training.bf16, else fp32) | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SyntheticSpec:
+    """Parameters of the generated shapes dataset (only for data=synthetic_*)."""
+
+    kind: str = MISSING  # captions | qa
+    num_images: int = 1600
+    num_text_only: int = 240
+    num_eval: int = 200
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    data_path: str = MISSING  # LLaVA-format JSON list
+    image_folder: Optional[str] = None  # image paths in the JSON are relative to this
+    template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
+    image_aspect_ratio: str = "square"  # square | pad
+    eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
+    synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
+
+
+@dataclass
+class LoraConfig:
+    enable: bool = False
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    bias: str = "none"
+    bits: int = 16  # 16 | 8 | 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = MISSING
+    # LLaVA-specific
+    mm_projector_lr: Optional[float] = None
+    vision_tower_lr: Optional[float] = None
+    group_by_modality_length: bool = False
+    # Hugging Face TrainingArguments, by their own names
+    learning_rate: float = 2e-5
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    bf16: bool = False
+    fp16: bool = False
+    tf32: Optional[bool] = None
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+    logging_steps: float = 1
+    save_strategy: str = "steps"
+    save_steps: float = 500
+    save_total_limit: Optional[int] = 1
+    eval_strategy: str = "no"
+    report_to: List[str] = field(default_factory=lambda: ["none"])
+    run_name: Optional[str] = None
+    seed: int = 42
+    data_seed: Optional[int] = None
+    use_cpu: bool = False
+    disable_tqdm: Optional[bool] = None
+    remove_unused_columns: bool = False
+    resume_from_checkpoint: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    enable: bool = True
+    max_new_tokens: int = 8
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"  # run directories: <output_root>/<model>/<stage>
+    data_root: str = "./playground/data"  # where LLaVA's released data lives
+    cache_dir: str = "outputs/.cache"  # generated tiny models, synthetic data, length caches
+
+
+@dataclass
+class LlavaHydraConfig:
+    stage: StageConfig = field(default_factory=StageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: Optional[Dict[str, Any]] = None  # the DeepSpeed JSON as a node
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = MISSING
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="llava_hydra_schema", node=LlavaHydraConfig)
