@@ -91,7 +91,8 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     num_train_epochs: float = 1.0
     max_steps: int = -1
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03  # fraction of steps; handed to transformers 5 as warmup_steps
+    warmup_steps: int = 0
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
