@@ -1,0 +1,87 @@
+"""The embedded default's "pretrained" parts, generated locally: ``builtin://tiny-llama``
+(a 2-layer Llama with a byte-level BPE tokenizer trained here) and ``builtin://tiny-clip``
+(a 2-layer CLIP vision tower at 32 px). Random weights from a fixed seed, written once
+under the cache directory and then loaded by the same ``from_pretrained`` code as a hub
+model, so the tiny default exercises the real loading path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BUILTIN_PREFIX = "builtin://"
+VERSION = 1  # bump when a builder changes, so stale caches are rebuilt
+
+
+def _system_and_template_text() -> list[str]:
+    from llava_hydra.data.conversation import VICUNA_SYSTEM
+
+    return [VICUNA_SYSTEM, "USER:", "ASSISTANT:", "USER: ASSISTANT:"]
+
+
+def build_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llava_hydra.data.synthetic import corpus
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = corpus() + _system_and_template_text()
+    tok.train_from_iterator(texts * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+    fast.save_pretrained(path)
+
+
+def build_llm(path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    build_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(1234)
+    LlamaForCausalLM(config).save_pretrained(path)
+
+
+def build_clip(path: Path) -> None:
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=64)
+    torch.manual_seed(4321)
+    CLIPVisionModel(config).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+BUILDERS = {"tiny-llama": build_llm, "tiny-clip": build_clip}
+
+
+def resolve(name_or_path: str, cache_dir: str | Path) -> str:
+    """Local path for ``builtin://NAME`` (built on first use); anything else is returned as is."""
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    name = name_or_path[len(BUILTIN_PREFIX):]
+    if name not in BUILDERS:
+        raise ValueError(f"unknown builtin model {name_or_path!r}; available: "
+                         + ", ".join(BUILTIN_PREFIX + n for n in BUILDERS))
+    path = Path(cache_dir) / "builtin" / name
+    stamp = path / "llava_hydra_builtin.json"
+    if not (stamp.exists() and json.loads(stamp.read_text()).get("version") == VERSION):
+        path.mkdir(parents=True, exist_ok=True)
+        BUILDERS[name](path)
+        stamp.write_text(json.dumps({"version": VERSION}))
+    return str(path)
