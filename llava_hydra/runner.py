@@ -1,0 +1,139 @@
+"""The run, step by step: spec -> data -> model -> trainer -> train -> save -> evaluate.
+
+Reads like the recipe it runs. Everything heavy is imported here, after Hydra has composed
+and validated the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("llava_hydra")
+
+
+def training_arguments(cfg: DictConfig):
+    from llava_hydra.trainer import LlavaTrainingArguments
+
+    kwargs = OmegaConf.to_container(cfg.training, resolve=True)
+    kwargs.pop("resume_from_checkpoint")  # a run-time choice, passed to train()
+    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio)
+    ratio = kwargs.pop("warmup_ratio")
+    if ratio and kwargs["warmup_steps"]:
+        raise ValueError("training: set warmup_ratio or warmup_steps, not both")
+    # ... and renamed gradient_checkpointing to activation_checkpointing
+    kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    if ratio:
+        if not 0 <= ratio < 1:
+            raise ValueError(f"training.warmup_ratio must be in [0, 1), got {ratio}")
+        kwargs["warmup_steps"] = ratio
+    if cfg.deepspeed is not None:
+        kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    try:
+        return LlavaTrainingArguments(**kwargs)
+    except TypeError as e:  # a key added with +training.X that TrainingArguments does not know
+        raise ValueError(f"training: {e}") from None
+
+
+def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, model):
+    from llava_hydra.data.dataset import LazySupervisedDataset
+
+    return LazySupervisedDataset(
+        data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
+        image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
+        image_token_id=model.config.image_token_index, num_image_tokens=model.config.image_seq_length)
+
+
+def final_loss(log_history: list[dict]) -> float | None:
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    return losses[-1] if losses else None
+
+
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    if not points:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(*zip(*points))
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: DictConfig) -> float | None:
+    from transformers import set_seed
+
+    from llava_hydra.data.conversation import check_template
+    from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.model import build_model, make_processor
+    from llava_hydra.trainer import LLaVATrainer
+    from llava_hydra.data.dataset import DataCollator
+
+    started = time.time()
+    out_dir = Path(cfg.training.output_dir)
+    log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
+
+    # 1. Check the spec's choices that Hydra's schema cannot.
+    check_template(cfg.data.template)
+    if cfg.lora.enable:
+        raise NotImplementedError("lora.enable=true: LoRA/QLoRA training is not implemented yet")
+    args = training_arguments(cfg)
+    set_seed(args.seed)
+
+    # 2. Data files: generated on first use for the synthetic default.
+    if cfg.data.synthetic is not None:
+        s = cfg.data.synthetic
+        if ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed):
+            log.info("generated the synthetic shapes dataset under %s", Path(cfg.data.data_path).parent)
+
+    # 3. Model: LLM + vision tower + projector, frozen except stage.trainable.
+    model, tokenizer, image_processor = build_model(cfg)
+
+    # 4. Dataset and collator.
+    train_set = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    image_samples = sum(1 for r in train_set.records if r.get("image"))
+    log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
+             len(train_set), image_samples, len(train_set) - image_samples, cfg.data.data_path,
+             cfg.data.template, cfg.data.image_aspect_ratio)
+
+    # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
+    projector_only = list(cfg.stage.trainable) == ["mm_projector"]
+    trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set,
+                           data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                           save_projector_only=projector_only)
+
+    # 6. Train.
+    result = trainer.train(resume_from_checkpoint=cfg.training.resume_from_checkpoint)
+
+    # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
+    trainer.save_model(str(out_dir))
+    if not projector_only and trainer.is_world_process_zero():
+        make_processor(tokenizer, image_processor, model).save_pretrained(str(out_dir))
+    log.info("saved %s to %s", "projector" if projector_only else "model + processor", out_dir)
+
+    # 8. Evaluate and write metrics.json (+ loss.png).
+    metrics = {"model": cfg.model.name, "stage": cfg.stage.name,
+               "train_loss": final_loss(trainer.state.log_history),
+               "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step}
+    if cfg.eval.enable and cfg.data.eval_data_path:
+        from llava_hydra.evaluate import exact_match
+
+        eval_set = make_dataset(cfg, cfg.data.eval_data_path, tokenizer, image_processor, model)
+        metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+    metrics["wall_time_s"] = round(time.time() - started, 1)
+    if trainer.is_world_process_zero():
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        plot_loss(trainer.state.log_history, out_dir / "loss.png")
+    log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "eval_examples"})
+    return metrics.get("eval_accuracy")
