@@ -116,19 +116,20 @@ def projector_state(model) -> dict[str, torch.Tensor]:
             for k, v in model.model.multi_modal_projector.state_dict().items()}
 
 
-def trainable_modules(model, parts: list[str]) -> dict[str, torch.nn.Module]:
+def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
+    """The modules that ``stage.trainable`` names (``llm`` is the decoder and its lm_head)."""
     inner = model.model
     table = {"mm_projector": [inner.multi_modal_projector], "llm": [inner.language_model, model.lm_head],
              "vision_tower": [inner.vision_tower]}
     unknown = set(parts) - set(table)
     if unknown:
         raise ValueError(f"stage.trainable has unknown part(s) {sorted(unknown)}; choose from {sorted(table)}")
-    return {p: m for p in parts for m in table[p]}
+    return [module for part in parts for module in table[part]]
 
 
 def freeze_all_but(model, parts: list[str]) -> None:
     model.requires_grad_(False)
-    for module in trainable_modules(model, parts).values():
+    for module in trainable_modules(model, parts):
         module.requires_grad_(True)
 
 
