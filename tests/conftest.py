@@ -1,0 +1,23 @@
+"""Shared fixtures: Hydra composition of the packaged configs, a tiny tokenizer and model built once."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from llava_hydra.config import register_configs
+
+
+@pytest.fixture
+def compose_spec():
+    """compose_spec(*overrides) -> DictConfig, composed exactly as `python -m llava_hydra` does."""
+    register_configs()
+
+    def _compose(*overrides: str, return_hydra_config: bool = False):
+        GlobalHydra.instance().clear()
+        with initialize_config_module("llava_hydra.conf", version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+    yield _compose
+    GlobalHydra.instance().clear()

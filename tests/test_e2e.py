@@ -1,0 +1,81 @@
+"""The embedded default end to end: stage 1 saves only the projector, stage 2 finds it by
+convention, trains, saves a Hugging Face-native model and evaluates it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llava_hydra.runner import run
+
+pytestmark = pytest.mark.e2e
+
+SMALL = ["data.synthetic.num_images=48", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=8",
+         "training.max_steps=3", "training.per_device_train_batch_size=4", "training.save_steps=2", "training.logging_steps=1"]
+PROJECTOR_KEYS = {"multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_1.bias",
+                  "multi_modal_projector.linear_2.weight", "multi_modal_projector.linear_2.bias"}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # tiny models + data, built once for the module
+
+
+def test_stage1_saves_projector_only_and_stage2_loads_it(compose_spec, tmp_path, cache_dir):
+    paths = [f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}"]
+    run(compose_spec(*paths, *SMALL))
+
+    pre = tmp_path / "tiny" / "pretrain"
+    saved = load_file(pre / "mm_projector.safetensors")
+    assert set(saved) == PROJECTOR_KEYS
+    assert not list(pre.rglob("model*.safetensors")), "stage 1 must not save the frozen LLM"
+    (checkpoint,) = pre.glob("checkpoint-*")  # save_total_limit 1: projector + state to resume from
+    assert set(load_file(checkpoint / "mm_projector.safetensors")) == PROJECTOR_KEYS
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+
+    # stage 2's default stage.pretrain_mm_mlp_adapter is that file: the model starts from it
+    spec = compose_spec("stage=finetune", *paths, *SMALL)
+    from llava_hydra.model import build_model, projector_state
+
+    model, _, _ = build_model(spec)
+    for key, value in projector_state(model).items():
+        torch.testing.assert_close(value, saved[key])
+
+    accuracy = run(spec)
+    fin = tmp_path / "tiny" / "finetune"
+    metrics = json.loads((fin / "metrics.json").read_text())
+    assert metrics["train_steps"] == 3 and metrics["train_loss"] > 0
+    assert metrics["eval_accuracy"] == accuracy and metrics["eval_samples"] == 8
+    assert (fin / "loss.png").exists()
+
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    reloaded = LlavaForConditionalGeneration.from_pretrained(fin)  # Hugging Face-native
+    for key, value in projector_state(reloaded).items():
+        assert not torch.equal(value, saved[key]), f"{key} did not train in stage 2"
+    assert AutoProcessor.from_pretrained(fin).tokenizer.convert_tokens_to_ids("<image>") == \
+        reloaded.config.image_token_index
+
+
+def test_missing_projector_names_the_command_that_makes_it(compose_spec, tmp_path, cache_dir):
+    spec = compose_spec("stage=finetune", f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", *SMALL)
+    with pytest.raises(FileNotFoundError) as e:
+        run(spec)
+    message = str(e.value)
+    assert str(tmp_path / "tiny" / "pretrain" / "mm_projector.safetensors") in message
+    assert "python -m llava_hydra stage=pretrain model=tiny" in message
+
+
+def test_readme_commands_reach_target_accuracy(tmp_path):
+    """The two commands of README, unchanged but for where they write: accuracy >= 0.8."""
+    where = [f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path}/.cache"]
+    for stage in ("pretrain", "finetune"):
+        subprocess.run([sys.executable, "-m", "llava_hydra", f"stage={stage}", *where], check=True,
+                       capture_output=True)
+    metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] >= 0.8, metrics
