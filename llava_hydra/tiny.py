@@ -79,9 +79,35 @@ def resolve(name_or_path: str, cache_dir: str | Path) -> str:
         raise ValueError(f"unknown builtin model {name_or_path!r}; available: "
                          + ", ".join(BUILTIN_PREFIX + n for n in BUILDERS))
     path = Path(cache_dir) / "builtin" / name
-    stamp = path / "llava_hydra_builtin.json"
-    if not (stamp.exists() and json.loads(stamp.read_text()).get("version") == VERSION):
-        path.mkdir(parents=True, exist_ok=True)
-        BUILDERS[name](path)
-        stamp.write_text(json.dumps({"version": VERSION}))
+    if not _is_current(path):
+        _build(name, path)
     return str(path)
+
+
+def _is_current(path: Path) -> bool:
+    stamp = path / "llava_hydra_builtin.json"
+    return stamp.exists() and json.loads(stamp.read_text()).get("version") == VERSION
+
+
+def _build(name: str, path: Path) -> None:
+    """Build into a private directory and rename it into place, so ranks building at once
+    never see half a model; the global torch RNG is left as it was."""
+    import os
+    import shutil
+
+    import torch
+
+    staging = path.with_name(f"{path.name}.building-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with torch.random.fork_rng(devices=[]):
+        BUILDERS[name](staging)
+    (staging / "llava_hydra_builtin.json").write_text(json.dumps({"version": VERSION}))
+    if path.exists() and not _is_current(path):
+        shutil.rmtree(path, ignore_errors=True)  # a stale version
+    try:
+        os.replace(staging, path)
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _is_current(path):
+            raise
