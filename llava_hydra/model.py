@@ -76,7 +76,7 @@ def load_vision_tower(path: str, dtype: torch.dtype):
     return classes[kind].from_pretrained(path, dtype=dtype)
 
 
-def load_projector(model, path: str | Path, model_name: str) -> None:
+def load_projector(model, path: str | Path, model_name: str = "<model>") -> None:
     """Load our ``mm_projector.safetensors`` or LLaVA's ``mm_projector.bin`` into the projector."""
     path = Path(path)
     if not path.exists():

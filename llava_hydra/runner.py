@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.conversation import check_template
     from llava_hydra.data.synthetic import ensure_generated
     from llava_hydra.model import build_model, make_processor
-    from llava_hydra.trainer import LLaVATrainer
+    from llava_hydra.trainer import LLaVATrainer, find_resume_checkpoint
     from llava_hydra.data.dataset import DataCollator
 
     started = time.time()
@@ -113,8 +113,9 @@ def run(cfg: DictConfig) -> float | None:
                            data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                            save_projector_only=projector_only)
 
-    # 6. Train.
-    result = trainer.train(resume_from_checkpoint=cfg.training.resume_from_checkpoint)
+    # 6. Train, resuming from a checkpoint if asked (a path, or auto: the latest in the run directory).
+    resume = find_resume_checkpoint(str(out_dir), cfg.training.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
 
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
     trainer.save_model(str(out_dir))

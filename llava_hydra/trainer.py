@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
 from llava_hydra.model import PROJECTOR_FILE, projector_state
 from llava_hydra.sampler import LengthGroupedSampler
@@ -93,15 +94,118 @@ class LLaVATrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        if not self.save_projector_only:
-            return super()._save(output_dir, state_dict)
-        from safetensors.torch import save_file
+    # -- checkpoints ---------------------------------------------------------------------------
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Projector-only stages write the projector alone, gathered from ZeRO-3 partitions on
+        every rank (a collective) and written by rank 0: never the frozen LLM."""
+        if not self.save_projector_only:
+            return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        model = self.accelerator.unwrap_model(self.model)
-        save_file(projector_state(model), os.path.join(output_dir, PROJECTOR_FILE), metadata={"format": "pt"})
-        model.config.save_pretrained(output_dir)
-        with open(os.path.join(output_dir, "training_args.json"), "w") as f:
-            json.dump(self.args.to_dict(), f, indent=1, default=str)
+        state = gathered_projector_state(self.accelerator.unwrap_model(self.model))
+        if self.args.should_save:
+            from safetensors.torch import save_file
+
+            os.makedirs(output_dir, exist_ok=True)
+            save_file(state, os.path.join(output_dir, PROJECTOR_FILE), metadata={"format": "pt"})
+            self.accelerator.unwrap_model(self.model).config.save_pretrained(output_dir)
+            with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+                json.dump(self.args.to_dict(), f, indent=1, default=str)
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint into a staging directory, then rename it into place, so a run
+        killed while saving leaves the previous checkpoint intact."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = self._get_output_dir(trial=trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the rename
+        self._get_output_dir = lambda trial=None: staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):  # re-saving a step after a resume: replace it
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.is_deepspeed_enabled and self.save_projector_only:
+            # DeepSpeed's own checkpoint would hold the whole frozen model
+            self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+            return
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self.save_projector_only:
+            from llava_hydra.model import load_projector
+
+            return load_projector(target, os.path.join(resume_from_checkpoint, PROJECTOR_FILE))
+        if not isinstance(target, LlavaForConditionalGeneration):  # PEFT-wrapped: adapter checkpoints
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # save_pretrained writes Llava under its legacy key names, which Trainer's own
+        # load_state_dict(strict=False) would silently skip (resuming from the initial weights);
+        # from_pretrained applies the renaming, and a strict copy proves every weight arrived.
+        reloaded = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
+        target.load_state_dict(reloaded.state_dict(), strict=True)
+        del reloaded
+
+
+STAGING_DIR = ".checkpoint-staging"
+
+
+def gathered_projector_state(model) -> dict[str, torch.Tensor]:
+    """The projector's weights, gathered first when ZeRO-3 has partitioned them (all ranks call this)."""
+    params = list(model.model.multi_modal_projector.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return projector_state(model)
+    return projector_state(model)
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """A checkpoint directory with its trainer state and weights (of any of our kinds)."""
+    names = set(os.listdir(path)) if os.path.isdir(path) else set()
+    weights = {PROJECTOR_FILE, "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+               "pytorch_model.bin"}
+    has_weights = bool(names & weights) or any(n.startswith("global_step") for n in names)
+    return "trainer_state.json" in names and has_weights
+
+
+def find_resume_checkpoint(run_dir: str, request) -> str | None:
+    """``training.resume_from_checkpoint``: a path, true/auto (the latest complete checkpoint in
+    the run directory, skipping incomplete ones with a warning) or false/null."""
+    if request is None or str(request).lower() in ("false", "none", "null", ""):
+        return None
+    if str(request).lower() not in ("true", "auto"):
+        if not is_complete_checkpoint(str(request)):
+            raise FileNotFoundError(f"training.resume_from_checkpoint={request}: not a complete checkpoint "
+                                    f"(needs trainer_state.json and weights)")
+        return str(request)
+    candidates = []
+    if os.path.isdir(run_dir):
+        for name in os.listdir(run_dir):
+            if name.startswith("checkpoint-") and name.split("-", 1)[1].isdigit():
+                candidates.append((int(name.split("-", 1)[1]), os.path.join(run_dir, name)))
+    for _, path in sorted(candidates, reverse=True):
+        if is_complete_checkpoint(path):
+            log.info("resuming from %s", path)
+            return path
+        log.warning("ignoring incomplete checkpoint %s (no trainer_state.json or no weights)", path)
+    log.info("resume_from_checkpoint=%s: no checkpoint in %s, starting from scratch", request, run_dir)
+    return None
