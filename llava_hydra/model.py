@@ -8,6 +8,7 @@ device), not copied, so assembly costs no second copy of the weights.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -133,6 +134,21 @@ def freeze_all_but(model, parts: list[str]) -> None:
         module.requires_grad_(True)
 
 
+@contextmanager
+def _zero3_init_paused():
+    """Build the empty Llava skeleton (its parts are replaced at once) without transformers'
+    ZeRO-3 weight init, which cannot run on the meta device; the real LLM and vision tower are
+    still loaded partitioned. transformers exposes the switch only through this module global."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
 def build_model(cfg):
     """(model, tokenizer, image_processor) for the composed spec."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
@@ -165,7 +181,7 @@ def build_model(cfg):
         tie_word_embeddings=getattr(llm.config, "tie_word_embeddings", False),
     )
     config.text_config._attn_implementation = attn
-    with torch.device("meta"):
+    with torch.device("meta"), _zero3_init_paused():
         model = LlavaForConditionalGeneration(config)
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
