@@ -1,13 +1,30 @@
-"""Length- and modality-grouped sampling, as LLaVA's ``LengthGroupedSampler``.
+"""The training sampler: the order in which one epoch visits the dataset.
 
-The functions keep LLaVA's names and signatures and draw from torch's random generator in
-LLaVA's order, so after the same ``torch.manual_seed`` they return LLaVA's index list.
-The sampler yields the *global* order: accelerate shards it per rank, so nothing here
-splits by rank (a sampler that did would drop data).
+Owns ``LengthGroupedSampler`` and LLaVA's index functions (``split_to_even_chunks``,
+``get_length_grouped_indices``, ``get_modality_length_grouped_indices``). Lengths are
+LLaVA's ``modality_lengths``: positive for samples with an image, negative for text-only.
 
-A megabatch is ``world_size * batch_size`` indices (LLaVA passes world_size x gradient
-accumulation steps as ``world_size``); inside one, samples are sorted longest first and
-dealt into ``world_size`` per-device batches of balanced total length.
+Two modes, each yielding every index exactly once per epoch:
+
+- ``llava``: LLaVA's algorithm. A random permutation is cut into megabatches of
+  ``world_size * batch_size``; each is sorted longest first and dealt greedily into
+  ``world_size`` per-device batches of similar total length. With modality grouping, image
+  and text-only samples are done separately, their full megabatches shuffled together and
+  the two partial ones merged (in index order) into one last megabatch. The module-level
+  functions are this algorithm drawing from torch's random generator in LLaVA's order, so
+  after the same ``torch.manual_seed`` they return LLaVA's index list to the element.
+- ``balanced`` (default): groups by length for real. Per modality, samples are sorted by
+  length (random tie-breaking) inside pools of ``pool`` megabatches, cut into megabatches of
+  neighbouring lengths, and each megabatch is dealt in snake order (0..W-1, W-1..0, ...) into
+  per-device batches of near-equal total length. The megabatch order of both modalities is
+  then shuffled together; the two partial megabatches come last (at most one mixed batch).
+
+The sampler yields the *global* order: accelerate's ``BatchSamplerShard`` hands consecutive
+batches of ``batch_size`` to the ranks in turn, so nothing here splits by rank (a sampler that
+did would drop data). ``world_size`` is ranks x gradient accumulation steps, as LLaVA passes
+it: one megabatch is then one optimizer step. The order is a pure function of the lengths,
+the sizes, ``seed + epoch`` and the mode, so every rank computes the same one and a resumed
+epoch replays it; ``set_epoch`` (called by the Trainer / accelerate each epoch) reshuffles.
 """
 
 from __future__ import annotations
@@ -15,68 +32,178 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+MODES = ("balanced", "llava")
 
-def split_to_even_chunks(indices: list[int], lengths: list[int], num_chunks: int) -> list[list[int]]:
-    """Deal ``indices`` into ``num_chunks`` equal-size chunks, each next one to the lightest."""
+
+def _as_lengths(lengths) -> torch.Tensor:
+    """Lengths as int64, or float64 if any is fractional (sums then match Python's exactly)."""
+    t = torch.as_tensor(lengths)
+    return t.to(torch.float64) if t.is_floating_point() else t.to(torch.int64)
+
+
+# -- LLaVA's algorithm, vectorised over megabatches ----------------------------------------------
+
+def _greedy_chunks(lens: torch.Tensor, num_chunks: int) -> torch.Tensor:
+    """LLaVA's greedy deal, for each row of ``lens`` (R x M, M divisible by ``num_chunks``):
+    position j goes to the currently lightest chunk (first one on ties) that is not yet full.
+    Returns the chunk of every position (R x M); the loop runs over positions, not rows."""
+    rows, size = lens.shape
+    per_chunk = size // num_chunks
+    full = float("inf") if lens.is_floating_point() else torch.iinfo(torch.int64).max
+    load = torch.zeros(rows, num_chunks, dtype=lens.dtype)
+    count = torch.zeros(rows, num_chunks, dtype=torch.int64)
+    chunk = torch.empty(rows, size, dtype=torch.int64)
+    r = torch.arange(rows)
+    for j in range(size):
+        c = load.argmin(dim=1)  # first minimum, as list.index(min(...))
+        chunk[:, j] = c
+        load[r, c] += lens[:, j]
+        count[r, c] += 1
+        load[r, c] = torch.where(count[r, c] == per_chunk, full, load[r, c])
+    return chunk
+
+
+def _sort_and_split(megabatches: torch.Tensor, lens: torch.Tensor, num_chunks: int) -> torch.Tensor:
+    """Rows of indices: each sorted longest first (stable, as Python's ``sorted(reverse=True)``)
+    then laid out chunk after chunk, as ``split_to_even_chunks`` returns them."""
+    if megabatches.numel() == 0:
+        return megabatches.reshape(-1)
+    order = torch.sort(lens[megabatches], dim=1, descending=True, stable=True).indices
+    mb = megabatches.gather(1, order)
+    if mb.shape[1] % num_chunks != 0:  # LLaVA's fallback: strided, no balancing
+        return torch.cat([mb[:, i::num_chunks] for i in range(num_chunks)], dim=1).reshape(-1)
+    chunk = _greedy_chunks(lens[mb], num_chunks)
+    return mb.gather(1, torch.sort(chunk, dim=1, stable=True).indices).reshape(-1)
+
+
+def _llava_grouped(lens: torch.Tensor, batch_size: int, world_size: int, generator) -> torch.Tensor:
+    indices = torch.randperm(len(lens), generator=generator)
+    size = world_size * batch_size
+    cut = len(indices) // size * size
+    head = _sort_and_split(indices[:cut].view(-1, size), lens, world_size)
+    tail = _sort_and_split(indices[cut:].view(1, -1), lens, world_size)
+    return torch.cat([head, tail])
+
+
+def _llava_modality_grouped(lens, batch_size, world_size, inner_generator, outer_generator) -> torch.Tensor:
+    if (lens == 0).any():
+        raise ValueError("a length of 0 has no modality (images are > 0, text-only < 0)")
+    if (lens > 0).all() or (lens < 0).all():
+        return _llava_grouped(lens, batch_size, world_size, outer_generator)
+    size = world_size * batch_size
+    kept, last = [], []
+    for idx, group_lens in ((torch.nonzero(lens > 0).view(-1), lens[lens > 0]),
+                            (torch.nonzero(lens < 0).view(-1), -lens[lens < 0])):
+        order = idx[_llava_grouped(group_lens, batch_size, world_size, inner_generator)]
+        cut = (len(order) - 1) // size * size  # the last megabatch (full or not) is set aside
+        kept.append(order[:cut].view(-1, size))
+        last.append(order[cut:])
+    megabatches = torch.cat(kept)
+    megabatches = megabatches[torch.randperm(len(megabatches), generator=outer_generator)]
+    return torch.cat([megabatches.reshape(-1), torch.sort(torch.cat(last)).values])
+
+
+def split_to_even_chunks(indices, lengths, num_chunks: int) -> list[list[int]]:
+    """LLaVA's split: each index in turn to the lightest unfilled chunk; strided if the
+    count does not divide."""
+    indices = list(indices)
     if len(indices) % num_chunks != 0:
         return [indices[i::num_chunks] for i in range(num_chunks)]
-    per_chunk = len(indices) // num_chunks
-    chunks: list[list[int]] = [[] for _ in range(num_chunks)]
-    weight = [0.0] * num_chunks
-    for index in indices:
-        lightest = weight.index(min(weight))
-        chunks[lightest].append(index)
-        weight[lightest] += lengths[index]
-        if len(chunks[lightest]) == per_chunk:
-            weight[lightest] = float("inf")
-    return chunks
+    if not indices:
+        return [[] for _ in range(num_chunks)]
+    idx = torch.as_tensor(indices, dtype=torch.int64)
+    lens = _as_lengths(lengths)[idx].view(1, -1)
+    chunk = _greedy_chunks(lens, num_chunks)[0]
+    return [idx[chunk == c].tolist() for c in range(num_chunks)]
 
 
 def get_length_grouped_indices(lengths, batch_size: int, world_size: int, generator=None, merge: bool = True):
-    """Random megabatches, each sorted by length and split into balanced per-device batches."""
-    indices = torch.randperm(len(lengths), generator=generator)
-    size = world_size * batch_size
-    megabatches = [indices[i:i + size].tolist() for i in range(0, len(lengths), size)]
-    megabatches = [sorted(mb, key=lambda i: lengths[i], reverse=True) for mb in megabatches]
-    megabatches = [split_to_even_chunks(mb, lengths, world_size) for mb in megabatches]
-    return [i for mb in megabatches for batch in mb for i in batch]
+    """LLaVA's length grouping: random megabatches, each sorted and split into balanced
+    per-device batches. ``merge`` is accepted and ignored, as in LLaVA."""
+    return _llava_grouped(_as_lengths(lengths), batch_size, world_size, generator).tolist()
 
 
 def get_modality_length_grouped_indices(lengths, batch_size: int, world_size: int, generator=None):
-    """Image (length > 0) and text-only (length < 0) samples never share a megabatch, except
-    the two partial leftovers, merged into one last megabatch."""
-    assert all(length != 0 for length in lengths), "a length of 0 has no modality"
-    if all(length > 0 for length in lengths) or all(length < 0 for length in lengths):
-        return get_length_grouped_indices(lengths, batch_size, world_size, generator=generator)
-    mm_indices, mm_lengths = zip(*[(i, n) for i, n in enumerate(lengths) if n > 0])
-    lang_indices, lang_lengths = zip(*[(i, -n) for i, n in enumerate(lengths) if n < 0])
-    # LLaVA draws these two permutations from the global generator, not from `generator`
-    mm_order = [mm_indices[i] for i in get_length_grouped_indices(mm_lengths, batch_size, world_size, generator=None)]
-    lang_order = [lang_indices[i] for i in get_length_grouped_indices(lang_lengths, batch_size, world_size, generator=None)]
+    """LLaVA's modality grouping. As in LLaVA, the two per-modality permutations come from
+    torch's global generator and only the megabatch shuffle from ``generator``."""
+    return _llava_modality_grouped(_as_lengths(lengths), batch_size, world_size, None, generator).tolist()
+
+
+# -- balanced mode --------------------------------------------------------------------------------
+
+def _balanced(lens: torch.Tensor, batch_size: int, world_size: int, generator,
+              group_by_modality: bool, pool: int | None) -> torch.Tensor:
     size = world_size * batch_size
-    mm_megabatches = [mm_order[i:i + size] for i in range(0, len(mm_order), size)]
-    lang_megabatches = [lang_order[i:i + size] for i in range(0, len(lang_order), size)]
-    leftover = mm_megabatches[-1] + lang_megabatches[-1]
-    megabatches = mm_megabatches[:-1] + lang_megabatches[:-1]
-    order = torch.randperm(len(megabatches), generator=generator)
-    megabatches = [megabatches[i] for i in order]
-    if leftover:
-        megabatches.append(sorted(leftover))
-    return [i for mb in megabatches for i in mb]
+    if group_by_modality:
+        if (lens == 0).any():
+            raise ValueError("a length of 0 has no modality (images are > 0, text-only < 0)")
+        groups = [torch.nonzero(lens > 0).view(-1), torch.nonzero(lens < 0).view(-1)]
+    else:
+        groups = [torch.arange(len(lens))]
+    full, rest = [], []
+    for idx in groups:
+        idx = idx[torch.randperm(len(idx), generator=generator)]  # random ties, random pools
+        order = torch.sort(lens[idx].abs(), descending=True, stable=True).indices
+        if pool is not None:  # pool k: positions k*pool*size.. of the permutation, longest first
+            pool_of = (torch.arange(len(idx)) // (pool * size))[order]
+            order = order[torch.sort(pool_of, stable=True).indices]
+        idx = idx[order]
+        cut = len(idx) // size * size
+        mb = idx[:cut].view(-1, batch_size, world_size).clone()  # rounds x devices
+        mb[:, 1::2] = mb[:, 1::2].flip(-1)  # snake: every other round dealt back to front
+        full.append(mb.transpose(1, 2).reshape(-1, size))  # device after device
+        rest.append(idx[cut:])
+    megabatches = torch.cat(full)
+    megabatches = megabatches[torch.randperm(len(megabatches), generator=generator)]
+    # leftovers: whole batches of each modality, then the two remainders together
+    whole = [r[:len(r) // batch_size * batch_size] for r in rest]
+    remainders = [r[len(r) // batch_size * batch_size:] for r in rest]
+    return torch.cat([megabatches.reshape(-1), *whole, *remainders])
 
 
-class LengthGroupedSampler(Sampler):
-    """Yields every index once per epoch, grouped by length (and modality when asked)."""
+class LengthGroupedSampler(Sampler[int]):
+    """Every index once per epoch, grouped by length (and modality when asked).
 
-    def __init__(self, batch_size: int, world_size: int, lengths=None, generator=None, group_by_modality: bool = False):
+    ``mode`` is ``"balanced"`` or ``"llava"``. The order of an epoch comes from a generator
+    seeded with ``seed + epoch`` (llava mode then equals LLaVA's functions after
+    ``torch.manual_seed(seed + epoch)``). A ``generator`` passed in replaces that: every
+    epoch draws on from it, as in LLaVA, and the caller keeps it identical on all ranks.
+    It is stored privately so that accelerate does not swap in one of its own.
+    ``pool``: balanced mode sorts within pools of this many megabatches (None: all at once).
+    """
+
+    def __init__(self, batch_size: int, world_size: int, lengths=None, generator=None,
+                 group_by_modality: bool = False, mode: str = "balanced", seed: int = 0,
+                 pool: int | None = None):
         if lengths is None:
             raise ValueError("LengthGroupedSampler needs the per-sample lengths")
-        self.batch_size, self.world_size = batch_size, world_size
-        self.lengths, self.generator, self.group_by_modality = list(lengths), generator, group_by_modality
+        if mode not in MODES:
+            raise ValueError(f"length grouping mode {mode!r}: expected one of {', '.join(MODES)}")
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(f"batch_size {batch_size} and world_size {world_size} must be >= 1")
+        self.batch_size, self.world_size, self.mode = batch_size, world_size, mode
+        self.lengths = _as_lengths(lengths)
+        self.group_by_modality, self.seed, self.pool = group_by_modality, seed, pool
+        self._generator = generator
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def order(self) -> torch.Tensor:
+        """This epoch's global index order."""
+        g = self._generator
+        if g is None:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+        lens, bs, ws = self.lengths, self.batch_size, self.world_size
+        if self.mode == "balanced":
+            return _balanced(lens, bs, ws, g, self.group_by_modality, self.pool)
+        if self.group_by_modality:
+            return _llava_modality_grouped(lens, bs, ws, g, g)
+        return _llava_grouped(lens, bs, ws, g)
+
     def __iter__(self):
-        fn = get_modality_length_grouped_indices if self.group_by_modality else get_length_grouped_indices
-        return iter(fn(self.lengths, self.batch_size, self.world_size, generator=self.generator))
+        return iter(self.order().tolist())
