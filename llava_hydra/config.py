@@ -34,6 +34,9 @@ class ModelConfig:
     name: str = MISSING
     llm: str = MISSING  # hub id, local path, or builtin://tiny-llama
     vision_tower: str = MISSING  # hub id, local path, or builtin://tiny-clip
+    # an already-assembled Hugging Face LLaVA checkpoint (hub id or local path) to start from
+    # instead of assembling llm + vision_tower (LLaVA-1.5's finetune_task recipes)
+    pretrained_llava: Optional[str] = None
     mm_projector_type: str = "mlp2x_gelu"
     mm_vision_select_layer: int = -2
     mm_vision_select_feature: str = "patch"  # patch | cls_patch

@@ -1,14 +1,28 @@
-"""Assemble transformers' ``LlavaForConditionalGeneration`` from a separately pretrained LLM and
-vision tower, load a stage 1 projector into it, and freeze all but ``stage.trainable``.
+"""Build the model a run trains: transformers' ``LlavaForConditionalGeneration``, either
+assembled from a separately pretrained LLM and vision tower (``model.llm``,
+``model.vision_tower``) or loaded whole from an already-assembled LLaVA checkpoint
+(``model.pretrained_llava``); then load a stage 1 projector into it and make exactly
+``stage.trainable`` learn (fully, or through LoRA adapters when ``lora.enable``).
 
-The LLM and vision tower modules are moved into the Llava skeleton (built on the meta
-device), not copied, so assembly costs no second copy of the weights.
+Assembly moves the LLM and vision tower modules into a Llava skeleton built on the meta
+device, so it costs no second copy of the weights; under ZeRO-3 they arrive partitioned
+from ``from_pretrained`` and the new projector is created partitioned too.
+
+Projectors (``model.mm_projector_type``), both transformers' own ``LlavaMultiModalProjector``
+so a checkpoint reloads with ``from_pretrained`` alone:
+
+- ``mlp2x_gelu`` (LLaVA-1.5): linear_1 -> GELU -> linear_2.
+- ``linear`` (LLaVA v1): linear_1 alone; linear_2 is a frozen identity behind an identity
+  activation (``projector_hidden_act: linear``), so forward, gradients and the trained
+  weights are those of one Linear layer. The type is recorded in the saved config
+  (``mm_projector_type``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
+PROJECTOR_ACT = {"mlp2x_gelu": "gelu", "linear": "linear"}  # mm_projector_type -> projector_hidden_act
 PROJECTOR_FILE = "mm_projector.safetensors"
 
 
@@ -48,93 +63,27 @@ def pick_attention(name: str) -> str:
     return choice
 
 
-def load_tokenizer(llm_path: str, model_max_length: int, trust_remote_code: bool = False):
-    """The LLM's fast tokenizer with the image token added and a pad token guaranteed."""
-    from transformers import AutoTokenizer
+# -- ZeRO-3 helpers: no-ops without DeepSpeed ------------------------------------------------
 
-    tok = AutoTokenizer.from_pretrained(llm_path, model_max_length=model_max_length, padding_side="right",
-                                        trust_remote_code=trust_remote_code)
-    if not tok.is_fast:
-        raise ValueError(f"{llm_path}: a fast tokenizer is needed (labels come from character offsets)")
-    if tok.pad_token is None:
-        if tok.unk_token is not None:  # LLaVA's choice for Llama/Vicuna
-            tok.pad_token = tok.unk_token
-        else:
-            tok.add_special_tokens({"pad_token": "<pad>"})
-    if IMAGE_TOKEN not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    return tok
+def _zero3_enabled() -> bool:
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover
+        return False
+    return is_deepspeed_zero3_enabled()
 
 
-def load_vision_tower(path: str, dtype: torch.dtype):
-    from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
+def _partitioned_init():
+    """Create new modules already partitioned when ZeRO-3 is on (no full copy per rank)."""
+    if not _zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+    from transformers.integrations.deepspeed import deepspeed_config
 
-    kind = AutoConfig.from_pretrained(path).model_type
-    classes = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
-               "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
-    if kind not in classes:
-        raise ValueError(f"{path}: vision tower type {kind!r} is not supported; supported: {sorted(classes)}")
-    return classes[kind].from_pretrained(path, dtype=dtype)
-
-
-def load_projector(model, path: str | Path, model_name: str = "<model>") -> None:
-    """Load our ``mm_projector.safetensors`` or LLaVA's ``mm_projector.bin`` into the projector."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"stage 1 projector not found: {path}\n"
-            f"  it is written by: python -m llava_hydra stage=pretrain model={model_name}\n"
-            f"  or point stage.pretrain_mm_mlp_adapter at a projector file (ours or LLaVA's mm_projector.bin)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw = load_file(str(path))
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    llava_names = {"0": "linear_1", "2": "linear_2"}  # LLaVA's nn.Sequential(Linear, GELU, Linear)
-    state = {}
-    for key, value in raw.items():
-        for marker in ("multi_modal_projector.", "mm_projector."):
-            if marker in key:
-                sub = key.split(marker, 1)[1]
-                head, _, rest = sub.partition(".")
-                state[f"{llava_names.get(head, head)}.{rest}"] = value
-    projector = model.model.multi_modal_projector
-    expected = projector.state_dict()
-    if set(state) != set(expected):
-        raise ValueError(f"{path}: projector keys {sorted(state)} do not match the model's {sorted(expected)}")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
-                             f"{tuple(expected[key].shape)} (different LLM or vision tower?)")
-    projector.load_state_dict(state)
-    log.info("loaded projector weights from %s", path)
+    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config())
 
 
-def projector_state(model) -> dict[str, torch.Tensor]:
-    """The projector's weights under the Llava checkpoint's own key names."""
-    return {f"multi_modal_projector.{k}": v.detach().cpu().contiguous()
-            for k, v in model.model.multi_modal_projector.state_dict().items()}
-
-
-def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
-    """The modules that ``stage.trainable`` names (``llm`` is the decoder and its lm_head)."""
-    inner = model.model
-    table = {"mm_projector": [inner.multi_modal_projector], "llm": [inner.language_model, model.lm_head],
-             "vision_tower": [inner.vision_tower]}
-    unknown = set(parts) - set(table)
-    if unknown:
-        raise ValueError(f"stage.trainable has unknown part(s) {sorted(unknown)}; choose from {sorted(table)}")
-    return [module for part in parts for module in table[part]]
-
-
-def freeze_all_but(model, parts: list[str]) -> None:
-    model.requires_grad_(False)
-    for module in trainable_modules(model, parts):
-        module.requires_grad_(True)
-
-
-@contextmanager
+@contextlib.contextmanager
 def _zero3_init_paused():
     """Build the empty Llava skeleton (its parts are replaced at once) without transformers'
     ZeRO-3 weight init, which cannot run on the meta device; the real LLM and vision tower are
@@ -149,36 +98,135 @@ def _zero3_init_paused():
         hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
-def build_model(cfg):
-    """(model, tokenizer, image_processor) for the composed spec."""
+def _gathered(params, modify: bool):
+    """Full tensors of ZeRO-3-partitioned ``params`` inside the block; edits made on rank 0 are
+    scattered back when ``modify``. A no-op for ordinary parameters."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+
+
+# -- parts -------------------------------------------------------------------------------------
+
+def _finish_tokenizer(tok, source: str, model_max_length: int):
+    """Right padding, the spec's length, a pad token and the image token."""
+    if not tok.is_fast:
+        raise ValueError(f"{source}: a fast tokenizer is needed (labels come from character offsets)")
+    tok.padding_side = "right"
+    tok.model_max_length = model_max_length
+    if tok.pad_token is None:
+        if tok.unk_token is not None:  # LLaVA's choice for Llama/Vicuna
+            tok.pad_token = tok.unk_token
+        else:  # Llama 3 has neither pad nor unk
+            tok.add_special_tokens({"pad_token": "<pad>"})
+    if IMAGE_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tok
+
+
+def load_tokenizer(llm_path: str, model_max_length: int, trust_remote_code: bool = False):
+    """The LLM's fast tokenizer with the image token added and a pad token guaranteed."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llm_path, model_max_length=model_max_length, padding_side="right",
+                                        trust_remote_code=trust_remote_code)
+    return _finish_tokenizer(tok, llm_path, model_max_length)
+
+
+def load_vision_tower(path: str, dtype: torch.dtype):
+    from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
+
+    kind = AutoConfig.from_pretrained(path).model_type
+    classes = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
+               "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
+    if kind not in classes:
+        raise ValueError(f"{path}: vision tower type {kind!r} is not supported; supported: {sorted(classes)}")
+    return classes[kind].from_pretrained(path, dtype=dtype)
+
+
+def quantization_config(lora, dtype: torch.dtype, skip: list[str]):
+    """bitsandbytes settings for ``lora.bits`` 4 (QLoRA: NF4, double quant) or 8; None for 16.
+    ``skip`` names the modules left unquantized, by full path."""
+    if lora.bits == 16:
+        return None
+    if lora.bits not in (4, 8):
+        raise ValueError(f"lora.bits must be 16, 8 or 4, got {lora.bits}")
+    if not lora.enable:
+        raise ValueError(f"lora.bits={lora.bits} quantizes the frozen LLM and needs LoRA adapters to train: "
+                         f"set lora.enable=true (or use lora=qlora)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=lora.bits == 4, load_in_8bit=lora.bits == 8,
+                              bnb_4bit_quant_type=lora.quant_type, bnb_4bit_use_double_quant=lora.double_quant,
+                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+
+
+def projector_type(config) -> str:
+    """The projector type a Llava config describes (ours record it; others: from the activation)."""
+    recorded = getattr(config, "mm_projector_type", None)
+    if recorded:
+        return recorded
+    return "linear" if getattr(config, "projector_hidden_act", "gelu") == "linear" else "mlp2x_gelu"
+
+
+def _init_projector(projector, kind: str) -> None:
+    if kind != "linear":
+        return
+    with _gathered(projector.linear_2.parameters(), modify=True), torch.no_grad():
+        weight = projector.linear_2.weight
+        if weight.numel():  # on the rank that holds the full tensor
+            weight.copy_(torch.eye(weight.shape[0], weight.shape[1], dtype=weight.dtype, device=weight.device))
+            projector.linear_2.bias.zero_()
+
+
+def _resize_embeddings(model, size: int) -> None:
+    """Grow the vocabulary to ``size``; new rows (image and pad tokens) are the mean of the old
+    ones, deterministically, so a rebuilt base (resume, merge) has identical new rows."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if hasattr(model.get_input_embeddings().weight, "ds_id"):
+        old = model.get_input_embeddings().weight.ds_shape[0]
+    if size <= old:
+        return
+    model.resize_token_embeddings(size, mean_resizing=False)
+    tables = [model.get_input_embeddings().weight]
+    if model.get_output_embeddings() is not None and model.get_output_embeddings().weight is not tables[0]:
+        tables.append(model.get_output_embeddings().weight)
+    with _gathered(tables, modify=True), torch.no_grad():
+        for table in tables:
+            if table.numel():
+                table[old:] = table[:old].mean(dim=0, keepdim=True).to(table.dtype)
+
+
+def assemble(cfg, dtype: torch.dtype, attn: str):
+    """(model, tokenizer, image_processor) from ``model.llm`` + ``model.vision_tower`` + a new projector."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     m, cache = cfg.model, cfg.paths.cache_dir
-    if m.mm_projector_type != "mlp2x_gelu":
-        raise ValueError(f"model.mm_projector_type {m.mm_projector_type!r} is not supported; supported: mlp2x_gelu")
-    if m.mm_vision_select_feature not in SELECT_STRATEGY:
-        raise ValueError(f"model.mm_vision_select_feature must be one of {sorted(SELECT_STRATEGY)}")
     llm_path, vt_path = resolve(m.llm, cache), resolve(m.vision_tower, cache)
-    dtype = pick_dtype(m.dtype, cfg.training.bf16, cfg.training.fp16)
-    attn = pick_attention(m.attn_implementation)
+    quant = quantization_config(cfg.lora, dtype, skip=["lm_head"])  # the LLM alone; tower + projector never quantized
 
     tokenizer = load_tokenizer(llm_path, m.model_max_length, m.trust_remote_code)
     llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype, attn_implementation=attn,
-                                               trust_remote_code=m.trust_remote_code)
+                                               quantization_config=quant, trust_remote_code=m.trust_remote_code)
     vision = load_vision_tower(vt_path, dtype)
     image_processor = AutoImageProcessor.from_pretrained(vt_path)
 
     vc = vision.config
     num_patches = (vc.image_size // vc.patch_size) ** 2
+    has_cls = vc.model_type.startswith("clip")  # SigLIP has no CLS token
     config = LlavaConfig(
         vision_config=vc, text_config=llm.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_patches + (1 if m.mm_vision_select_feature == "cls_patch" else 0),
+        image_seq_length=num_patches + (1 if m.mm_vision_select_feature == "cls_patch" and has_cls else 0),
         vision_feature_layer=m.mm_vision_select_layer,
         vision_feature_select_strategy=SELECT_STRATEGY[m.mm_vision_select_feature],
-        projector_hidden_act="gelu", multimodal_projector_bias=True,
+        projector_hidden_act=PROJECTOR_ACT[m.mm_projector_type], multimodal_projector_bias=True,
         tie_word_embeddings=getattr(llm.config, "tie_word_embeddings", False),
+        mm_projector_type=m.mm_projector_type,
     )
     config.text_config._attn_implementation = attn
     with torch.device("meta"), _zero3_init_paused():
@@ -186,9 +234,181 @@ def build_model(cfg):
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
     model.model.vision_tower = vision
-    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    with _partitioned_init():
+        model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
+    _init_projector(model.model.multi_modal_projector, m.mm_projector_type)
+    if quant is not None:  # what PEFT and Trainer look at to treat the model as k-bit
+        model.hf_quantizer = llm.hf_quantizer
+        model.is_loaded_in_4bit, model.is_loaded_in_8bit = cfg.lora.bits == 4, cfg.lora.bits == 8
+        model.quantization_method = llm.quantization_method
+    _resize_embeddings(model, len(tokenizer))
+    return model, tokenizer, image_processor
+
+
+def load_pretrained_llava(cfg, dtype: torch.dtype, attn: str):
+    """(model, tokenizer, image_processor) from an already-assembled Hugging Face LLaVA checkpoint."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    m = cfg.model
+    path = resolve(m.pretrained_llava, cfg.paths.cache_dir)
+    quant = quantization_config(cfg.lora, dtype,  # transformers 5 wants full module paths here
+                                skip=["model.vision_tower", "model.multi_modal_projector", "lm_head"])
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=m.trust_remote_code)
+    tokenizer = _finish_tokenizer(processor.tokenizer, path, m.model_max_length)
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+                                                          quantization_config=quant,
+                                                          trust_remote_code=m.trust_remote_code)
+    if model.config.image_token_index != tokenizer.convert_tokens_to_ids(IMAGE_TOKEN):
+        raise ValueError(f"{path}: config.image_token_index {model.config.image_token_index} is not the "
+                         f"tokenizer's {IMAGE_TOKEN} id {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}")
+    spec = {"mm_projector_type": m.mm_projector_type, "mm_vision_select_layer": m.mm_vision_select_layer,
+            "mm_vision_select_feature": m.mm_vision_select_feature}
+    found = {"mm_projector_type": projector_type(model.config),
+             "mm_vision_select_layer": model.config.vision_feature_layer,
+             "mm_vision_select_feature": {v: k for k, v in SELECT_STRATEGY.items()}.get(
+                 model.config.vision_feature_select_strategy)}
+    for key in spec:
+        if spec[key] != found[key]:
+            log.warning("model.%s=%s, but %s was built with %s: the checkpoint's value is used",
+                        key, spec[key], path, found[key])
+    model.config.mm_projector_type = found["mm_projector_type"]
+    _resize_embeddings(model, len(tokenizer))
+    return model, tokenizer, processor.image_processor
+
+
+# -- projector files ---------------------------------------------------------------------------
+
+LLAVA_MLP_NAMES = {"0": "linear_1", "2": "linear_2"}  # LLaVA's nn.Sequential(Linear, GELU, Linear)
+
+
+def _read_projector_file(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(state under linear_1/linear_2 names, the projector type the file holds, if it says)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw = load_file(str(path))
+    else:  # LLaVA's mm_projector.bin: a pickle, so never unpickled beyond tensors
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    state, kind = {}, None
+    for key, value in raw.items():
+        if "multi_modal_projector." in key:  # ours
+            state[key.split("multi_modal_projector.", 1)[1]] = value
+        elif "mm_projector." in key:  # LLaVA's
+            sub = key.split("mm_projector.", 1)[1]
+            head, _, rest = sub.partition(".")
+            if head in ("weight", "bias") and not rest:  # LLaVA v1's single nn.Linear
+                kind = "linear"
+                state[f"linear_1.{head}"] = value
+            else:
+                kind = "mlp2x_gelu" if head in LLAVA_MLP_NAMES else kind
+                state[f"{LLAVA_MLP_NAMES.get(head, head)}.{rest}"] = value
+    if kind is None:  # ours: the config.json written beside it records the type
+        config = path.parent / "config.json"
+        if config.exists():
+            kind = json.loads(config.read_text()).get("mm_projector_type")
+    return state, kind
+
+
+def load_projector(model, path: str | Path, model_name: str = "<model>") -> None:
+    """Load our ``mm_projector.safetensors`` or LLaVA's ``mm_projector.bin`` (keys
+    ``model.mm_projector.0.weight`` ... for mlp2x_gelu, ``model.mm_projector.weight`` for
+    linear) into the projector. A type or shape mismatch is an error naming both."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"stage 1 projector not found: {path}\n"
+            f"  it is written by: python -m llava_hydra stage=pretrain model={model_name}\n"
+            f"  or point stage.pretrain_mm_mlp_adapter at a projector file (ours or LLaVA's mm_projector.bin)")
+    state, found_kind = _read_projector_file(path)
+    core = _llava_model(model)
+    projector = core.multi_modal_projector
+    expected_kind = projector_type(core.config)
+    if found_kind is not None and found_kind != expected_kind:
+        raise ValueError(f"{path}: holds a {found_kind} projector, the model expects {expected_kind} "
+                         f"(set model.mm_projector_type={found_kind} or use a {expected_kind} projector file)")
+    with _gathered(projector.parameters(), modify=True):
+        expected = {k: v.shape for k, v in projector.state_dict().items()}
+        if hasattr(projector.linear_1.weight, "ds_id"):
+            expected = {n: p.ds_shape for n, p in projector.named_parameters()}
+        if expected_kind == "linear" and set(state) == {"linear_1.weight", "linear_1.bias"}:
+            sample = projector.linear_2.weight
+            state["linear_2.weight"] = torch.eye(*expected["linear_2.weight"], dtype=sample.dtype)
+            state["linear_2.bias"] = torch.zeros(expected["linear_2.bias"], dtype=sample.dtype)
+        if set(state) != set(expected):
+            raise ValueError(f"{path}: projector keys {sorted(state)} do not match the model's {sorted(expected)} "
+                             f"(model.mm_projector_type={expected_kind})")
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(expected[key]):
+                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
+                                 f"{tuple(expected[key])} (different LLM or vision tower?)")
+        if projector.linear_1.weight.numel():
+            projector.load_state_dict(state)
+    log.info("loaded %s projector weights from %s", expected_kind, path)
+
+
+def _llava_model(model):
+    """The LlavaModel inside ``model`` (plain, PEFT-wrapped or not)."""
+    from transformers.models.llava.modeling_llava import LlavaModel
+
+    for module in model.modules():
+        if isinstance(module, LlavaModel):
+            return module
+    raise TypeError(f"{type(model).__name__} contains no LlavaModel")
+
+
+def projector_state(model) -> dict[str, torch.Tensor]:
+    """The projector's weights under the Llava checkpoint's own key names."""
+    return {f"multi_modal_projector.{k}": v.detach().cpu().contiguous()
+            for k, v in model.model.multi_modal_projector.state_dict().items()}
+
+
+# -- what trains -------------------------------------------------------------------------------
+
+def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
+    """The modules that ``stage.trainable`` names (``llm`` is the decoder and its lm_head)."""
+    inner = model.model
+    table = {"mm_projector": [inner.multi_modal_projector], "llm": [inner.language_model, model.lm_head],
+             "vision_tower": [inner.vision_tower]}
+    unknown = set(parts) - set(table)
+    if unknown:
+        raise ValueError(f"stage.trainable has unknown part(s) {sorted(unknown)}; choose from {sorted(table)}")
+    return [module for part in parts for module in table[part]]
+
+
+def freeze_fixed_parts(model) -> None:
+    """Parameters that never train whatever ``stage.trainable`` says: the identity half of a
+    ``linear`` projector (in every copy of it, PEFT's included)."""
+    if projector_type(_llava_model(model).config) != "linear":
+        return
+    for name, p in model.named_parameters():
+        if "multi_modal_projector." in name and ".linear_2." in name:
+            p.requires_grad_(False)
+
+
+def freeze_all_but(model, parts: list[str]) -> None:
+    model.requires_grad_(False)
+    for module in trainable_modules(model, parts):
+        module.requires_grad_(True)
+    freeze_fixed_parts(model)
+
+
+def build_model(cfg):
+    """(model, tokenizer, image_processor) for the composed spec. With ``lora.enable`` the model
+    is a PEFT model: LoRA on the LLM's linear layers, the other trainable parts trained whole."""
+    m = cfg.model
+    if m.mm_projector_type not in PROJECTOR_ACT:
+        raise ValueError(f"model.mm_projector_type {m.mm_projector_type!r} is not supported; "
+                         f"supported: {sorted(PROJECTOR_ACT)}")
+    if m.mm_vision_select_feature not in SELECT_STRATEGY:
+        raise ValueError(f"model.mm_vision_select_feature must be one of {sorted(SELECT_STRATEGY)}")
+    dtype = pick_dtype(m.dtype, cfg.training.bf16, cfg.training.fp16)
+    attn = pick_attention(m.attn_implementation)
+    if cfg.lora.enable and cfg.lora.bits < 16 and _zero3_enabled():
+        raise ValueError(f"lora.bits={cfg.lora.bits} cannot be partitioned by ZeRO-3: use deepspeed=zero2 "
+                         f"(LLaVA's QLoRA recipe) or deepspeed=none")
+
+    build = load_pretrained_llava if getattr(m, "pretrained_llava", None) else assemble
+    model, tokenizer, image_processor = build(cfg, dtype, attn)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -196,13 +416,23 @@ def build_model(cfg):
 
     if cfg.stage.pretrain_mm_mlp_adapter:
         load_projector(model, cfg.stage.pretrain_mm_mlp_adapter, m.name)
-    freeze_all_but(model, list(cfg.stage.trainable))
-    if cfg.training.gradient_checkpointing:
-        model.enable_input_require_grads()
+    parts = list(cfg.stage.trainable)
+    trainable_modules(model, parts)  # rejects an unknown part by name
+    if cfg.lora.enable:
+        from llava_hydra.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora, parts, cfg.training.gradient_checkpointing)
+    else:
+        freeze_all_but(model, parts)
+        if cfg.training.gradient_checkpointing:
+            model.enable_input_require_grads()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    log.info("model: %s + %s, %d image tokens, dtype %s; trainable %s: %.2fM of %.2fM parameters",
-             m.llm, m.vision_tower, config.image_seq_length, dtype, list(cfg.stage.trainable), n_train / 1e6, n_all / 1e6)
+    source = m.pretrained_llava if getattr(m, "pretrained_llava", None) else f"{m.llm} + {m.vision_tower}"
+    log.info("model: %s, %s projector, %d image tokens, dtype %s%s; trainable %s%s: %.2fM of %.2fM parameters",
+             source, projector_type(model.config), model.config.image_seq_length, dtype,
+             f", {cfg.lora.bits}-bit LLM" if cfg.lora.enable and cfg.lora.bits < 16 else "", parts,
+             " (llm through LoRA)" if cfg.lora.enable else "", n_train / 1e6, n_all / 1e6)
     return model, tokenizer, image_processor
 
 
@@ -210,7 +440,9 @@ def make_processor(tokenizer, image_processor, model):
     """The ``AutoProcessor`` saved beside a trained model, so it reloads Hugging Face-natively."""
     from transformers import LlavaProcessor
 
+    config = model.config
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                          patch_size=model.config.vision_config.patch_size,
-                          vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-                          image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+                          patch_size=config.vision_config.patch_size,
+                          vision_feature_select_strategy=config.vision_feature_select_strategy,
+                          image_token=IMAGE_TOKEN,
+                          num_additional_image_tokens=1 if config.vision_config.model_type.startswith("clip") else 0)
