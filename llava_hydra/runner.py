@@ -86,8 +86,6 @@ def run(cfg: DictConfig) -> float | None:
 
     # 1. Check the spec's choices that Hydra's schema cannot.
     check_template(cfg.data.template)
-    if cfg.lora.enable:
-        raise NotImplementedError("lora.enable=true: LoRA/QLoRA training is not implemented yet")
     args = training_arguments(cfg)
     set_seed(args.seed)
 
@@ -99,6 +97,10 @@ def run(cfg: DictConfig) -> float | None:
 
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable.
     model, tokenizer, image_processor = build_model(cfg)
+    if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
+        from llava_hydra.lora import write_spec
+
+        write_spec(cfg, out_dir)
 
     # 4. Dataset and collator.
     train_set = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
@@ -118,6 +120,7 @@ def run(cfg: DictConfig) -> float | None:
     result = trainer.train(resume_from_checkpoint=resume)
 
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
+    #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).
     trainer.save_model(str(out_dir))
     if not projector_only and trainer.is_world_process_zero():
         make_processor(tokenizer, image_processor, model).save_pretrained(str(out_dir))

@@ -1,0 +1,106 @@
+"""LoRA / QLoRA on the language model only.
+
+``apply_lora`` wraps an assembled Llava in a PEFT model:
+
+- LoRA adapters on every linear layer of the LLM's decoder (``model.language_model``), found
+  by module type and targeted by full module path, so CLIP's q/k/v projections, the projector
+  and ``lm_head`` are never adapted;
+- the other parts ``stage.trainable`` names (``mm_projector``, ``vision_tower``) train whole as
+  PEFT ``modules_to_save``: the trainable copy lives inside the model, so the optimizer finds
+  it under ``multi_modal_projector`` (its own ``mm_projector_lr``), and every checkpoint's
+  ``adapter_model.safetensors`` holds it next to the adapter: any checkpoint can be resumed,
+  loaded or merged (``python -m llava_hydra.merge``);
+- with ``lora.bits`` 4 or 8 the LLM was loaded quantized (see ``model.quantization_config``);
+  vision tower and projector never are.
+
+The run spec is written beside the adapter (``llava_hydra_spec.yaml``) so the merge command
+can rebuild the exact base model the adapter was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "llava_hydra_spec.yaml"
+WHOLE_PARTS = {"mm_projector": "multi_modal_projector", "vision_tower": "vision_tower"}
+
+
+def _is_linear(module) -> bool:
+    # bitsandbytes' Linear4bit / Linear8bitLt subclass nn.Linear
+    return isinstance(module, torch.nn.Linear)
+
+
+def lora_target_pattern(model) -> str:
+    """A regex over full module names that matches exactly the LLM decoder's linear layers."""
+    from llava_hydra.model import _llava_model
+
+    core = _llava_model(model)
+    prefix = next(name for name, module in model.named_modules() if module is core.language_model)
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in core.language_model.named_modules()
+                     if _is_linear(module)})
+    if not leaves:
+        raise ValueError("the language model has no linear layers to put LoRA on")
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
+
+
+def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = False):
+    """The PEFT model for ``lora.*``: LoRA on the LLM, ``parts`` other than llm trained whole."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from llava_hydra.model import freeze_fixed_parts
+
+    if "llm" not in parts:
+        raise ValueError(f"lora.enable=true puts LoRA adapters on the LLM, but stage.trainable={parts} does not "
+                         f"train it: add llm to stage.trainable or set lora.enable=false")
+    if lora.bias not in ("none", "all", "lora_only"):
+        raise ValueError(f"lora.bias must be none, all or lora_only, got {lora.bias!r}")
+    model.requires_grad_(False)
+    if lora.bits < 16:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
+                        target_modules=lora_target_pattern(model),
+                        modules_to_save=[WHOLE_PARTS[p] for p in parts if p != "llm"] or None)
+    model = get_peft_model(model, config)
+    freeze_fixed_parts(model)
+    log.info("LoRA r=%d alpha=%d dropout=%s bias=%s on %d LLM linear layers%s; trained whole: %s",
+             lora.r, lora.alpha, lora.dropout, lora.bias, len(lora_targets(model)),
+             f" ({lora.bits}-bit base)" if lora.bits < 16 else "", [p for p in parts if p != "llm"])
+    return model
+
+
+def lora_targets(model) -> list[str]:
+    """Full names of the modules that carry a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    return [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def write_spec(cfg, out_dir: str | Path) -> None:
+    """Save the resolved run spec beside the adapter (rank 0), for the merge command."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SPEC_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def find_spec(path: str | Path) -> Path:
+    """The spec of the run that wrote ``path`` (a run directory or one of its checkpoints)."""
+    path = Path(path)
+    for candidate in (path / SPEC_FILE, path.parent / SPEC_FILE):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{path}: no {SPEC_FILE} here or in its parent; is this a LoRA run directory "
+                            f"or one of its checkpoint-N directories?")

@@ -1,0 +1,68 @@
+"""Merge a LoRA run's adapter into its base model and write a Hugging Face-native LLaVA.
+
+    python -m llava_hydra.merge <run_dir or run_dir/checkpoint-N> <out_dir>
+
+The base model is rebuilt from the run's own spec (``llava_hydra_spec.yaml``, written at the
+start of every LoRA run) at 16 bits, even after QLoRA (merging into 4-bit weights would round
+the update away); the adapter and the parts trained whole (projector, ...) come from
+``adapter_model.safetensors`` of the directory given, so any checkpoint merges, not only the
+last. ``out_dir`` then loads with ``LlavaForConditionalGeneration.from_pretrained`` and
+``AutoProcessor.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("llava_hydra.merge")
+
+
+def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
+    import torch
+    from omegaconf import OmegaConf
+    from peft import PeftModel
+
+    from llava_hydra.lora import find_spec
+    from llava_hydra.model import (DTYPES, assemble, load_pretrained_llava, load_projector, make_processor,
+                                   pick_attention, pick_dtype)
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA run directory or checkpoint)")
+    spec_file = find_spec(adapter_dir)
+    cfg = OmegaConf.load(spec_file)
+    cfg.lora.bits = 16  # the base at full precision
+    torch_dtype = DTYPES[dtype] if dtype else pick_dtype(cfg.model.dtype, cfg.training.bf16, cfg.training.fp16)
+    attn = pick_attention(cfg.model.attn_implementation)
+    build = load_pretrained_llava if cfg.model.get("pretrained_llava") else assemble
+    base, tokenizer, image_processor = build(cfg, torch_dtype, attn)
+    if cfg.stage.pretrain_mm_mlp_adapter and "mm_projector" not in cfg.stage.trainable:
+        load_projector(base, cfg.stage.pretrain_mm_mlp_adapter, cfg.model.name)  # frozen: not in the adapter
+    log.info("base rebuilt from %s; loading the adapter from %s", spec_file, adapter_dir)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.generation_config.eos_token_id = tokenizer.eos_token_id
+    merged.generation_config.bos_token_id = tokenizer.bos_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out_dir))
+    make_processor(tokenizer, image_processor, merged).save_pretrained(str(out_dir))
+    log.info("wrote the merged model and its processor to %s", out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llava_hydra.merge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("adapter_dir", help="a LoRA run directory or one of its checkpoint-N directories")
+    parser.add_argument("out_dir", help="where the merged Hugging Face model + processor are written")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="weights of the merged model (default: the run's dtype)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    merge(args.adapter_dir, args.out_dir, args.dtype)
+
+
+if __name__ == "__main__":
+    main()
