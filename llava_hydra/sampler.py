@@ -14,10 +14,10 @@ Two modes, each yielding every index exactly once per epoch:
   functions are this algorithm drawing from torch's random generator in LLaVA's order, so
   after the same ``torch.manual_seed`` they return LLaVA's index list to the element.
 - ``balanced`` (default): groups by length for real. Per modality, samples are sorted by
-  length (random tie-breaking) inside pools of ``pool`` megabatches, cut into megabatches of
-  neighbouring lengths, and each megabatch is dealt in snake order (0..W-1, W-1..0, ...) into
-  per-device batches of near-equal total length. The megabatch order of both modalities is
-  then shuffled together; the two partial megabatches come last (at most one mixed batch).
+  length (random tie-breaking; within pools of ``pool`` megabatches if set) and cut into
+  megabatches of neighbouring lengths, each dealt greedily (as LLaVA) into per-device batches
+  of near-equal total length. The megabatch order of both modalities is then shuffled
+  together; the two partial megabatches come last (at most one mixed batch).
 
 The sampler yields the *global* order: accelerate's ``BatchSamplerShard`` hands consecutive
 batches of ``batch_size`` to the ranks in turn, so nothing here splits by rank (a sampler that
@@ -149,9 +149,7 @@ def _balanced(lens: torch.Tensor, batch_size: int, world_size: int, generator,
             order = order[torch.sort(pool_of, stable=True).indices]
         idx = idx[order]
         cut = len(idx) // size * size
-        mb = idx[:cut].view(-1, batch_size, world_size).clone()  # rounds x devices
-        mb[:, 1::2] = mb[:, 1::2].flip(-1)  # snake: every other round dealt back to front
-        full.append(mb.transpose(1, 2).reshape(-1, size))  # device after device
+        full.append(_sort_and_split(idx[:cut].view(-1, size), lens.abs(), world_size).view(-1, size))
         rest.append(idx[cut:])
     megabatches = torch.cat(full)
     megabatches = megabatches[torch.randperm(len(megabatches), generator=generator)]
