@@ -38,7 +38,7 @@ MODES = ("balanced", "llava")
 def _as_lengths(lengths) -> torch.Tensor:
     """Lengths as int64, or float64 if any is fractional (sums then match Python's exactly)."""
     t = torch.as_tensor(lengths)
-    return t.to(torch.float64) if t.is_floating_point() else t.to(torch.int64)
+    return torch.as_tensor(lengths, dtype=torch.float64) if t.is_floating_point() else t.to(torch.int64)
 
 
 # -- LLaVA's algorithm, vectorised over megabatches ----------------------------------------------
