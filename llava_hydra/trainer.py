@@ -18,7 +18,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
 from llava_hydra.model import PROJECTOR_FILE, projector_state
-from llava_hydra.sampler import LengthGroupedSampler
+from llava_hydra.sampler import MODES, LengthGroupedSampler
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,12 @@ class LlavaTrainingArguments(TrainingArguments):
     mm_projector_lr: float | None = None
     vision_tower_lr: float | None = None
     group_by_modality_length: bool = False
+    length_grouping: str = "balanced"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.length_grouping not in MODES:
+            raise ValueError(f"training.length_grouping must be one of {list(MODES)}, got {self.length_grouping!r}")
 
 
 def _llava_core(model):
@@ -80,6 +86,8 @@ class LLaVATrainer(Trainer):
             world_size=self.args.world_size * self.args.gradient_accumulation_steps,
             lengths=dataset.modality_lengths,
             group_by_modality=True,
+            mode=self.args.length_grouping,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
     def create_optimizer(self, model=None):
