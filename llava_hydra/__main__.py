@@ -3,7 +3,15 @@
 Only Hydra and the config schema are imported here, so ``--cfg job``, ``--help`` and
 config errors answer in about a second; the runner (torch, transformers) is imported
 inside the task function.
+
+Under a multi-process launcher (torchrun, ``deepspeed --module``) every rank composes the
+same spec into the same run directory (it has no timestamp); only rank 0 writes Hydra's
+``.hydra/`` and log file. The ``--local_rank=N`` that the ``deepspeed`` launcher appends is
+taken off the command line (into ``LOCAL_RANK``) before Hydra, which would reject it, sees it.
 """
+
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -11,6 +19,29 @@ from omegaconf import DictConfig
 from llava_hydra.config import register_configs
 
 register_configs()
+
+
+def take_local_rank(argv: list[str]) -> list[str]:
+    """argv without ``--local_rank=N`` / ``--local_rank N``; N goes to ``LOCAL_RANK``."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def quiet_non_zero_rank(argv: list[str]) -> list[str]:
+    """Ranks other than 0 neither write ``.hydra/`` nor share rank 0's log file."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return argv
+    return [*argv, "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -21,4 +52,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *quiet_non_zero_rank(take_local_rank(sys.argv[1:]))]
     main()

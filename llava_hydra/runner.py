@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -33,10 +34,27 @@ def training_arguments(cfg: DictConfig):
         kwargs["warmup_steps"] = ratio
     if cfg.deepspeed is not None:
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    if cpu_process_group(cfg.deepspeed is not None):
+        kwargs["accelerator_config"] = {"use_configured_state": True}
     try:
         return LlavaTrainingArguments(**kwargs)
     except TypeError as e:  # a key added with +training.X that TrainingArguments does not know
         raise ValueError(f"training: {e}") from None
+
+
+def cpu_process_group(deepspeed: bool) -> bool:
+    """Several processes and no GPU (torchrun on CPU): start accelerate's state on gloo
+    ourselves, as transformers would pick a backend the CPU cannot run. True if it did."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return False
+    from accelerate import PartialState
+
+    if deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return True
 
 
 def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, model):
@@ -77,6 +95,7 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.conversation import check_template
     from llava_hydra.data.synthetic import ensure_generated
     from llava_hydra.model import build_model, make_processor
+    from llava_hydra.tiny import resolve
     from llava_hydra.trainer import LLaVATrainer, find_resume_checkpoint
     from llava_hydra.data.dataset import DataCollator
 
@@ -90,12 +109,17 @@ def run(cfg: DictConfig) -> float | None:
     set_seed(args.seed)
 
     # 2. Data files: generated on first use for the synthetic default.
-    if cfg.data.synthetic is not None:
-        s = cfg.data.synthetic
-        if ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed):
-            log.info("generated the synthetic shapes dataset under %s", Path(cfg.data.data_path).parent)
+    #    Rank 0 writes them and builds the tiny builtin models while the other ranks wait.
+    with args.main_process_first(local=False, desc="synthetic data and builtin models"):
+        if cfg.data.synthetic is not None:
+            s = cfg.data.synthetic
+            if ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed):
+                log.info("generated the synthetic shapes dataset under %s", Path(cfg.data.data_path).parent)
+        for name in (cfg.model.llm, cfg.model.vision_tower):
+            resolve(name, cfg.paths.cache_dir)
 
-    # 3. Model: LLM + vision tower + projector, frozen except stage.trainable.
+    # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
+    #    together: under ZeRO-3 loading is a collective).
     model, tokenizer, image_processor = build_model(cfg)
     if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
         from llava_hydra.lora import write_spec
