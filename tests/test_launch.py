@@ -1,0 +1,71 @@
+"""Two processes on CPU (gloo): torchrun with DDP, ZeRO-2 and ZeRO-3 runs of the embedded
+default finish in one run directory with one .hydra/, and the ZeRO-3 projector file equals
+the projector gathered from the partitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("deepspeed")
+
+SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
+         "training.max_steps=3", "training.per_device_train_batch_size=4", "training.save_steps=2",
+         "eval.max_samples=4"]
+HELPER = Path(__file__).parent / "helpers" / "run_and_compare_projector.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def one_hydra_dir(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob(".hydra"))
+
+
+def test_zero3_two_processes_save_the_gathered_projector(tmp_path, cache):
+    run_dir = tmp_path / "run"
+    done = torchrun(str(HELPER), "deepspeed=zero3", f"run_dir={run_dir}", f"paths.cache_dir={cache}", *SMALL,
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rank in (0, 1):
+        verdict = json.loads((run_dir / f"projector_check_rank{rank}.json").read_text())
+        assert verdict["partitioned"], "ZeRO-3 did not partition the model"
+        assert verdict["equal"], f"rank {rank}: saved projector differs from the gathered one"
+        assert verdict["keys"] == sorted(load_file(run_dir / "mm_projector.safetensors"))
+    assert not list(run_dir.rglob("model*.safetensors")), "stage 1 must not save the frozen model"
+
+
+@pytest.mark.parametrize("launch", ["deepspeed=zero2", "deepspeed=none"])
+def test_torchrun_two_processes_one_run_directory(tmp_path, cache, launch):
+    overrides = ["stage=finetune", "stage.pretrain_mm_mlp_adapter=null", launch, f"paths.output_root={tmp_path / 'out'}",
+                 f"paths.cache_dir={cache}", *SMALL]
+    done = torchrun("-m", "llava_hydra", *overrides, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir = tmp_path / "out" / "tiny" / "finetune"
+    assert one_hydra_dir(tmp_path) == [run_dir]
+    assert (run_dir / "model.safetensors").exists() and (run_dir / "metrics.json").exists()
+    log = (run_dir / "__main__.log").read_text()
+    assert log.count("metrics:") == 1, "only rank 0 writes the run's log file"
