@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("llava_hydra")
@@ -57,6 +58,12 @@ def cpu_process_group(deepspeed: bool) -> bool:
     return True
 
 
+def in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, model):
     from llava_hydra.data.dataset import LazySupervisedDataset
 
@@ -100,6 +107,8 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.dataset import DataCollator
 
     started = time.time()
+    if in_multirun():  # every job of a sweep trains in its own job directory
+        cfg.training.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.training.output_dir)
     log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
 
