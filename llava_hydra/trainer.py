@@ -31,9 +31,20 @@ class LlavaTrainingArguments(TrainingArguments):
     length_grouping: str = "balanced"
 
     def __post_init__(self):
-        super().__post_init__()
         if self.length_grouping not in MODES:
             raise ValueError(f"training.length_grouping must be one of {list(MODES)}, got {self.length_grouping!r}")
+        ds = self.deepspeed
+        if isinstance(ds, str) and os.path.isfile(ds):
+            with open(ds) as f:
+                ds = json.load(f)
+        own_rates = {k: v for k, v in (("mm_projector_lr", self.mm_projector_lr),
+                                       ("vision_tower_lr", self.vision_tower_lr)) if v is not None}
+        if isinstance(ds, dict) and "optimizer" in ds and own_rates:
+            raise ValueError(
+                f"the DeepSpeed config defines its own optimizer, which would train every parameter at one "
+                f"rate and silently drop {', '.join(f'training.{k}={v}' for k, v in own_rates.items())}; remove "
+                f"its 'optimizer' block (our deepspeed=zero3_offload has none) or unset those rates")
+        super().__post_init__()
 
 
 def _llava_core(model):
