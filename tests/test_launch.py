@@ -69,3 +69,15 @@ def test_torchrun_two_processes_one_run_directory(tmp_path, cache, launch):
     assert (run_dir / "model.safetensors").exists() and (run_dir / "metrics.json").exists()
     log = (run_dir / "__main__.log").read_text()
     assert log.count("metrics:") == 1, "only rank 0 writes the run's log file"
+
+
+def test_deepspeed_launcher_local_rank_is_taken_off_hydras_command_line(tmp_path, cache):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(deepspeed), "--num_gpus", "2", f"--master_port={free_port()}", "--module", "llava_hydra",
+           "deepspeed=zero2", f"paths.output_root={tmp_path / 'out'}", f"paths.cache_dir={cache}", *SMALL]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_dir = tmp_path / "out" / "tiny" / "pretrain"
+    assert one_hydra_dir(tmp_path) == [run_dir]
+    assert (run_dir / "mm_projector.safetensors").exists()
