@@ -131,6 +131,15 @@ class EvalConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """One command on one node: nproc_per_node > 1 makes the runner start that many workers
+    itself (torchrun) with the spec composed once; under torchrun/deepspeed it is ignored."""
+
+    nproc_per_node: int = 1
+    master_port: Optional[int] = None  # default: a free port
+
+
+@dataclass
 class PathsConfig:
     output_root: str = "outputs"  # run directories: <output_root>/<model>/<stage>
     data_root: str = "./playground/data"  # where LLaVA's released data lives
@@ -147,6 +156,7 @@ class LlavaHydraConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     run_dir: str = MISSING
 
 

@@ -110,6 +110,10 @@ def run(cfg: DictConfig) -> float | None:
     if in_multirun():  # every job of a sweep trains in its own job directory
         cfg.training.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.training.output_dir)
+    from llava_hydra.launch import spawn, under_launcher
+
+    if cfg.launcher.nproc_per_node > 1 and not under_launcher():  # start the workers, then wait
+        return spawn(cfg, str(out_dir))
     log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
 
     # 1. Check the spec's choices that Hydra's schema cannot.

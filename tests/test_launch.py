@@ -58,17 +58,26 @@ def test_zero3_two_processes_save_the_gathered_projector(tmp_path, cache):
     assert not list(run_dir.rglob("model*.safetensors")), "stage 1 must not save the frozen model"
 
 
-@pytest.mark.parametrize("launch", ["deepspeed=zero2", "deepspeed=none"])
-def test_torchrun_two_processes_one_run_directory(tmp_path, cache, launch):
-    overrides = ["stage=finetune", "stage.pretrain_mm_mlp_adapter=null", launch, f"paths.output_root={tmp_path / 'out'}",
+@pytest.mark.parametrize("launch", ["torchrun ZeRO-2", "launcher.nproc_per_node DDP"])
+def test_two_processes_one_run_directory(tmp_path, cache, launch):
+    overrides = ["stage=finetune", "stage.pretrain_mm_mlp_adapter=null", f"paths.output_root={tmp_path / 'out'}",
                  f"paths.cache_dir={cache}", *SMALL]
-    done = torchrun("-m", "llava_hydra", *overrides, cwd=tmp_path)
+    if launch.startswith("torchrun"):
+        done = torchrun("-m", "llava_hydra", "deepspeed=zero2", *overrides, cwd=tmp_path)
+    else:  # one command: the runner composes once and starts the workers itself
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-m", "llava_hydra", "launcher.nproc_per_node=2", "deepspeed=none",
+                               *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     run_dir = tmp_path / "out" / "tiny" / "finetune"
     assert one_hydra_dir(tmp_path) == [run_dir]
     assert (run_dir / "model.safetensors").exists() and (run_dir / "metrics.json").exists()
-    log = (run_dir / "__main__.log").read_text()
-    assert log.count("metrics:") == 1, "only rank 0 writes the run's log file"
+    if launch.startswith("torchrun"):
+        log = (run_dir / "__main__.log").read_text()
+        assert log.count("metrics:") == 1, "only rank 0 writes the run's log file"
+    else:
+        assert (run_dir / "launch_spec.yaml").exists()
+        assert "launching 2 workers" in (run_dir / "__main__.log").read_text()
 
 
 def test_deepspeed_launcher_local_rank_is_taken_off_hydras_command_line(tmp_path, cache):
