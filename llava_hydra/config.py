@@ -161,4 +161,11 @@ class LlavaHydraConfig:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="llava_hydra_schema", node=LlavaHydraConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="llava_hydra_schema", node=LlavaHydraConfig)
+    try:  # the submitit plugin's schemas, under names our conf/hydra/launcher/*.yaml extend
+        from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+    except ImportError:
+        return
+    cs.store(group="hydra/launcher", name="submitit_slurm_schema", node=SlurmQueueConf(), provider="llava_hydra")
+    cs.store(group="hydra/launcher", name="submitit_local_schema", node=LocalQueueConf(), provider="llava_hydra")

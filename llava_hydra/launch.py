@@ -33,6 +33,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def adopt_slurm_ranks() -> None:
+    """Under SLURM with several tasks (hydra/launcher=slurm), every task runs the job: export
+    its rank, world size and master address the way torchrun would."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export()
+
+
+def resume_request(configured):
+    """``training.resume_from_checkpoint``, or ``auto`` in a SLURM job that was requeued."""
+    if configured is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        return "auto"
+    return configured
+
+
 def spawn(cfg: DictConfig, output_dir: str) -> float | None:
     """Start ``cfg.launcher.nproc_per_node`` workers on this node and wait for them."""
     spec = OmegaConf.to_container(cfg, resolve=True)

@@ -110,8 +110,9 @@ def run(cfg: DictConfig) -> float | None:
     if in_multirun():  # every job of a sweep trains in its own job directory
         cfg.training.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.training.output_dir)
-    from llava_hydra.launch import spawn, under_launcher
+    from llava_hydra.launch import adopt_slurm_ranks, resume_request, spawn, under_launcher
 
+    adopt_slurm_ranks()
     if cfg.launcher.nproc_per_node > 1 and not under_launcher():  # start the workers, then wait
         return spawn(cfg, str(out_dir))
     log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
@@ -153,7 +154,7 @@ def run(cfg: DictConfig) -> float | None:
                            save_projector_only=projector_only)
 
     # 6. Train, resuming from a checkpoint if asked (a path, or auto: the latest in the run directory).
-    resume = find_resume_checkpoint(str(out_dir), cfg.training.resume_from_checkpoint)
+    resume = find_resume_checkpoint(str(out_dir), resume_request(cfg.training.resume_from_checkpoint))
     result = trainer.train(resume_from_checkpoint=resume)
 
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.

@@ -111,3 +111,16 @@ def test_cfg_job_prints_recipe_fast_without_torch():
     assert "llm: lmsys/vicuna-13b-v1.5" in out and "learning_rate: 2.0e-05" in out
     assert "stage: 3" in out and "template: v1" in out
     assert elapsed < 5, f"--cfg job took {elapsed:.1f}s"  # ~1 s here; the bound allows a loaded CI box
+
+
+def test_launchers_and_search_compose(compose_spec):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    slurm = compose_spec("hydra/launcher=slurm", return_hydra_config=True).hydra.launcher
+    assert (slurm.nodes, slurm.gpus_per_node, slurm.tasks_per_node, slurm.timeout_min) == (1, 8, 8, 1440)
+    assert slurm.max_num_timeout > 0  # requeued on timeout/preemption, resumes from the last checkpoint
+    assert compose_spec("hydra/launcher=slurm_local", return_hydra_config=True).hydra.launcher._target_.endswith(
+        "LocalLauncher")
+    search = compose_spec("stage=finetune", "hparams_search=projector_lr_optuna", return_hydra_config=True).hydra
+    assert search.sweeper.direction == "maximize"
+    assert set(search.sweeper.params) == {"training.mm_projector_lr", "training.learning_rate"}

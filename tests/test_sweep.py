@@ -48,3 +48,27 @@ def test_a_failing_job_is_marked_and_the_others_still_report(tmp_path):
     assert [r["status"] for r in rows] == ["failed", "ok"]
     assert "warmup_ratio" in rows[0]["error"]
     assert (Path(rows[1]["dir"]) / "mm_projector.safetensors").exists()
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    done, sweep = multirun(tmp_path, "hydra/launcher=slurm_local", "training.learning_rate=1e-3,2e-3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert (sweep / ".submitit").is_dir()  # the jobs went through submitit, not the basic launcher
+
+
+def test_optuna_search_maximises_the_returned_eval_metric(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    args = [sys.executable, "-m", "llava_hydra", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
+            "hparams_search=projector_lr_optuna", "hydra.sweeper.n_trials=2", f"paths.output_root={tmp_path}",
+            f"paths.cache_dir={tmp_path}/.cache", *SMALL]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun" / "tiny").glob("*/*")
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert len(rows) == 2 and all(r["eval_accuracy"] is not None for r in rows)
+    result = (sweep / "optimization_results.yaml").read_text()
+    assert "training.mm_projector_lr" in result and "training.learning_rate" in result
+    assert f"best_value: {max(r['eval_accuracy'] for r in rows)}" in result
