@@ -1,0 +1,246 @@
+"""Sequence packing (``training.packing=true``): several samples per sequence, each attending
+only to itself.
+
+Samples (image tokens included) are bin-packed into sequences of at most ``model_max_length``
+tokens. A packed row carries ``position_ids`` that restart at 0 for every sample and *no*
+``attention_mask``: transformers' masking utilities then find the sample boundaries from the
+restarting positions (``masking_utils.find_packed_sequence_indices``) and build a
+block-diagonal causal mask for sdpa/eager -- but only without a cache object, so the batch
+carries ``use_cache=False`` -- and flash-attention 2 turns the same positions into varlen
+``cu_seqlens`` -- but only for a batch of one row, so for it the collator concatenates the
+batch's rows into one. ``PackedCollator(explicit_mask=True)`` builds that block-diagonal mask
+itself as a 4D additive mask instead (the exact masked fallback; transformers passes a 4D mask
+through untouched).
+
+Labels stay per sample: the first token of every sample is ``IGNORE_INDEX``, so the last
+token of one sample never learns to predict the first of the next (the model shifts labels
+by one internally). Image features are scattered into ``<image>`` positions in order, so the
+images of a packed batch are stacked row by row, sample by sample.
+
+Bins: best-fit decreasing, per modality (image and text-only samples never share a bin), ties
+between equal lengths broken by a permutation drawn from ``seed + epoch``. The bins' length
+profile is therefore the same every epoch (so their number and their lengths are fixed, as a
+map-style dataset and the length-grouped sampler need) while which samples share a bin changes
+with the epoch. ``PackedDataset.modality_lengths`` gives each bin's token count, signed as the
+dataset's (negative: text-only), so ``LengthGroupedSampler`` groups bins by modality and
+length exactly as it groups samples, and the Trainer's default sampler shuffles them.
+
+Loss: with the model's ``num_items_in_batch`` (passed by the Trainer over all gradient
+accumulation micro-batches), the loss is the sum over real answer tokens divided by their
+number, whatever the grouping of samples into rows: packed and unpacked training take the
+same step.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+# -- bins -----------------------------------------------------------------------------------------
+
+def _best_fit_decreasing(order: list[int], sizes: list[int], capacity: int) -> list[list[int]]:
+    """Pack ``order`` (indices, longest first) into bins of ``capacity``: each item goes to the
+    fullest bin it still fits in (the most recently filled one on ties), else a new bin."""
+    bins: list[list[int]] = []
+    by_room: dict[int, list[int]] = {}  # free room -> bins with that much room (a stack)
+    rooms: list[int] = []  # sorted free-room values that have bins
+    for i in order:
+        size = sizes[i]
+        k = bisect.bisect_left(rooms, size)
+        if k < len(rooms):
+            room = rooms[k]
+            stack = by_room[room]
+            b = stack.pop()
+            if not stack:
+                del by_room[room]
+                rooms.pop(k)
+            bins[b].append(i)
+            room -= size
+        else:
+            b = len(bins)
+            bins.append([i])
+            room = capacity - size
+        if room > 0:
+            if room not in by_room:
+                by_room[room] = []
+                bisect.insort(rooms, room)
+            by_room[room].append(b)
+    return bins
+
+
+def pack_lengths(lengths, capacity: int, seed: int = 0, group_by_modality: bool = True) -> list[list[int]]:
+    """Bins of sample indices, each bin's total ``|length|`` at most ``capacity``.
+
+    ``lengths`` as the dataset's ``modality_lengths`` (negative: text-only); a length above the
+    capacity counts as the capacity (the dataset truncates at ``model_max_length``). With
+    ``group_by_modality`` no bin mixes image and text-only samples. Image bins come first, then
+    text-only ones; the order the bins are visited in is the sampler's business.
+    Deterministic for a given ``seed``; a different seed changes which of the equal-length
+    samples share a bin but not the bins' sizes."""
+    if capacity < 1:
+        raise ValueError(f"packing capacity must be >= 1, got {capacity}")
+    lens = torch.as_tensor(lengths, dtype=torch.int64)
+    if group_by_modality and (lens == 0).any():
+        raise ValueError("a length of 0 has no modality (images are > 0, text-only < 0)")
+    sizes_t = lens.abs().clamp(max=capacity)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lens), generator=g)
+    groups = [torch.nonzero(lens > 0).view(-1), torch.nonzero(lens < 0).view(-1)] if group_by_modality \
+        else [torch.arange(len(lens))]
+    rank = torch.empty_like(perm)
+    rank[perm] = torch.arange(len(perm))  # a sample's place in the random permutation
+    sizes = sizes_t.tolist()
+    bins: list[list[int]] = []
+    for idx in groups:
+        if len(idx) == 0:
+            continue
+        idx = idx[torch.sort(rank[idx]).indices]  # random order within the modality ...
+        idx = idx[torch.sort(sizes_t[idx], descending=True, stable=True).indices]  # ... longest first
+        bins += _best_fit_decreasing(idx.tolist(), sizes, capacity)
+    return bins
+
+
+def padding_stats(bin_lengths, batch_size: int) -> dict:
+    """Pad tokens when consecutive bins form batches of ``batch_size`` rows, each padded to its
+    longest row; and how full the bins are (``fill``: tokens / (bins x capacity) is the caller's)."""
+    t = torch.as_tensor(bin_lengths, dtype=torch.int64).abs()
+    full = len(t) // batch_size * batch_size
+    rows = t[:full].view(-1, batch_size)
+    padded = rows.max(dim=1).values.sum().item() * batch_size
+    real = rows.sum().item()
+    return {"pad_waste": 1 - real / padded if padded else 0.0, "real_tokens": real, "padded_tokens": padded}
+
+
+# -- dataset and collator -------------------------------------------------------------------------
+
+def pack_samples(samples: list[dict]) -> dict:
+    """One packed row from tokenized samples (the dataset's items): ids and labels concatenated,
+    positions restarting per sample, each sample's first label ignored, images in order."""
+    ids = torch.cat([s["input_ids"] for s in samples])
+    labels = torch.cat([s["labels"] for s in samples]).clone()
+    lengths = [len(s["input_ids"]) for s in samples]
+    starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+    labels[starts] = IGNORE_INDEX
+    position_ids = torch.cat([torch.arange(n) for n in lengths])
+    row = {"input_ids": ids, "labels": labels, "position_ids": position_ids,
+           "sample_lengths": torch.tensor(lengths)}
+    images = [s["pixel_values"] for s in samples if "pixel_values" in s]
+    if images:
+        row["pixel_values"] = torch.stack(images)
+    return row
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Bins of a tokenized dataset: item ``i`` is bin ``i`` packed into one row (``pack_samples``).
+
+    ``dataset`` needs ``modality_lengths`` (as ``LazySupervisedDataset``). ``set_epoch`` (called
+    by accelerate's dataloader each epoch) repacks with ``seed + epoch``; the number of bins
+    and their lengths do not change. With ``dataloader_persistent_workers`` the workers keep
+    epoch 0's bins (still every sample once per epoch)."""
+
+    def __init__(self, dataset, capacity: int, seed: int = 0, group_by_modality: bool = True):
+        self.dataset, self.capacity, self.seed = dataset, capacity, seed
+        self.group_by_modality = group_by_modality
+        self._sample_lengths = list(dataset.modality_lengths)
+        self.epoch = -1
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        self.bins = pack_lengths(self._sample_lengths, self.capacity, self.seed + epoch, self.group_by_modality)
+        cap = self.capacity
+        self._bin_lengths = [
+            (1 if self._sample_lengths[b[0]] > 0 else -1) * sum(min(abs(self._sample_lengths[i]), cap) for i in b)
+            for b in self.bins]
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Tokens per bin, negative for a text-only bin (the sampler's lengths)."""
+        return self._bin_lengths
+
+    def __getitem__(self, i: int) -> dict:
+        return pack_samples([self.dataset[j] for j in self.bins[i]])
+
+
+def block_causal_mask(sample_lengths: list[list[int]], length: int, dtype=torch.float32) -> torch.Tensor:
+    """[B, 1, L, L] additive mask: 0 where a query may attend (same sample, not later), dtype
+    min elsewhere. ``sample_lengths[b]`` are row b's samples in order; the rest of the row
+    (padding) is one more block."""
+    seq = torch.zeros(len(sample_lengths), length, dtype=torch.long)
+    for b, lens in enumerate(sample_lengths):
+        ids = torch.repeat_interleave(torch.arange(len(lens)), torch.as_tensor(lens, dtype=torch.long))
+        seq[b, :len(ids)] = ids
+        seq[b, len(ids):] = len(lens)
+    same = seq[:, :, None] == seq[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = same & causal
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+class PackedCollator:
+    """Stacks packed rows (``PackedDataset`` items) into a batch, for ``attn_implementation``.
+
+    - sdpa / eager / flex (default): rows right-padded to the longest (``pad_to_multiple_of``
+      rounds up); the padding is one more block (positions from 0, labels ignored) that no real
+      token attends to. No ``attention_mask`` and ``use_cache=False``: transformers' masking
+      utilities build the block-diagonal causal mask from the restarting ``position_ids`` (they
+      skip that detection when a cache object exists, and the model creates one by default).
+    - flash_attention_2/3: all rows are concatenated into one ``[1, total]`` row, no padding at
+      all: flash-attention's varlen path reads the sample boundaries from ``position_ids`` only
+      for a batch of one row.
+    - ``explicit_mask=True``: the block-diagonal mask itself, as a 4D additive
+      ``attention_mask`` of ``mask_dtype`` (the model's compute dtype), which transformers passes
+      through untouched (the exact masked fallback; not for flash-attention)."""
+
+    def __init__(self, pad_token_id: int, attn_implementation: str = "sdpa", pad_to_multiple_of: int | None = None,
+                 explicit_mask: bool = False, mask_dtype=torch.float32):
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+        self.flatten = "flash" in (attn_implementation or "")
+        if self.flatten and explicit_mask:
+            raise ValueError("packing: flash-attention takes no 4D mask; use explicit_mask=False")
+        self.explicit_mask, self.mask_dtype = explicit_mask, mask_dtype
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if self.flatten:
+            rows = [{"input_ids": torch.cat([r["input_ids"] for r in rows]),
+                     "labels": torch.cat([r["labels"] for r in rows]),
+                     "position_ids": torch.cat([r["position_ids"] for r in rows]),
+                     "sample_lengths": torch.cat([r["sample_lengths"] for r in rows]),
+                     **({"pixel_values": torch.cat([r["pixel_values"] for r in rows if "pixel_values" in r])}
+                        if any("pixel_values" in r for r in rows) else {})}]
+        longest = max(len(r["input_ids"]) for r in rows)
+        if self.pad_to_multiple_of and not self.flatten:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.arange(longest).repeat(len(rows), 1)
+        for b, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[b, :n], labels[b, :n], positions[b, :n] = r["input_ids"], r["labels"], r["position_ids"]
+            positions[b, n:] = torch.arange(longest - n)
+        batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
+        if self.explicit_mask:
+            batch["attention_mask"] = block_causal_mask([r["sample_lengths"].tolist() for r in rows], longest,
+                                                        self.mask_dtype)
+        images = [r["pixel_values"] for r in rows if "pixel_values" in r]
+        if images:
+            batch["pixel_values"] = torch.cat(images)
+        return batch
+
+
+def packed_training(dataset, pad_token_id: int, model_max_length: int, attn_implementation: str = "sdpa",
+                    seed: int = 0, group_by_modality: bool = True, explicit_mask: bool = False):
+    """What the runner swaps in for ``training.packing=true``: (PackedDataset, PackedCollator)."""
+    return (PackedDataset(dataset, model_max_length, seed=seed, group_by_modality=group_by_modality),
+            PackedCollator(pad_token_id, attn_implementation, explicit_mask=explicit_mask))
