@@ -11,6 +11,11 @@ Columns: seconds to produce the epoch's index list (best of --repeats); padding 
 tokens / all tokens when each per-device batch is padded to its own longest sample; rank
 imbalance = per step, the slowest rank's padded tokens over the ranks' mean, averaged over
 steps (and its worst step); mixed = per-device batches holding both modalities.
+
+Packing rows (``training.packing``): samples are bin-packed into sequences of --capacity tokens
+(``llava_hydra.packing.pack_lengths``), the bins ordered by the balanced grouped sampler, and a
+per-device batch is that many packed rows: about as many tokens as --batch-size samples, or
+one row. Seconds include packing; the columns are then over rows, not samples.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from llava_hydra.packing import pack_lengths
 from llava_hydra.sampler import LengthGroupedSampler
 
 
@@ -56,6 +62,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="per-device batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--capacity", type=int, default=2048, help="packing: model_max_length")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampler.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared machine; and what one dataloader process gets
@@ -69,6 +76,21 @@ def main() -> None:
         "balanced": LengthGroupedSampler(bs, ws, as_list, group_by_modality=True, seed=1).order,
         "balanced, pool=64": LengthGroupedSampler(bs, ws, as_list, group_by_modality=True, seed=1, pool=64).order,
     }
+    cap = args.capacity
+    rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
+    packed = {}  # name -> (bin lengths, rows per device), filled by the timed function
+
+    def packing(name, rows):
+        def order_fn():
+            bins = pack_lengths(as_list, cap, seed=1)
+            bin_lengths = [(1 if as_list[b[0]] > 0 else -1) * sum(min(abs(as_list[i]), cap) for i in b) for b in bins]
+            packed[name] = (torch.tensor(bin_lengths), rows)
+            return LengthGroupedSampler(rows, ws, bin_lengths, group_by_modality=True, seed=1).order()
+        return order_fn
+
+    for rows_ in (rows_per_device, 1):
+        name = f"packing, {rows_} row{'s' if rows_ > 1 else ''}"
+        methods[name] = packing(name, rows_)
     rows = []
     for name, order_fn in methods.items():
         seconds = []
@@ -77,20 +99,28 @@ def main() -> None:
             order = order_fn()
             order.tolist()  # the sampler's __iter__ hands out Python ints
             seconds.append(time.perf_counter() - start)
-        assert torch.equal(order.sort().values, torch.arange(len(lengths))), name
-        rows.append({"method": name, "seconds": min(seconds), **measure(order, lengths, bs, ws)})
+        units, batch = packed.get(name, (lengths, bs))
+        assert torch.equal(order.sort().values, torch.arange(len(units))), name
+        row = {"method": name, "seconds": min(seconds), "batch_size": batch, **measure(order, units, batch, ws)}
+        if name in packed:
+            row.update(rows=len(units), fill=units.abs().sum().item() / (len(units) * cap))
+        rows.append(row)
 
     print(f"{len(lengths)} samples ({int((lengths < 0).sum())} text-only), "
-          f"world_size {ws}, batch {bs}, torch threads 1")
-    header = f"{'method':<24}{'seconds':>9}{'pad waste':>11}{'rank imbal.':>13}{'worst step':>12}{'mixed':>7}"
+          f"world_size {ws}, batch {bs}, torch threads 1; packing into {cap}-token rows")
+    header = f"{'method':<24}{'batch':>6}{'seconds':>9}{'pad waste':>11}{'rank imbal.':>13}{'worst step':>12}{'mixed':>7}"
     print(header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['method']:<24}{r['seconds']:>9.3f}{r['pad_waste']:>11.2%}{r['rank_imbalance_mean']:>13.4f}"
+        print(f"{r['method']:<24}{r['batch_size']:>6}{r['seconds']:>9.3f}{r['pad_waste']:>11.2%}{r['rank_imbalance_mean']:>13.4f}"
               f"{r['rank_imbalance_worst']:>12.4f}{r['mixed_batches']:>7d}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        if "fill" in r:
+            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled")
     out.write_text(json.dumps({"samples": len(lengths), "text_only": int((lengths < 0).sum()),
-                               "world_size": ws, "batch_size": bs, "torch_threads": 1, "rows": rows}, indent=1))
+                               "world_size": ws, "batch_size": bs, "capacity": cap, "torch_threads": 1,
+                               "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 
