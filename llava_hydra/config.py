@@ -65,6 +65,7 @@ class DataConfig:
     template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
     image_aspect_ratio: str = "square"  # square | pad
     eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
+    on_bad_sample: str = "raise"  # raise (stop, naming file/sample/problem) | skip (log each once, count at the end)
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
 
 

@@ -70,7 +70,8 @@ def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, mo
     return LazySupervisedDataset(
         data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
         image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
-        image_token_id=model.config.image_token_index, num_image_tokens=model.config.image_seq_length)
+        image_token_id=model.config.image_token_index, num_image_tokens=model.config.image_seq_length,
+        on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
 
 
 def final_loss(log_history: list[dict]) -> float | None:

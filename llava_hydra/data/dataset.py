@@ -1,116 +1,41 @@
-"""LLaVA-format records -> model inputs: tokenize + mask, image loading, the lazy dataset, the collator.
+"""The lazy supervised dataset and the collator.
 
-The mask comes from the rendered text: the prompt is tokenized once with character offsets
-and a token is labelled when it overlaps an answer span. Each ``<image>`` (one special
-token after tokenization) is then expanded to the vision tower's number of patch tokens,
-which the Llava model replaces with projected image features.
+``LazySupervisedDataset`` reads the records up front and does the work of a sample — render,
+tokenize + mask (labels.py), load + process its image (images.py) — only when the sample is
+asked for. ``modality_lengths`` runs the cached length pass (lengths.py) the first time the
+grouped sampler asks.
+
+Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
+the sample index and id and the problem; ``skip`` logs each bad sample once and hands out the
+next good sample in its place (deterministic: index i+1, i+2, ... wrapping around). A sample
+left with nothing to train on after truncation is always replaced the same way, never handed
+to the trainer with zero loss. ``report()`` counts what was skipped (across DataLoader worker
+processes too: each skip is appended to a small JSONL file the dataset owns).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
 
-from llava_hydra.data.conversation import GPT, HUMAN, IMAGE_TOKEN, Rendered, render
+from llava_hydra.data import lengths as lengths_mod
+from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
+from llava_hydra.data.images import ImageError, load_image
+from llava_hydra.data.labels import (IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt,  # noqa: F401
+                                     tokenize_with_labels)
+from llava_hydra.data.records import (BadSampleError, RecordError, images_of, load_records,  # noqa: F401
+                                      normalize_turns, record_id)
 
-IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
-
-class BadSampleError(ValueError):
-    """A record that cannot be trained on; the message names the file, sample and problem."""
-
-
-def load_records(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise BadSampleError(f"{path}: line {lineno} is not valid JSON: {e.msg}") from None
-        return records
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadSampleError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(records, list):
-        raise BadSampleError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    return records
-
-
-def normalize_turns(record: dict) -> list[dict]:
-    """Check the turns and move ``<image>`` to the front of its message, as LLaVA does."""
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError("record has no 'conversations' list" if turns is None else "'conversations' is empty")
-    out = []
-    for k, turn in enumerate(turns):
-        role, value = turn.get("from"), turn.get("value")
-        if role not in (HUMAN, GPT):
-            raise ValueError(f"turn {k}: unknown role {role!r} (expected 'human' or 'gpt')")
-        if role != (HUMAN if k % 2 == 0 else GPT):
-            raise ValueError(f"turn {k}: roles must alternate human, gpt, ... starting with human")
-        if not isinstance(value, str):
-            raise ValueError(f"turn {k}: 'value' must be a string, got {type(value).__name__}")
-        if IMAGE_TOKEN in value:
-            value = IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()
-        out.append({"from": role, "value": value})
-    n_tags = sum(t["value"].count(IMAGE_TOKEN) for t in out)
-    n_images = 1 if record.get("image") else 0
-    if n_tags != n_images:
-        raise ValueError(f"{n_tags} <image> tag(s) for {n_images} image(s)")
-    return out
-
-
-def tokenize_with_labels(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens: int,
-                         max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels: answer-span tokens keep their id, all else is IGNORE_INDEX."""
-    enc = tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=True)
-    ids, labels = [], []
-    for tok, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
-        n = num_image_tokens if tok == image_token_id else 1
-        trained = tok != image_token_id and any(s < b and e > a for a, b in rendered.answer_spans)
-        ids += [tok] * n
-        labels += [tok if trained else IGNORE_INDEX] * n
-    if len(ids) > max_length:
-        ids, labels = ids[:max_length], labels[:max_length]
-        if ids.count(image_token_id) % max(num_image_tokens, 1):
-            raise ValueError(f"truncation at model_max_length={max_length} would cut an image's tokens")
-    if all(lab == IGNORE_INDEX for lab in labels):
-        raise ValueError(f"no answer token left to train on (model_max_length={max_length})")
-    return ids, labels
-
-
-def encode_prompt(text: str, tokenizer, image_token_id: int, num_image_tokens: int) -> list[int]:
-    """Token ids of a generation prompt, each image token expanded to its patch tokens."""
-    ids = []
-    for tok in tokenizer(text, add_special_tokens=True)["input_ids"]:
-        ids += [tok] * (num_image_tokens if tok == image_token_id else 1)
-    return ids
-
-
-def load_image(path: str | Path, aspect: str, image_processor) -> torch.Tensor:
-    img = Image.open(path)
-    img = ImageOps.exif_transpose(img).convert("RGB")
-    if aspect == "pad":
-        w, h = img.size
-        if w != h:
-            fill = tuple(int(round(c * 255)) for c in image_processor.image_mean)
-            canvas = Image.new("RGB", (max(w, h), max(w, h)), fill)
-            canvas.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
-            img = canvas
-    elif aspect != "square":
-        raise ValueError(f"image_aspect_ratio must be 'square' or 'pad', got {aspect!r}")
-    return image_processor(img, return_tensors="pt")["pixel_values"][0]
+POLICIES = ("raise", "skip")
 
 
 class LazySupervisedDataset(torch.utils.data.Dataset):
@@ -118,60 +43,167 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_path, tokenizer, image_processor, template: str, image_folder=None,
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
-                 image_token_id: int | None = None, num_image_tokens: int = 576):
+                 image_token_id: int | None = None, num_image_tokens: int = 576,
+                 on_bad_sample: str = "raise", cache_dir=None):
+        if on_bad_sample not in POLICIES:
+            raise ValueError(f"data.on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
+        check_template(template)
         self.data_path = str(data_path)
-        self.records = load_records(data_path)
+        self.on_bad_sample = on_bad_sample
+        self.records, self.data_digest = load_records(data_path, skip_bad_lines=on_bad_sample == "skip")
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.template, self.image_folder = template, Path(image_folder or ".")
         self.image_aspect_ratio, self.model_max_length = image_aspect_ratio, model_max_length
-        self.image_token_id = image_token_id if image_token_id is not None else tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_token_id = (image_token_id if image_token_id is not None
+                               else tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
         self.num_image_tokens = num_image_tokens
-        self._lengths = None
+        self.cache_dir = cache_dir
+        self._table: lengths_mod.LengthTable | None = None
+        self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
+        self._seen: dict[int, tuple[str, str]] = {}  # skips noticed in this process
+        where = Path(cache_dir) / "skips" if cache_dir else Path(tempfile.gettempdir())
+        self.skip_log = where / f"skips-{os.getpid()}-{time.time_ns()}.jsonl"
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _fail(self, i: int, problem: str) -> BadSampleError:
-        rid = self.records[i].get("id") if isinstance(self.records[i], dict) else None
-        return BadSampleError(f"{self.data_path}: sample {i} (id={rid!r}): {problem}")
+    # -- one record ----------------------------------------------------------------------------
 
-    def _render(self, i: int) -> Rendered:
+    def _fail(self, i: int, problem: str) -> BadSampleError:
+        return BadSampleError(f"{self.data_path}: sample {i} (id={record_id(self.records[i])!r}): {problem}")
+
+    def prepare(self, i: int) -> tuple[Rendered, list[str]]:
+        """(rendered conversation, image paths) of record i; RecordError if it is malformed."""
         record = self.records[i]
+        turns = normalize_turns(record)
+        return render(self.template, turns, tokenizer=self.tokenizer), images_of(record)
+
+    def encode(self, i: int) -> tuple[Encoded, list[str]]:
+        """Tokens + labels of record i (no image loaded); BadSampleError / NothingToTrain."""
         try:
-            turns = normalize_turns(record)
-        except ValueError as e:
+            rendered, images = self.prepare(i)
+            return encode(rendered, self.tokenizer, self.image_token_id, self.num_image_tokens,
+                          self.model_max_length), images
+        except NothingToTrain:
+            raise
+        except ValueError as e:  # RecordError, or a chat template that cannot be located
             raise self._fail(i, str(e)) from None
-        return render(self.template, turns, eos=self.tokenizer.eos_token or "")
+
+    def build(self, i: int) -> dict:
+        """Sample i as the collator takes it; raises on any problem (no replacement)."""
+        e, images = self.encode(i)
+        sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
+        if images and e.num_images:
+            try:
+                sample["pixel_values"] = load_image(self.image_folder / images[0], self.image_aspect_ratio,
+                                                    self.image_processor)
+            except ImageError as err:
+                raise self._fail(i, str(err)) from None
+        return sample
+
+    # -- the policy ----------------------------------------------------------------------------
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self)
+        for step in range(n):
+            j = (i + step) % n
+            if j in self._known_bad:
+                continue
+            try:
+                return self.build(j)
+            except BadSampleError as e:
+                if self.on_bad_sample == "raise":
+                    raise
+                self._skip(j, "bad", str(e))
+            except NothingToTrain as e:
+                self._skip(j, "nothing_to_train", str(self._fail(j, str(e))))
+        raise BadSampleError(f"{self.data_path}: no usable sample among its {n} records")
+
+    def _logged(self) -> dict[int, tuple[str, str]]:
+        out = {}
+        if self.skip_log.exists():
+            for line in self.skip_log.read_text().splitlines():
+                try:
+                    i, kind, msg = json.loads(line)
+                    out[int(i)] = (kind, msg)
+                except (ValueError, TypeError):
+                    continue
+        return out
+
+    def _skip(self, i: int, kind: str, message: str, logged: dict | None = None) -> None:
+        self._known_bad.add(i)
+        if i in self._seen:
+            return
+        self._seen[i] = (kind, message)
+        if i in (self._logged() if logged is None else logged):
+            return  # another worker process (or an earlier epoch's) already logged it
+        log.warning("skipping sample %d (%s): %s", i, kind, message)
+        self.skip_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.skip_log, "a") as f:
+            f.write(json.dumps([i, kind, message]) + "\n")
+
+    def report(self) -> dict:
+        """Counts of samples replaced so far (all processes), logged once as a summary."""
+        skipped = {**self._logged(), **self._seen}
+        kinds: dict[str, int] = {}
+        for kind, _ in skipped.values():
+            kinds[kind] = kinds.get(kind, 0) + 1
+        summary = {"samples": len(self), "skipped": len(skipped), "by_kind": kinds,
+                   "examples": [msg for _, msg in list(skipped.values())[:5]]}
+        if skipped:
+            log.warning("data: %d of %d samples skipped (%s) from %s", len(skipped), len(self),
+                        ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())), self.data_path)
+        return summary
+
+    # -- lengths -------------------------------------------------------------------------------
+
+    def _prepare_for_lengths(self, i: int):
+        try:
+            return self.prepare(i)
+        except RecordError:
+            raise
+        except ValueError as e:  # a chat template problem: a record problem too
+            raise RecordError(str(e)) from None
+
+    def length_table(self) -> lengths_mod.LengthTable:
+        """The cached length pass (computed on first use)."""
+        if self._table is None:
+            key = lengths_mod.cache_key(self.data_digest, self.tokenizer, self.template, self.model_max_length,
+                                        self.num_image_tokens)
+            started = time.time()
+            self._table, hit = lengths_mod.cached(
+                self.cache_dir, key,
+                lambda: lengths_mod.compute(len(self), self._prepare_for_lengths, self.tokenizer,
+                                            self.num_image_tokens))
+            log.info("lengths of %d samples %s in %.1fs", len(self), "read from the cache" if hit else "computed",
+                     time.time() - started)
+        return self._table
 
     @property
     def modality_lengths(self) -> list[int]:
-        """Token count per sample (image tokens included); negative for text-only, as in LLaVA."""
-        if self._lengths is None:
-            texts = [self._render(i).text for i in range(len(self))]
-            counts = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-            extra = self.num_image_tokens - 1
-            self._lengths = [
-                len(ids) + extra if self.records[i].get("image") else -len(ids) for i, ids in enumerate(counts)
-            ]
-        return self._lengths
-
-    def __getitem__(self, i: int) -> dict:
-        record = self.records[i]
-        try:
-            ids, labels = tokenize_with_labels(self._render(i), self.tokenizer, self.image_token_id,
-                                               self.num_image_tokens, self.model_max_length)
-        except BadSampleError:
-            raise
-        except ValueError as e:
-            raise self._fail(i, str(e)) from None
-        sample = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-        if record.get("image"):
-            path = self.image_folder / record["image"]
-            try:
-                sample["pixel_values"] = load_image(path, self.image_aspect_ratio, self.image_processor)
-            except (OSError, SyntaxError) as e:
-                raise self._fail(i, f"cannot read image {path}: {e}") from None
-        return sample
+        """Token count per sample (image tokens included, capped at model_max_length); negative
+        for text-only, as LLaVA's. Bad or untrainable samples take their replacement's length."""
+        table = self.length_table()
+        if table.problems and self.on_bad_sample == "raise":
+            i, (_, message) = min(table.problems.items())
+            raise self._fail(i, message)
+        logged = self._logged()
+        for i, (kind, message) in sorted(table.problems.items()):
+            self._skip(i, "bad", str(self._fail(i, message)), logged)
+        for i in table.nothing_to_train(self.model_max_length).nonzero()[0].tolist():
+            self._skip(i, "nothing_to_train", str(self._fail(
+                i, f"every answer lies beyond model_max_length={self.model_max_length}")), logged)
+        lengths = table.modality_lengths(self.model_max_length)
+        if self._known_bad:
+            n = len(self)
+            if len(self._known_bad) == n:
+                raise BadSampleError(f"{self.data_path}: no usable sample among its {n} records")
+            for i in sorted(self._known_bad):
+                j = i
+                while j in self._known_bad:
+                    j = (j + 1) % n
+                lengths[i] = lengths[j]
+        return lengths
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""``python -m llava_hydra.data.check [--images] [--eval] [--limit N] [--json PATH] [overrides]``
+
+Validates the dataset a run spec names, before a long run and without loading the model:
+counts samples and the image / text-only split, and finds malformed records, ``<image>`` tag
+count mismatches, missing images (``--images``: also unreadable ones, each decoded by PIL's
+verify), samples longer than model.model_max_length (truncated) and samples whose answers all
+lie beyond it (skipped in training). Errors — anything ``data.on_bad_sample=raise`` would stop
+on — make it exit 1; the length pass it runs is the cached one training reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ERRORS = ("bad_line", "malformed", "image_tags", "missing_image", "unreadable_image")
+WARNINGS = ("over_length", "nothing_to_train")
+DESCRIBE = {
+    "bad_line": "JSONL lines that are not JSON",
+    "malformed": "malformed records",
+    "image_tags": "<image> tag count != image count",
+    "missing_image": "image files missing",
+    "unreadable_image": "image files unreadable",
+    "over_length": "longer than model_max_length (truncated)",
+    "nothing_to_train": "all answers beyond model_max_length (skipped)",
+}
+
+
+def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
+    """Findings for a LazySupervisedDataset: counts and, per kind, the (index, message) list."""
+    from llava_hydra.data.images import probe
+    from llava_hydra.data.records import images_of
+
+    started = time.time()
+    table = ds.length_table()
+    found: dict[str, list[tuple[int, str]]] = {k: [] for k in (*ERRORS, *WARNINGS)}
+    for i, (kind, message) in sorted(table.problems.items()):
+        found[kind].append((i, message))
+    bad = set(table.problems)
+    image_jobs = []
+    for i in range(len(ds)):
+        if i not in bad and table.has_image[i]:
+            image_jobs.append((i, ds.image_folder / images_of(ds.records[i])[0]))
+    if decode_images:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(lambda job: probe(job[1], decode=True), image_jobs))
+    else:
+        results = [None if path.is_file() else f"image file not found: {path}" for _, path in image_jobs]
+    for (i, path), problem in zip(image_jobs, results):
+        if problem:
+            found["missing_image" if "not found" in problem else "unreadable_image"].append((i, problem))
+    max_len = ds.model_max_length
+    for i in (table.tokens > max_len).nonzero()[0].tolist():
+        if i not in bad:
+            found["over_length"].append((i, f"{int(table.tokens[i])} tokens"))
+    for i in table.nothing_to_train(max_len).nonzero()[0].tolist():
+        found["nothing_to_train"].append((i, f"first answer token at {int(table.first_label[i])}"))
+    good = [i for i in range(len(ds)) if i not in bad]
+    n_image = int(table.has_image[good].sum()) if good else 0
+    return {"data_path": ds.data_path, "samples": len(ds), "image_samples": n_image,
+            "text_only_samples": len(good) - n_image, "model_max_length": max_len,
+            "max_tokens": int(table.tokens.max(initial=0)), "images_decoded": decode_images,
+            "errors": sum(len(found[k]) for k in ERRORS), "warnings": sum(len(found[k]) for k in WARNINGS),
+            "found": found, "seconds": round(time.time() - started, 2)}
+
+
+def _print(report: dict, limit: int, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"{report['data_path']}")
+    p(f"  samples            {report['samples']:>10}")
+    p(f"  with an image      {report['image_samples']:>10}")
+    p(f"  text-only          {report['text_only_samples']:>10}")
+    p(f"  longest (tokens)   {report['max_tokens']:>10}   (model_max_length {report['model_max_length']})")
+    for kind in (*ERRORS, *WARNINGS):
+        items = report["found"][kind]
+        level = "error" if kind in ERRORS else "warning"
+        p(f"  {DESCRIBE[kind]:<46} {len(items):>8}   {level if items else ''}")
+    for kind in (*ERRORS, *WARNINGS):
+        for i, message in report["found"][kind][:limit]:
+            p(f"  [{kind}] sample {i}: {message}")
+        if len(report["found"][kind]) > limit:
+            p(f"  [{kind}] ... and {len(report['found'][kind]) - limit} more")
+    verdict = "FAILED" if report["errors"] else "OK"
+    p(f"{verdict}: {report['errors']} error(s), {report['warnings']} warning(s) in {report['seconds']}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llava_hydra.data.check", description=__doc__.split("\n\n")[1],
+                                     epilog="Other arguments are Hydra overrides, as for python -m llava_hydra.")
+    parser.add_argument("--images", action="store_true", help="decode every image (PIL verify), not just stat it")
+    parser.add_argument("--eval", action="store_true", help="check data.eval_data_path instead of data.data_path")
+    parser.add_argument("--limit", type=int, default=10, help="problems listed per kind (default 10)")
+    parser.add_argument("--json", type=Path, help="also write the full report as JSON here")
+    args, overrides = parser.parse_known_args(argv)
+
+    from llava_hydra.data.cli import compose_spec, make_dataset
+    from llava_hydra.data.records import BadSampleError
+
+    cfg = compose_spec(overrides)
+    path = cfg.data.eval_data_path if args.eval else cfg.data.data_path
+    if not path:
+        print("no data path: data.eval_data_path is not set", file=sys.stderr)
+        return 2
+    try:
+        ds = make_dataset(cfg, path, image_processor=False, on_bad_sample="skip")
+    except (FileNotFoundError, BadSampleError) as e:
+        print(f"FAILED: {e}")
+        return 1
+    report = check_dataset(ds, decode_images=args.images)
+    _print(report, args.limit)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The length pass: every record's token count, computed once in batches and cached on disk.
+
+For each record it stores the token count with image tokens expanded (before truncation),
+where the first labelled token falls (so samples whose answers all lie beyond
+model_max_length are known before training), whether it has an image, and the problem of
+each record that fails its checks. Tokenization goes through the fast tokenizer's Rust
+backend in batches (``encode_batch``); no per-token Python object is made.
+
+The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
+tokenizer (its full serialization, specials and chat template), the template, the image
+token count and model_max_length; a second run with the same key only reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered
+from llava_hydra.data.records import RecordError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what is stored changes
+
+
+@dataclass
+class LengthTable:
+    tokens: np.ndarray  # int32: text + image tokens, untruncated; 0 for a bad record
+    first_label: np.ndarray  # int32: index of the first labelled token (image tokens expanded); -1 if none
+    has_image: np.ndarray  # bool
+    problems: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (kind, message)
+
+    def nothing_to_train(self, max_length: int) -> np.ndarray:
+        """Good records whose first labelled token lies at or beyond max_length (or which have none)."""
+        bad = np.zeros(len(self.tokens), dtype=bool)
+        bad[list(self.problems)] = True
+        return ~bad & ((self.first_label < 0) | (self.first_label >= max_length))
+
+    def modality_lengths(self, max_length: int) -> list[int]:
+        capped = np.minimum(self.tokens, max_length).astype(np.int64)
+        return np.where(self.has_image, capped, -capped).tolist()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    for part in (tokenizer.bos_token, tokenizer.eos_token, getattr(tokenizer, "chat_template", None),
+                 type(tokenizer).__name__):
+        h.update(b"\0" + str(part).encode())
+    return h.hexdigest()
+
+
+def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_image_tokens: int) -> str:
+    spec = json.dumps([FORMAT, data_digest, tokenizer_fingerprint(tokenizer), template, max_length, num_image_tokens])
+    return hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+
+def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens: int,
+            batch_size: int = 2048) -> LengthTable:
+    """Run ``prepare(i) -> (rendered, images)`` over all records (RecordError marks a bad one)
+    and tokenize the rendered texts in batches."""
+    tokens = np.zeros(n, dtype=np.int32)
+    first = np.full(n, -1, dtype=np.int32)
+    has_image = np.zeros(n, dtype=bool)
+    problems: dict[int, tuple[str, str]] = {}
+    backend = tokenizer.backend_tokenizer
+    extra = num_image_tokens - 1
+    for lo in range(0, n, batch_size):
+        batch = []  # (index, rendered)
+        for i in range(lo, min(lo + batch_size, n)):
+            try:
+                rendered, images = prepare(i)
+            except RecordError as e:
+                problems[i] = (e.kind, str(e))
+                continue
+            has_image[i] = bool(images)
+            batch.append((i, rendered))
+        for special in (True, False):
+            part = [(i, r) for i, r in batch if r.add_special_tokens == special]
+            if not part:
+                continue
+            encodings = backend.encode_batch([r.text for _, r in part], add_special_tokens=special)
+            for (i, r), e in zip(part, encodings):
+                n_img = r.text.count(IMAGE_TOKEN)
+                tokens[i] = len(e) + extra * n_img
+                first[i] = _first_label(r, e, extra)
+    return LengthTable(tokens, first, has_image, problems)
+
+
+def _first_label(r: Rendered, encoding, extra: int) -> int:
+    for a, b in r.answer_spans:
+        for c in range(a, b):  # the first character of the span that a token covers
+            t = encoding.char_to_token(c)
+            if t is not None:
+                return t + extra * r.text.count(IMAGE_TOKEN, 0, c)
+    return -1
+
+
+def save(table: LengthTable, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    problems = json.dumps({str(k): v for k, v in table.problems.items()})
+    np.savez(tmp, tokens=table.tokens, first_label=table.first_label, has_image=table.has_image,
+             problems=np.array(problems))
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> LengthTable:
+    with np.load(path, allow_pickle=False) as z:
+        problems = {int(k): tuple(v) for k, v in json.loads(str(z["problems"])).items()}
+        return LengthTable(z["tokens"], z["first_label"], z["has_image"], problems)
+
+
+def cached(cache_dir: str | Path | None, key: str, make: Callable[[], LengthTable]) -> tuple[LengthTable, bool]:
+    """(table, whether it came from the cache). No cache_dir: always computed."""
+    if cache_dir is None:
+        return make(), False
+    path = Path(cache_dir) / "lengths" / f"{key}.npz"
+    if path.exists():
+        try:
+            return load(path), True
+        except (OSError, ValueError, KeyError) as e:  # a damaged file is recomputed, not trusted
+            log.warning("length cache %s unreadable (%s): recomputing", path, e)
+    table = make()
+    save(table, path)
+    return table, False

@@ -1,0 +1,116 @@
+"""LLaVA-format data files -> checked records.
+
+Owns reading a JSON list or JSONL file (with the line number of a bad line), the content
+digest that keys the length cache, and the per-record checks: a record has a non-empty
+``conversations`` list of ``{"from": "human"|"gpt", "value": str}`` turns alternating from
+human, and as many ``<image>`` tags as images (one ``image`` path, or none for text-only).
+A failed check raises :class:`RecordError`, whose ``kind`` groups problems for reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from llava_hydra.data.conversation import GPT, HUMAN, IMAGE_TOKEN, image_to_front
+
+BAD_LINE = "_bad_line"  # key of the placeholder a skipped JSONL line leaves (indices stay line-aligned)
+
+
+class BadSampleError(ValueError):
+    """A record that cannot be trained on; the message names the file, sample and problem."""
+
+
+class RecordError(ValueError):
+    """What is wrong with one record; ``kind`` is malformed | image_tags | bad_line."""
+
+    def __init__(self, message: str, kind: str = "malformed"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def load_records(path: str | Path, skip_bad_lines: bool = False) -> tuple[list[dict], str]:
+    """(records, sha256 of the file's bytes). A bad JSONL line raises BadSampleError naming
+    its line number, or with ``skip_bad_lines`` becomes ``{"_bad_line": message}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if path.suffix == ".jsonl":
+        records = []
+        for lineno, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                msg = f"{path}: line {lineno} is not valid JSON: {getattr(e, 'msg', e)}"
+                if not skip_bad_lines:
+                    raise BadSampleError(msg) from None
+                records.append({BAD_LINE: msg})
+        return records, digest
+    try:
+        records = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadSampleError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise BadSampleError(f"{path}: not UTF-8 text: {e}") from None
+    if not isinstance(records, list):
+        raise BadSampleError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records, digest
+
+
+def images_of(record) -> list[str]:
+    """The record's image paths (relative to the image folder): [] for text-only."""
+    if not isinstance(record, dict):
+        return []
+    image = record.get("image")
+    if not image:
+        return []
+    if isinstance(image, str):
+        return [image]
+    if isinstance(image, list) and len(image) == 1 and isinstance(image[0], str):
+        return image
+    raise RecordError(f"'image' must be one path (a string), got {image!r:.80}")
+
+
+def normalize_turns(record) -> list[dict]:
+    """Check a record and return its turns with ``<image>`` moved to the front of its message,
+    as LLaVA does. Raises RecordError saying what is wrong."""
+    if not isinstance(record, dict):
+        raise RecordError(f"record is a {type(record).__name__}, not an object")
+    if BAD_LINE in record:
+        raise RecordError(record[BAD_LINE], kind="bad_line")
+    turns = record.get("conversations")
+    if turns is None:
+        raise RecordError("record has no 'conversations'")
+    if not isinstance(turns, list):
+        raise RecordError(f"'conversations' must be a list, got {type(turns).__name__}")
+    if not turns:
+        raise RecordError("'conversations' is empty")
+    out = []
+    for k, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RecordError(f"turn {k}: expected an object with 'from' and 'value', got {type(turn).__name__}")
+        role, value = turn.get("from"), turn.get("value")
+        if role not in (HUMAN, GPT):
+            raise RecordError(f"turn {k}: unknown role {role!r} (expected 'human' or 'gpt')")
+        if role != (HUMAN if k % 2 == 0 else GPT):
+            raise RecordError(f"turn {k}: roles must alternate human, gpt, ... starting with human")
+        if not isinstance(value, str):
+            raise RecordError(f"turn {k}: 'value' must be a string, got {type(value).__name__}")
+        out.append({"from": role, "value": image_to_front(value)})
+    if len(out) < 2:
+        raise RecordError("no assistant ('gpt') answer to train on")
+    n_tags = sum(t["value"].count(IMAGE_TOKEN) for t in out)
+    n_images = len(images_of(record))
+    if n_tags != n_images:
+        where = "a text-only sample" if n_images == 0 else f"{n_images} image(s)"
+        raise RecordError(f"{n_tags} <image> tag(s) in {where}", kind="image_tags")
+    return out
+
+
+def record_id(record):
+    return record.get("id") if isinstance(record, dict) else None

@@ -1,0 +1,122 @@
+"""Local stand-ins for hub tokenizers and processors, for tests and benchmarks (no download).
+
+``sentencepiece_tokenizer``: a Llama-style tokenizer — a SentencePiece BPE model with byte
+fallback trained here with the ``sentencepiece`` package, converted to transformers' fast
+``LlamaTokenizer`` (vocab + merges read from the model). ``bpe_tokenizer``: a byte-level BPE
+(GPT-2 / Llama-3 / Qwen2 family) with optional extra special tokens and a Jinja chat template.
+Both come back finished as ``load_tokenizer`` finishes a real one (pad token, ``<image>``).
+``clip_processor``: a CLIP image processor at any size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llava_hydra.data.conversation import LLAVA_LLAMA_2_SYSTEM, MPT_SYSTEM, VICUNA_SYSTEM
+
+WORDS = ("the a an is are what which color shape image picture describe answer question red green blue "
+         "yellow black white circle square triangle cross cat dog sky tree house car two three on in of "
+         "user assistant system chat curious artificial intelligence helpful detailed polite honest visual "
+         "language vision provides tasks natural conversation").split()
+
+
+def corpus(n: int = 3000, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    texts = [VICUNA_SYSTEM, LLAVA_LLAMA_2_SYSTEM, MPT_SYSTEM, "USER: ASSISTANT: [INST] [/INST] <<SYS>> <</SYS>>"]
+    texts += [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16))).capitalize() + rng.choice(".?!")
+              for _ in range(n)]
+    return texts
+
+
+def _finish(tok, path: Path, model_max_length: int):
+    from llava_hydra.model import load_tokenizer
+
+    tok.save_pretrained(path)
+    return load_tokenizer(str(path), model_max_length)
+
+
+def sentencepiece_tokenizer(path: str | Path, vocab_size: int = 600, model_max_length: int = 2048):
+    """A Llama-style SentencePiece tokenizer (bos ``<s>``, eos ``</s>``, unk ``<unk>``), fast."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    prefix = str(path / "sp")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus()), model_prefix=prefix, vocab_size=vocab_size,
+                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True,
+                                   character_coverage=1.0, minloglevel=2, num_threads=1)
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = []  # SentencePiece BPE keeps no merge list: every piece splits into two pieces, by rank
+    for piece, pid in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if sp.is_control(pid) or sp.is_byte(pid) or sp.is_unknown(pid) or len(piece) < 2:
+            continue
+        splits = sorted((vocab[piece[:k]], vocab[piece[k:]], piece[:k], piece[k:]) for k in range(1, len(piece))
+                        if piece[:k] in vocab and piece[k:] in vocab)
+        merges += [(a, b) for _, _, a, b in splits]
+    os.remove(prefix + ".model")
+    os.remove(prefix + ".vocab")
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    return _finish(tok, path, model_max_length)
+
+
+def bpe_tokenizer(path: str | Path, vocab_size: int = 600, specials: tuple[str, ...] = (),
+                  bos: str | None = "<s>", eos: str = "</s>", chat_template: str | None = None,
+                  model_max_length: int = 2048, texts: list[str] | None = None):
+    """A byte-level BPE tokenizer; ``bos`` None: no bos token is added (Qwen2-like)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    base = ["<unk>", *([bos] if bos else []), eos]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*base, *specials], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts or corpus(), trainer=trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="<unk>",
+                                   additional_special_tokens=list(specials))
+    if chat_template:
+        fast.chat_template = chat_template
+    return _finish(fast, path, model_max_length)
+
+
+# Chat templates as the models ship them (Llama-3-Instruct trims content; Qwen2 adds a default system turn)
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+LLAMA3_SPECIALS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+QWEN2_SPECIALS = ("<|im_start|>", "<|im_end|>")
+
+
+def llama3_tokenizer(path: str | Path, **kw):
+    return bpe_tokenizer(path, specials=LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|end_of_text|>",
+                         chat_template=LLAMA3_CHAT_TEMPLATE, **kw)
+
+
+def qwen2_tokenizer(path: str | Path, **kw):
+    return bpe_tokenizer(path, specials=QWEN2_SPECIALS, bos=None, eos="<|endoftext|>",
+                         chat_template=QWEN2_CHAT_TEMPLATE, **kw)
+
+
+def clip_processor(size: int = 32):
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
