@@ -239,6 +239,20 @@ class PackedCollator:
         return batch
 
 
+def prepare_model_for_packing(model) -> None:
+    """Turn the KV cache off in training: with a cache object transformers skips the packed-row
+    detection (samples would attend across boundaries). The Trainer drops the batch's
+    ``use_cache`` (not a named forward argument) when ``remove_unused_columns`` is on, so the
+    config must say it. Found through PEFT/DeepSpeed wrappers."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = False
+        text = getattr(config, "text_config", None)
+        if text is not None and hasattr(text, "use_cache"):
+            text.use_cache = False
+
+
 def packed_training(dataset, pad_token_id: int, model_max_length: int, attn_implementation: str = "sdpa",
                     seed: int = 0, group_by_modality: bool = True, explicit_mask: bool = False):
     """What the runner swaps in for ``training.packing=true``: (PackedDataset, PackedCollator)."""

@@ -212,3 +212,38 @@ def test_trainer_step_with_gradient_accumulation_matches_unpacked(tiny, tmp_path
         torch.testing.assert_close(packed_params[name], value, rtol=1e-4, atol=1e-5, msg=name)
         moved += not torch.equal(value, start[name])
     assert moved > 0
+
+
+def test_llava_trainer_trains_on_packed_rows_with_the_grouped_sampler(tiny, tmp_path):
+    """The wiring the runner uses: PackedDataset + PackedCollator into LLaVATrainer (default
+    remove_unused_columns, which drops the batch's use_cache), bins grouped by modality by its
+    LengthGroupedSampler; the batches as the model gets them keep the samples apart."""
+    from llava_hydra.packing import packed_training, prepare_model_for_packing
+    from llava_hydra.trainer import LlavaTrainingArguments, LLaVATrainer
+
+    _, model, tokenizer, dataset = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_set, collator = packed_training(dataset, tokenizer.pad_token_id, 128, "sdpa")
+    prepare_model_for_packing(model)
+    args = LlavaTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2,
+                                  group_by_modality_length=True, report_to=[], save_strategy="no", use_cpu=True)
+    trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator)
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    checked = 0
+    for batch in trainer.get_train_dataloader():  # as the model receives them
+        assert "position_ids" in batch and "attention_mask" not in batch
+        for r in range(len(batch["input_ids"])):
+            starts = (batch["position_ids"][r] == 0).nonzero().view(-1).tolist()
+            if len(starts) < 2 or "pixel_values" in batch:
+                continue
+            second = slice(starts[1], starts[2] if len(starts) > 2 else None)
+            with torch.no_grad():
+                packed_logits = model(**batch).logits[r, second]
+                alone = model(input_ids=batch["input_ids"][r:r + 1, second]).logits[0]
+            torch.testing.assert_close(packed_logits, alone, rtol=0, atol=1e-5)
+            checked += 1
+            break
+    assert checked, "no text-only batch with a packed row to check"
+    trainer.train()
+    model.load_state_dict(start, strict=False)
+    assert trainer.state.log_history[-1]["train_loss"] > 0
