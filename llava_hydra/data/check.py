@@ -68,8 +68,8 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
             "found": found, "seconds": round(time.time() - started, 2)}
 
 
-def _print(report: dict, limit: int, out=sys.stdout) -> None:
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+def _print(report: dict, limit: int, out=None) -> None:
+    p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
     p(f"{report['data_path']}")
     p(f"  samples            {report['samples']:>10}")
     p(f"  with an image      {report['image_samples']:>10}")
