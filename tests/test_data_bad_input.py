@@ -112,6 +112,15 @@ def test_record_problems_surface_in_the_length_pass(tok, images, tmp_path):
     assert len(ds.modality_lengths) == 3 and ds.report()["skipped"] == 1
 
 
+def test_record_that_is_not_an_object(tok, tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([GOOD_TEXT, "just a string", GOOD_TEXT]))
+    with pytest.raises(BadSampleError, match=r"sample 1 \(id=None\): record is a str, not an object"):
+        dataset(path, tok, tmp_path)[1]
+    assert dataset(path, tok, tmp_path, policy="skip")[1]["input_ids"].tolist() == \
+        dataset(path, tok, tmp_path)[2]["input_ids"].tolist()
+
+
 def test_file_not_found(tok, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"data file not found: {tmp_path / 'nope.json'}"):
         dataset(tmp_path / "nope.json", tok, tmp_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from llava_hydra.data.conversation import GPT, HUMAN, IMAGE_TOKEN, image_to_front
 
 BAD_LINE = "_bad_line"  # key of the placeholder a skipped JSONL line leaves (indices stay line-aligned)
+NOT_OBJECT = "_not_an_object"  # key of the placeholder for a record that is not a JSON object
 
 
 class BadSampleError(ValueError):
@@ -59,6 +60,9 @@ def load_records(path: str | Path, skip_bad_lines: bool = False) -> tuple[list[d
         raise BadSampleError(f"{path}: not UTF-8 text: {e}") from None
     if not isinstance(records, list):
         raise BadSampleError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    # a record that is not an object stays in place (indices unchanged) as a dict saying so
+    records = [r if isinstance(r, dict) else {NOT_OBJECT: f"record is a {type(r).__name__}, not an object"}
+               for r in records]
     return records, digest
 
 
@@ -83,6 +87,8 @@ def normalize_turns(record) -> list[dict]:
         raise RecordError(f"record is a {type(record).__name__}, not an object")
     if BAD_LINE in record:
         raise RecordError(record[BAD_LINE], kind="bad_line")
+    if NOT_OBJECT in record:
+        raise RecordError(record[NOT_OBJECT])
     turns = record.get("conversations")
     if turns is None:
         raise RecordError("record has no 'conversations'")
