@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from llava_hydra.config import register_configs
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Each test gives back the environment it started with. Code under test writes os.environ
+    directly (``take_local_rank`` sets LOCAL_RANK, as a launcher would; TrainingArguments with a
+    DeepSpeed config sets ACCELERATE_USE_DEEPSPEED), and monkeypatch only undoes its own calls:
+    a leaked LOCAL_RANK makes every later Trainer try to start a process group."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
