@@ -21,6 +21,16 @@ def normalize_answer(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
 
+def prompt_and_reference(dataset: LazySupervisedDataset, i: int) -> tuple[list[int], str]:
+    """Token ids the model answers from (record i without its last turn, rendered with the
+    template's generation prompt) and the reference answer (that last turn)."""
+    turns = normalize_turns(dataset.records[i])
+    prompt = render(dataset.template, turns[:-1], tokenizer=dataset.tokenizer)
+    ids = encode_prompt(prompt.text, dataset.tokenizer, dataset.image_token_id, dataset.num_image_tokens,
+                        add_special_tokens=prompt.add_special_tokens)
+    return ids, turns[-1]["value"]
+
+
 @torch.no_grad()
 def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, batch_size: int = 16,
                 max_samples: int | None = None) -> dict:
@@ -31,10 +41,9 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
     for start in range(0, n, batch_size):
         prompts, images, refs = [], [], []
         for i in range(start, min(start + batch_size, n)):
-            turns = normalize_turns(dataset.records[i])
-            prompts.append(encode_prompt(render(dataset.template, turns[:-1]).text, tok,
-                                         dataset.image_token_id, dataset.num_image_tokens))
-            refs.append(turns[-1]["value"])
+            ids, ref = prompt_and_reference(dataset, i)
+            prompts.append(ids)
+            refs.append(ref)
             if dataset.records[i].get("image"):
                 images.append(dataset[i]["pixel_values"])
         longest = max(map(len, prompts))
