@@ -89,6 +89,7 @@ class TrainingConfig:
     vision_tower_lr: Optional[float] = None
     group_by_modality_length: bool = False
     length_grouping: str = "balanced"  # balanced (sorted by length, ranks balanced) | llava (LLaVA's exact order)
+    packing: bool = False  # several samples per sequence of model.model_max_length, each attending to itself
     # Hugging Face TrainingArguments, by their own names
     learning_rate: float = 2e-5
     per_device_train_batch_size: int = 16

@@ -23,6 +23,7 @@ def training_arguments(cfg: DictConfig):
 
     kwargs = OmegaConf.to_container(cfg.training, resolve=True)
     kwargs.pop("resume_from_checkpoint")  # a run-time choice, passed to train()
+    kwargs.pop("packing")  # shapes the dataset and collator, not the Trainer
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio)
     ratio = kwargs.pop("warmup_ratio")
     if ratio and kwargs["warmup_steps"]:
@@ -141,22 +142,31 @@ def run(cfg: DictConfig) -> float | None:
 
         write_spec(cfg, out_dir)
 
-    # 4. Dataset and collator.
-    train_set = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
-    image_samples = sum(1 for r in train_set.records if r.get("image"))
+    # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
+    samples = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    image_samples = sum(1 for r in samples.records if r.get("image"))
     log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
-             len(train_set), image_samples, len(train_set) - image_samples, cfg.data.data_path,
+             len(samples), image_samples, len(samples) - image_samples, cfg.data.data_path,
              cfg.data.template, cfg.data.image_aspect_ratio)
+    train_set, collator = samples, DataCollator(tokenizer.pad_token_id)
+    if cfg.training.packing:
+        from llava_hydra.packing import packed_training, prepare_model_for_packing
+
+        train_set, collator = packed_training(samples, tokenizer.pad_token_id, cfg.model.model_max_length,
+                                              model.config.text_config._attn_implementation, seed=args.seed)
+        prepare_model_for_packing(model)
+        log.info("packing: %d samples in %d rows of at most %d tokens (batch size counts rows)",
+                 len(samples), len(train_set), cfg.model.model_max_length)
 
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
-    trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set,
-                           data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                           save_projector_only=projector_only)
+    trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
+                           processing_class=tokenizer, save_projector_only=projector_only)
 
     # 6. Train, resuming from a checkpoint if asked (a path, or auto: the latest in the run directory).
     resume = find_resume_checkpoint(str(out_dir), resume_request(cfg.training.resume_from_checkpoint))
     result = trainer.train(resume_from_checkpoint=resume)
+    data_report = samples.report()  # samples skipped (on_bad_sample=skip) or with nothing left to train on
 
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
     #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).
@@ -168,7 +178,8 @@ def run(cfg: DictConfig) -> float | None:
     # 8. Evaluate and write metrics.json (+ loss.png).
     metrics = {"model": cfg.model.name, "stage": cfg.stage.name,
                "train_loss": final_loss(trainer.state.log_history),
-               "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step}
+               "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step,
+               "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
     if cfg.eval.enable and cfg.data.eval_data_path:
         from llava_hydra.evaluate import exact_match
 

@@ -79,3 +79,29 @@ def test_readme_commands_reach_target_accuracy(tmp_path):
                        capture_output=True)
     metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
     assert metrics["eval_accuracy"] >= 0.8, metrics
+
+
+def test_packed_run_trains_on_rows_and_reports_a_skipped_sample(compose_spec, tmp_path, cache_dir):
+    """training.packing through the runner: fewer, fuller steps; a record whose image is missing,
+    under data.on_bad_sample=skip, is counted in metrics.json rather than lost silently."""
+    from pathlib import Path
+
+    from llava_hydra.data.synthetic import ensure_generated
+
+    base = [f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", "stage=finetune",
+            "stage.pretrain_mm_mlp_adapter=null", *SMALL, "training.max_steps=-1", "training.num_train_epochs=1",
+            "eval.enable=false"]
+    spec = compose_spec(*base)
+    s = spec.data.synthetic
+    ensure_generated(Path(spec.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
+    records = json.loads(Path(spec.data.data_path).read_text())
+    broken = {**next(r for r in records if r.get("image")), "id": "broken", "image": "missing.png"}
+    data = tmp_path / "with_a_broken_image.json"
+    data.write_text(json.dumps(records + [broken]))
+
+    run(compose_spec(*base, f"data.data_path={data}", "data.on_bad_sample=skip", "training.packing=true"))
+    metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
+    assert metrics["train_samples"] == len(records) + 1 and metrics["skipped_samples"] == 1
+    unpacked_steps = -(-(len(records) + 1) // 4)
+    assert 0 < metrics["train_steps"] < unpacked_steps * 0.7, metrics  # about two samples per row
+    assert metrics["train_loss"] > 0
