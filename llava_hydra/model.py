@@ -364,6 +364,11 @@ def projector_state(model) -> dict[str, torch.Tensor]:
 
 # -- what trains -------------------------------------------------------------------------------
 
+def full_numel(p: torch.nn.Parameter) -> int:
+    """Elements of a parameter, also under ZeRO-3 (whose partitioned parameters have numel() 0)."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
     """The modules that ``stage.trainable`` names (``llm`` is the decoder and its lm_head)."""
     inner = model.model
@@ -426,8 +431,8 @@ def build_model(cfg):
         freeze_all_but(model, parts)
         if cfg.training.gradient_checkpointing:
             model.enable_input_require_grads()
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
+    n_all = sum(full_numel(p) for p in model.parameters())
     source = m.pretrained_llava if getattr(m, "pretrained_llava", None) else f"{m.llm} + {m.vision_tower}"
     log.info("model: %s, %s projector, %d image tokens, dtype %s%s; trainable %s%s: %.2fM of %.2fM parameters",
              source, projector_type(model.config), model.config.image_seq_length, dtype,
