@@ -1,5 +1,6 @@
 """Checkpoints: a run killed with SIGKILL and resumed ends exactly where an uninterrupted run
-does; incomplete checkpoints are skipped with a warning; checkpoints land atomically."""
+does (stage 1, stage 2, stage 2 under LoRA: adapter + projector + optimizer state); incomplete
+checkpoints are skipped with a warning; checkpoints land atomically."""
 
 from __future__ import annotations
 
@@ -39,26 +40,35 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+LORA = ["stage=finetune", "lora=lora", "lora.r=8", "lora.alpha=16"]
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("stage, weights", [("pretrain", "mm_projector.safetensors"),
-                                            ("finetune", "model.safetensors")])
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, cache, stage, weights):
-    extra = [f"stage={stage}", "stage.pretrain_mm_mlp_adapter=null"]
+@pytest.mark.parametrize("overrides, weights", [(["stage=pretrain"], "mm_projector.safetensors"),
+                                                (["stage=finetune"], "model.safetensors"),
+                                                (LORA, "adapter_model.safetensors")],
+                         ids=["pretrain", "finetune", "finetune-lora"])
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, cache, overrides, weights):
+    extra = [*overrides, "stage.pretrain_mm_mlp_adapter=null"]
     whole = launch(tmp_path / "whole", cache, *extra)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     killed = launch(tmp_path / "resumed", cache, *extra, kill_at=4)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert (tmp_path / "resumed" / "checkpoint-3").is_dir() and not (tmp_path / "resumed" / "checkpoint-6").exists()
+    assert (tmp_path / "resumed" / "checkpoint-3" / weights).exists()
+    assert not (tmp_path / "resumed" / "checkpoint-6").exists()
     resumed = launch(tmp_path / "resumed", cache, *extra, "training.resume_from_checkpoint=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
 
-    assert logged_losses(tmp_path / "resumed") == logged_losses(tmp_path / "whole")
+    losses = logged_losses(tmp_path / "whole")
+    assert len(losses) == 6 and logged_losses(tmp_path / "resumed") == losses
     a, b = load_file(tmp_path / "whole" / weights), load_file(tmp_path / "resumed" / weights)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any("multi_modal_projector" in k for k in a)  # LoRA: projector beside the adapter
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    start = load_file(tmp_path / "resumed" / "checkpoint-3" / weights)  # and the run did train
+    assert any(not torch.equal(start[k], a[k]) for k in a)
 
 
 def make_checkpoint(run_dir: Path, step: int, complete: bool = True) -> Path:
