@@ -29,11 +29,12 @@ Run on a GPU from the repository root (the run time on a GPU is not yet known):
     .venv/bin/python bench/bench_gpu.py --configs 1b-full --attn sdpa --batch 8
     .venv/bin/python bench/bench_gpu.py --tiny --steps 3 --warmup 1   # CPU smoke test -> gpu_tiny.json
 
-``--input-grads llm`` hooks only the LLM's input embeddings. This takes the frozen vision
-tower off the autograd graph. By default (``all``), ``enable_input_require_grads`` hooks every
-sub-model's input embeddings, CLIP's patch embedding included, as transformers' activation
-checkpointing and ``build_model`` do. The tower then saves activations, is recomputed and
-runs an input-gradient backward that nothing uses.
+``--input-grads llm`` (default) is what ``build_model`` does for a frozen vision tower
+(``model.input_grads_from_text_only``): only the LLM's token embeddings get the require-grad
+hook that gradient checkpointing and PEFT need. ``--input-grads all`` is transformers' own
+``enable_input_require_grads``, which hooks CLIP's patch embedding too: the frozen tower then
+keeps its activations, is recomputed and runs a backward pass nothing uses. Run both to see
+what that costs.
 
 Columns: real tok/s = non-pad tokens (image tokens included) per second; pad = pad tokens /
 all tokens in the batches; step s = mean wall time of a timed step (CUDA synchronised);
@@ -108,26 +109,13 @@ def llava_config(name: str, tiny: bool):
                        tie_word_embeddings=False)
 
 
-def _hook_llm_inputs_only(model) -> None:
-    """Drop every input-embedding require-grad hook (transformers' and PEFT's), then hook the
-    LLM's embeddings alone: the frozen vision tower leaves the autograd graph."""
-    from llava_hydra.model import _llava_model
-
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if getattr(hook, "__name__", "").startswith("make_inputs_require_grad"):
-                del module._forward_hooks[key]
-    _llava_model(model).language_model.get_input_embeddings().register_forward_hook(
-        lambda module, args, output: output.requires_grad_(True))
-
-
 def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.dtype, input_grads: str):
     """The training-ready model: random weights, trainable parts as the config says, gradient
     checkpointing on, KV cache off (``prepare_model_for_packing``)."""
     from transformers import LlavaForConditionalGeneration
 
     from llava_hydra.lora import apply_lora
-    from llava_hydra.model import freeze_all_but
+    from llava_hydra.model import freeze_all_but, input_grads_from_text_only
     from llava_hydra.packing import prepare_model_for_packing
 
     torch.manual_seed(0)
@@ -135,14 +123,14 @@ def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.d
         model = LlavaForConditionalGeneration._from_config(llava_config(name, tiny), dtype=dtype,
                                                            attn_implementation=attn)
     parts = ["llm", "mm_projector"]
+    if input_grads == "llm":
+        input_grads_from_text_only(model)
     if name.endswith("lora"):  # as build_model: LoRA on the LLM, the projector trained whole, the rest frozen
         model = apply_lora(model, TINY_LORA if tiny else LORA, parts, gradient_checkpointing=True)
     else:
         freeze_all_but(model, parts)
         model.enable_input_require_grads()
     model.activation_checkpointing_enable()  # what the Trainer calls for activation_checkpointing=true
-    if input_grads == "llm":
-        _hook_llm_inputs_only(model)
     prepare_model_for_packing(model)
     model.to(device).train()
     return model
@@ -150,9 +138,9 @@ def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.d
 
 def flops_per_sample(model, n_tokens: int) -> float:
     """Model FLOPs for one training sample of ``n_tokens`` tokens (formula: module docstring)."""
-    from llava_hydra.model import _llava_model
+    from llava_hydra.model import llava_core
 
-    core = _llava_model(model)
+    core = llava_core(model)
     tc, vc = core.config.text_config, core.config.vision_config
     modules = list(core.language_model.named_modules()) + [
         (n, m) for n, m in model.named_modules() if n.endswith("lm_head")]
@@ -296,7 +284,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default from the device name)")
-    ap.add_argument("--input-grads", default="all", choices=["all", "llm"],
+    ap.add_argument("--input-grads", default="llm", choices=["all", "llm"],
                     help="which input embeddings get a require-grad hook (see the module docstring)")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, fp32: a CPU smoke test of the logic")
     ap.add_argument("--out", default=None, help="default bench/results/gpu.json (tiny: gpu_tiny.json)")

@@ -38,9 +38,9 @@ def _is_linear(module) -> bool:
 
 def lora_target_pattern(model) -> str:
     """A regex over full module names that matches exactly the LLM decoder's linear layers."""
-    from llava_hydra.model import _llava_model
+    from llava_hydra.model import llava_core
 
-    core = _llava_model(model)
+    core = llava_core(model)
     prefix = next(name for name, module in model.named_modules() if module is core.language_model)
     leaves = sorted({name.rsplit(".", 1)[-1] for name, module in core.language_model.named_modules()
                      if _is_linear(module)})

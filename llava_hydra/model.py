@@ -320,7 +320,7 @@ def load_projector(model, path: str | Path, model_name: str = "<model>") -> None
             f"  it is written by: python -m llava_hydra stage=pretrain model={model_name}\n"
             f"  or point stage.pretrain_mm_mlp_adapter at a projector file (ours or LLaVA's mm_projector.bin)")
     state, found_kind = _read_projector_file(path)
-    core = _llava_model(model)
+    core = llava_core(model)
     projector = core.multi_modal_projector
     expected_kind = projector_type(core.config)
     if found_kind is not None and found_kind != expected_kind:
@@ -346,7 +346,7 @@ def load_projector(model, path: str | Path, model_name: str = "<model>") -> None
     log.info("loaded %s projector weights from %s", expected_kind, path)
 
 
-def _llava_model(model):
+def llava_core(model):
     """The LlavaModel inside ``model`` (plain, PEFT-wrapped or not)."""
     from transformers.models.llava.modeling_llava import LlavaModel
 
@@ -383,11 +383,32 @@ def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
 def freeze_fixed_parts(model) -> None:
     """Parameters that never train whatever ``stage.trainable`` says: the identity half of a
     ``linear`` projector (in every copy of it, PEFT's included)."""
-    if projector_type(_llava_model(model).config) != "linear":
+    if projector_type(llava_core(model).config) != "linear":
         return
     for name, p in model.named_parameters():
         if "multi_modal_projector." in name and ".linear_2." in name:
             p.requires_grad_(False)
+
+
+def input_grads_from_text_only(model) -> None:
+    """Make ``model.enable_input_require_grads`` (a LlavaForConditionalGeneration) hook the LLM's token embeddings only.
+
+    Gradient checkpointing (the Trainer's ``activation_checkpointing_enable``), PEFT and QLoRA
+    call it so that gradients reach checkpointed layers whose own inputs are frozen. transformers
+    hooks the input embeddings of every sub-model, CLIP's patch embedding included: a frozen
+    vision tower then keeps its activations, is recomputed under checkpointing and runs a
+    backward pass whose result nothing uses. Only for a frozen vision tower (a trainable one
+    needs no hook: its parameters carry the gradient)."""
+    def output_requires_grad(module, inputs, output):
+        output.requires_grad_(True)
+
+    def enable_input_require_grads():
+        for hook in getattr(model, "_require_grads_hooks", []):  # called again by each caller: one hook
+            hook.remove()
+        model._require_grads_hooks = [model.get_input_embeddings().register_forward_hook(output_requires_grad)]
+        model._require_grads_hook = model._require_grads_hooks[0]  # what disable_input_require_grads removes
+
+    model.enable_input_require_grads = enable_input_require_grads
 
 
 def freeze_all_but(model, parts: list[str]) -> None:
@@ -423,6 +444,8 @@ def build_model(cfg):
         load_projector(model, cfg.stage.pretrain_mm_mlp_adapter, m.name)
     parts = list(cfg.stage.trainable)
     trainable_modules(model, parts)  # rejects an unknown part by name
+    if "vision_tower" not in parts:
+        input_grads_from_text_only(model)
     if cfg.lora.enable:
         from llava_hydra.lora import apply_lora
 

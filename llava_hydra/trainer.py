@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
-from llava_hydra.model import PROJECTOR_FILE, projector_state
+from llava_hydra.model import PROJECTOR_FILE, llava_core, projector_state
 from llava_hydra.sampler import MODES, LengthGroupedSampler
 
 log = logging.getLogger(__name__)
@@ -47,23 +47,13 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def _llava_core(model):
-    """The LlavaModel inside ``model`` (found by type, so PEFT or DeepSpeed wrapping is fine)."""
-    from transformers.models.llava.modeling_llava import LlavaModel
-
-    for module in model.modules():
-        if isinstance(module, LlavaModel):
-            return module
-    raise TypeError(f"{type(model).__name__} contains no LlavaModel")
-
-
 def parameter_groups(model, decay_names: set[str], weight_decay: float,
                      mm_projector_lr: float | None = None, vision_tower_lr: float | None = None) -> list[dict]:
     """Optimizer groups: (part, decay) for each trainable part with its own learning rate.
 
     Parts with no learning rate of their own join the "base" groups at the base rate. Empty
     groups are dropped; frozen parameters appear in none."""
-    core = _llava_core(model)
+    core = llava_core(model)
     part_of = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
     part_of.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
     own_lr = {"mm_projector": mm_projector_lr, "vision_tower": vision_tower_lr}

@@ -63,3 +63,32 @@ def test_optimizer_groups_read_back(compose_spec, cache):
     assert {id(p) for p in groups["mm_projector_decay"]["params"] + groups["mm_projector_no_decay"]["params"]} \
         == projector
     assert len(parameter_groups(model, decay, 0.1)) == 2  # without mm_projector_lr: decay / no decay
+
+
+def image_batch(model):
+    config = model.config
+    n, size = config.image_seq_length, config.vision_config.image_size
+    ids = torch.tensor([[1] + [config.image_token_index] * n + list(range(5, 25))])
+    return {"input_ids": ids, "labels": ids.clone(), "pixel_values": torch.randn(1, 3, size, size)}
+
+
+@pytest.mark.parametrize("overrides", [[], ["lora=lora", "lora.r=4", "lora.alpha=8"],
+                                       ["stage.trainable=[mm_projector,llm,vision_tower]"]],
+                         ids=["full", "lora", "vision-trainable"])
+def test_checkpointing_keeps_a_frozen_vision_tower_out_of_backward(compose_spec, cache, overrides):
+    """Gradient checkpointing (as the Trainer turns it on) hooks the LLM's token embeddings so
+    gradients flow, but a frozen vision tower runs forward only; every trainable part learns."""
+    spec = compose_spec(f"paths.cache_dir={cache}", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
+                        "training.gradient_checkpointing=true", *overrides)
+    model, _, _ = build_model(spec)
+    model.activation_checkpointing_enable()  # what the Trainer calls for activation_checkpointing=true
+    model.train()
+    tower = next(m for m in model.modules() if type(m).__name__ == "CLIPVisionModel")
+    seen = []
+    tower.register_forward_hook(lambda module, args, out: seen.append(out.last_hidden_state.requires_grad))
+    model(**image_batch(model)).loss.backward()
+    assert seen == ["vision_tower" in spec.stage.trainable]
+    last = f"vision_tower.encoder.layers.{model.config.vision_config.num_hidden_layers - 1}."
+    unused = (last, "vision_tower.post_layernorm.")  # features come from layer -2 (mm_vision_select_layer)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and not any(u in n for u in unused)}
+    assert trainable and {n for n, p in model.named_parameters() if p.grad is not None} == trainable
