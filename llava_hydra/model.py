@@ -380,13 +380,28 @@ def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
     return [module for part in parts for module in table[part]]
 
 
+def unused_vision_layers(config) -> list[str]:
+    """Name fragments of the vision tower's parts that never reach the projector: the encoder
+    layers after ``vision_feature_layer`` (LLaVA's features come from layer -2) and the final
+    layer norm (it only feeds the pooled output)."""
+    n = config.vision_config.num_hidden_layers
+    selected = config.vision_feature_layer
+    selected = list(selected) if isinstance(selected, (list, tuple)) else [selected]
+    used = max(k % (n + 1) for k in selected)  # hidden_states[k]: the output of the first k layers
+    return [f"vision_tower.encoder.layers.{k}." for k in range(used, n)] + ["vision_tower.post_layernorm."]
+
+
 def freeze_fixed_parts(model) -> None:
-    """Parameters that never train whatever ``stage.trainable`` says: the identity half of a
-    ``linear`` projector (in every copy of it, PEFT's included)."""
-    if projector_type(llava_core(model).config) != "linear":
-        return
+    """Parameters that never train whatever ``stage.trainable`` says (in every copy, PEFT's
+    included): the identity half of a ``linear`` projector, and the vision tower's layers that
+    its selected features never pass through (left trainable they would get no gradient, which
+    DDP with gradient checkpointing refuses)."""
+    config = llava_core(model).config
+    fixed = unused_vision_layers(config)
+    if projector_type(config) == "linear":
+        fixed.append("multi_modal_projector.linear_2.")
     for name, p in model.named_parameters():
-        if "multi_modal_projector." in name and ".linear_2." in name:
+        if any(part in name for part in fixed):
             p.requires_grad_(False)
 
 
