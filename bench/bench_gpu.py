@@ -19,8 +19,8 @@ Data: synthetic LLaVA-mix-like image samples, 576 image tokens + 30-300 text tok
 prompt (bos, question and image) has labels -100; the answer, 2/3 of the text, is trained.
 Every step takes --batch fresh samples, the same samples for every row:
 - padded: one batch of --batch rows, right-padded (``data.dataset.DataCollator``);
-- packed: the same samples bin-packed into rows of --max-len (``packing.PackedDataset``),
-  collated by ``PackedCollator`` for the attention implementation (flash: one varlen row).
+- packed: the same samples bin-packed into rows of --max-len and collated for the attention
+  implementation (flash: one varlen row), by ``packing.packed_training`` as the runner does.
 The script asserts that both layouts see the same real tokens and the same labelled tokens.
 
 Run on a GPU from the repository root (the run time on a GPU is not yet known):
@@ -197,12 +197,12 @@ def make_steps(n_steps: int, batch: int, config, tiny: bool, max_len: int, seed:
 
 def collate(samples: Samples, layout: str, attn: str, max_len: int, seed: int) -> dict:
     from llava_hydra.data.dataset import DataCollator
-    from llava_hydra.packing import PackedDataset, PackedCollator
+    from llava_hydra.packing import packed_training
 
     if layout == "padded":
         return DataCollator(PAD_ID)(list(samples))
-    packed = PackedDataset(samples, max_len, seed=seed)
-    return PackedCollator(PAD_ID, attn)([packed[i] for i in range(len(packed))])
+    rows, collator = packed_training(samples, PAD_ID, max_len, attn, seed=seed)  # what the runner swaps in
+    return collator([rows[i] for i in range(len(rows))])
 
 
 # -- measurement ----------------------------------------------------------------------------------
