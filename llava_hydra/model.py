@@ -406,7 +406,8 @@ def freeze_fixed_parts(model) -> None:
 
 
 def input_grads_from_text_only(model) -> None:
-    """Make ``model.enable_input_require_grads`` (a LlavaForConditionalGeneration) hook the LLM's token embeddings only.
+    """Make ``model.enable_input_require_grads`` (a LlavaForConditionalGeneration) hook the
+    LLM's token embeddings only.
 
     Gradient checkpointing (the Trainer's ``activation_checkpointing_enable``), PEFT and QLoRA
     call it so that gradients reach checkpointed layers whose own inputs are frozen. transformers
