@@ -122,7 +122,11 @@ class TrainingConfig:
     use_cpu: bool = False
     disable_tqdm: Optional[bool] = None
     remove_unused_columns: bool = False
-    resume_from_checkpoint: Optional[str] = None
+    resume_from_checkpoint: Optional[str] = None  # a checkpoint path, or auto: the latest intact one in output_dir
+    # a new run in an output_dir holding another run's checkpoints/outputs deletes them (else: refused)
+    overwrite_output_dir: bool = False
+    # resume a checkpoint written under a spec that differs in model/data/optimizer keys (else: refused)
+    resume_allow_spec_change: bool = False
 
 
 @dataclass

@@ -22,7 +22,8 @@ def training_arguments(cfg: DictConfig):
     from llava_hydra.trainer import LlavaTrainingArguments
 
     kwargs = OmegaConf.to_container(cfg.training, resolve=True)
-    kwargs.pop("resume_from_checkpoint")  # a run-time choice, passed to train()
+    for key in ("resume_from_checkpoint", "overwrite_output_dir", "resume_allow_spec_change"):
+        kwargs.pop(key)  # run-directory choices (llava_hydra.checkpoints), not the Trainer's
     kwargs.pop("packing")  # shapes the dataset and collator, not the Trainer
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio)
     ratio = kwargs.pop("warmup_ratio")
@@ -42,6 +43,14 @@ def training_arguments(cfg: DictConfig):
         return LlavaTrainingArguments(**kwargs)
     except TypeError as e:  # a key added with +training.X that TrainingArguments does not know
         raise ValueError(f"training: {e}") from None
+
+
+def check_steps(training: DictConfig) -> None:
+    """A run that would train zero steps is refused (it would save an untrained model)."""
+    if training.max_steps <= 0 and training.num_train_epochs <= 0:
+        raise ValueError(f"training.num_train_epochs={training.num_train_epochs} (with training.max_steps="
+                         f"{training.max_steps}) trains nothing: set training.num_train_epochs > 0 or "
+                         f"training.max_steps > 0")
 
 
 def cpu_process_group(deepspeed: bool) -> bool:
@@ -105,7 +114,8 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.synthetic import ensure_generated
     from llava_hydra.model import build_model, make_processor
     from llava_hydra.tiny import resolve
-    from llava_hydra.trainer import LLaVATrainer, find_resume_checkpoint
+    from llava_hydra.checkpoints import claim_run_dir
+    from llava_hydra.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
 
     started = time.time()
@@ -119,10 +129,18 @@ def run(cfg: DictConfig) -> float | None:
         return spawn(cfg, str(out_dir))
     log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
 
-    # 1. Check the spec's choices that Hydra's schema cannot.
+    # 1. Check the spec's choices that Hydra's schema cannot. Claim the run directory: locked,
+    #    refused if another run's checkpoints are there, the checkpoint to resume chosen and
+    #    checked against this spec (llava_hydra.checkpoints), all before any weights load.
     check_template(cfg.data.template)
+    check_steps(cfg.training)
     args = training_arguments(cfg)
     set_seed(args.seed)
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    resume, run_id = claim_run_dir(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
+                                   is_main=int(os.environ.get("RANK", "0")) == 0,
+                                   overwrite=cfg.training.overwrite_output_dir,
+                                   allow_spec_change=cfg.training.resume_allow_spec_change)
 
     # 2. Data files: generated on first use for the synthetic default.
     #    Rank 0 writes them and builds the tiny builtin models while the other ranks wait.
@@ -163,8 +181,9 @@ def run(cfg: DictConfig) -> float | None:
     trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                            processing_class=tokenizer, save_projector_only=projector_only)
 
-    # 6. Train, resuming from a checkpoint if asked (a path, or auto: the latest in the run directory).
-    resume = find_resume_checkpoint(str(out_dir), resume_request(cfg.training.resume_from_checkpoint))
+    # 6. Train, resuming from the checkpoint chosen in step 1; every checkpoint records the run's
+    #    id and spec.
+    trainer.run_id, trainer.run_spec = run_id, spec
     result = trainer.train(resume_from_checkpoint=resume)
     data_report = samples.report()  # samples skipped (on_bad_sample=skip) or with nothing left to train on
 

@@ -3,7 +3,10 @@
 1. The train sampler groups samples by modality and length (``group_by_modality_length``).
 2. The optimizer gets separate parameter groups for the projector (``mm_projector_lr``) and
    the vision tower (``vision_tower_lr``), found from the model's structure.
-3. Checkpoints of a projector-only stage hold the projector, not the frozen LLM.
+3. Checkpoints of a projector-only stage hold the projector, not the frozen LLM (and resume
+   under DeepSpeed from engine state saved without the frozen weights).
+4. Checkpoints land atomically with a run record and a manifest (``llava_hydra.checkpoints``);
+   the reported train loss is the mean over the whole run, across resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
+from llava_hydra.checkpoints import (STAGING_DIR, CheckpointError, find_resume_checkpoint,  # noqa: F401 (re-exported)
+                                     read_record, write_checkpoint_record)
 from llava_hydra.model import PROJECTOR_FILE, llava_core, projector_state
 from llava_hydra.sampler import MODES, LengthGroupedSampler
 
@@ -74,9 +79,13 @@ def parameter_groups(model, decay_names: set[str], weight_decay: float,
 
 
 class LLaVATrainer(Trainer):
-    def __init__(self, *args, save_projector_only: bool = False, **kwargs):
+    def __init__(self, *args, save_projector_only: bool = False, run_id: str | None = None,
+                 run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_projector_only = save_projector_only
+        self.run_id = run_id  # recorded in every checkpoint with the spec (llava_hydra.checkpoints)
+        self.run_spec = run_spec
+        self.resumed_loss_sum = 0.0
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -122,13 +131,15 @@ class LLaVATrainer(Trainer):
                 json.dump(self.args.to_dict(), f, indent=1, default=str)
 
     def _save_checkpoint(self, model, trial):
-        """Write the checkpoint into a staging directory, then rename it into place, so a run
-        killed while saving leaves the previous checkpoint intact."""
+        """Write the checkpoint into a staging directory with its run record (run id, spec,
+        loss sum) and manifest, then rename it into place, so a run killed while saving leaves
+        the previous checkpoint intact and a damaged one is recognised by its manifest."""
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
         run_dir = self._get_output_dir(trial=trial)
         staging = os.path.join(run_dir, STAGING_DIR)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        loss_sum = self.train_loss_sum()  # a collective: every rank
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
@@ -140,15 +151,69 @@ class LLaVATrainer(Trainer):
             del self._get_output_dir
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
+        final = os.path.join(run_dir, name)
+        self._point_best_checkpoint_at(run_dir, staging)
         if self.args.should_save:
-            final = os.path.join(run_dir, name)
+            staged = os.path.join(staging, name)
+            self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
+            write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum)
             if os.path.exists(final):  # re-saving a step after a resume: replace it
                 shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
+            os.replace(staged, final)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _point_best_checkpoint_at(self, run_dir: str, staging: str) -> None:
+        """Trainer records the best checkpoint under the directory it saved into (staging, which
+        is gone after the rename): point it at checkpoint-N in the run directory."""
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(os.path.normpath(best)) == os.path.normpath(staging):
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(os.path.normpath(best)))
+
+    def train_loss_sum(self) -> float:
+        """The sum of the per-step training losses so far, this run's earlier processes included
+        (Trainer keeps only this process's: logged windows + the part not yet logged)."""
+        from transformers.trainer_pt_utils import nested_gather
+
+        pending = getattr(self, "_tr_loss", None)
+        pending = 0.0 if pending is None else nested_gather(pending.detach().clone(), self.args.parallel_mode).mean().item()
+        return self.resumed_loss_sum + getattr(self, "_total_loss_scalar", 0.0) + pending
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """Trainer.train; train_loss is the mean over every step of the run, including the steps
+        before a resume (Trainer's own averages only this process's steps). Zero steps is an error."""
+        from transformers.trainer_utils import TrainOutput
+
+        self.resumed_loss_sum = 0.0
+        if isinstance(resume_from_checkpoint, str):
+            self.resumed_loss_sum = float(read_record(resume_from_checkpoint).get("train_loss_sum") or 0.0)
+        out = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.state.global_step == 0:
+            raise ValueError(f"training ran zero optimizer steps (training.num_train_epochs="
+                             f"{self.args.num_train_epochs}, training.max_steps={self.args.max_steps}, "
+                             f"{len(self.train_dataset)} training rows): nothing was trained, nothing is saved")
+        steps_now = self.state.global_step - self._initial_global_step
+        mean = (self.resumed_loss_sum + out.training_loss * steps_now) / self.state.global_step
+        return TrainOutput(out.global_step, mean, {**out.metrics, "train_loss": mean})
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """Stage 1 under DeepSpeed saves its engine state without the frozen LLM and vision tower
+        (exclude_frozen_parameters=True: a 7B model's checkpoint stays megabytes). Trainer would
+        load that with a strict module load, which fails on the missing frozen weights: load it
+        non-strictly instead (the frozen weights are already in place from the model's own
+        files) and check that every trainable weight was in the checkpoint."""
+        if not (resume_from_checkpoint and self.is_deepspeed_enabled and self.save_projector_only):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        check_trainable_saved(self.model, resume_from_checkpoint)
+        deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.is_deepspeed_enabled and self.save_projector_only:
@@ -173,7 +238,6 @@ class LLaVATrainer(Trainer):
         del reloaded
 
 
-STAGING_DIR = ".checkpoint-staging"
 
 
 def gathered_projector_state(model) -> dict[str, torch.Tensor]:
@@ -187,34 +251,19 @@ def gathered_projector_state(model) -> dict[str, torch.Tensor]:
     return projector_state(model)
 
 
-def is_complete_checkpoint(path: str) -> bool:
-    """A checkpoint directory with its trainer state and weights (of any of our kinds)."""
-    names = set(os.listdir(path)) if os.path.isdir(path) else set()
-    weights = {PROJECTOR_FILE, "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-               "pytorch_model.bin"}
-    has_weights = bool(names & weights) or any(n.startswith("global_step") for n in names)
-    return "trainer_state.json" in names and has_weights
+def check_trainable_saved(model, checkpoint: str) -> None:
+    """Before a non-strict DeepSpeed load: the checkpoint's module state holds every trainable
+    weight (a non-strict load would silently keep a missing one at its initial value)."""
+    import glob
 
-
-def find_resume_checkpoint(run_dir: str, request) -> str | None:
-    """``training.resume_from_checkpoint``: a path, true/auto (the latest complete checkpoint in
-    the run directory, skipping incomplete ones with a warning) or false/null."""
-    if request is None or str(request).lower() in ("false", "none", "null", ""):
-        return None
-    if str(request).lower() not in ("true", "auto"):
-        if not is_complete_checkpoint(str(request)):
-            raise FileNotFoundError(f"training.resume_from_checkpoint={request}: not a complete checkpoint "
-                                    f"(needs trainer_state.json and weights)")
-        return str(request)
-    candidates = []
-    if os.path.isdir(run_dir):
-        for name in os.listdir(run_dir):
-            if name.startswith("checkpoint-") and name.split("-", 1)[1].isdigit():
-                candidates.append((int(name.split("-", 1)[1]), os.path.join(run_dir, name)))
-    for _, path in sorted(candidates, reverse=True):
-        if is_complete_checkpoint(path):
-            log.info("resuming from %s", path)
-            return path
-        log.warning("ignoring incomplete checkpoint %s (no trainer_state.json or no weights)", path)
-    log.info("resume_from_checkpoint=%s: no checkpoint in %s, starting from scratch", request, run_dir)
-    return None
+    files = glob.glob(os.path.join(checkpoint, "global_step*", "mp_rank_00_model_states.pt"))
+    if not files:
+        raise CheckpointError(f"{checkpoint} holds no DeepSpeed model state (global_step*/mp_rank_00_model_states.pt)")
+    # DeepSpeed's own loader unpickles this file next; reading only its keys here changes nothing
+    module = torch.load(files[0], map_location="cpu", weights_only=False).get("module")
+    if not module:  # nothing to compare against (DeepSpeed keeps the weights elsewhere)
+        return
+    saved = module.keys()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in saved]
+    if missing:
+        raise CheckpointError(f"{files[0]} lacks trainable weights {missing[:5]}: it is not this stage's checkpoint")
