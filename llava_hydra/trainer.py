@@ -218,7 +218,12 @@ class LLaVATrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.is_deepspeed_enabled and self.save_projector_only:
             # DeepSpeed's own checkpoint would hold the whole frozen model
+            from accelerate.utils import DeepSpeedSchedulerWrapper
+            from transformers.trainer import SCHEDULER_NAME
+
             self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+            if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))  # as Trainer does
             return
         super()._save_optimizer_and_scheduler(output_dir)
 
