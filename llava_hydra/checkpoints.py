@@ -41,8 +41,9 @@ FINAL_OUTPUTS = ("mm_projector.safetensors", "model.safetensors", "model.safeten
                  "adapter_model.safetensors", "metrics.json")
 # keys that may change when a run is resumed: where it writes, how often it saves/logs, what it
 # reports; everything else (model, data, stage, LoRA, DeepSpeed, optimizer, schedule, seeds) must match
-RESUMABLE_CHANGES = ("run_dir", "paths.", "eval.", "launcher.", "training.output_dir", "training.resume_from_checkpoint",
-                     "training.resume_allow_spec_change", "training.overwrite_output_dir", "training.save_steps",
+RESUMABLE_CHANGES = ("run_dir", "paths.", "eval.", "launcher.", "training.output_dir",
+                     "training.resume_from_checkpoint", "training.resume_allow_spec_change",
+                     "training.overwrite_output_dir", "training.save_steps",
                      "training.save_total_limit", "training.save_strategy", "training.logging_steps",
                      "training.report_to", "training.run_name", "training.disable_tqdm",
                      "training.dataloader_num_workers", "training.per_device_eval_batch_size",
@@ -214,13 +215,14 @@ _held_locks: dict[str, int] = {}
 
 
 def lock_run_dir(run_dir: str | os.PathLike) -> None:
-    """Hold an exclusive flock on <run dir>/.run.lock for the rest of this process (or until this
-    process claims the directory again for its next run). Refused while another process holds it."""
+    """Hold an exclusive flock on <run dir>/.run.lock until this process ends or starts its next
+    run (runs in one process, such as a sweep's jobs, are sequential: the earlier run's lock goes).
+    Refused while another process holds it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     key = str(run_dir.resolve())
-    if key in _held_locks:  # an earlier run of this process (runs in one process are sequential)
-        os.close(_held_locks.pop(key))
+    while _held_locks:
+        os.close(_held_locks.popitem()[1])
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,7 +266,9 @@ def claim_run_dir(run_dir: str, spec: dict, request, *, is_main: bool, overwrite
     inside = checkpoint is not None and Path(checkpoint).resolve().parent == Path(run_dir).resolve()
     if left and not inside:
         shown = ", ".join(left if len(left) <= 6 else [*left[:3], "...", *left[-2:]])
-        who = f" (run {owner['run_id']}" + (f", started {owner['started']}" if owner.get("started") else "") + ")" if owner.get("run_id") else ""
+        who = ""
+        if owner.get("run_id"):
+            who = f" (run {owner['run_id']}" + (f", started {owner['started']}" if owner.get("started") else "") + ")"
         why = ("it has no intact checkpoint to resume" if wants_resume(request) and checkpoint is None
                else "this run would write its checkpoints among them" if checkpoint
                else "a new run would overwrite or rotate them away")

@@ -178,12 +178,13 @@ class LLaVATrainer(Trainer):
         from transformers.trainer_pt_utils import nested_gather
 
         pending = getattr(self, "_tr_loss", None)
-        pending = 0.0 if pending is None else nested_gather(pending.detach().clone(), self.args.parallel_mode).mean().item()
-        return self.resumed_loss_sum + getattr(self, "_total_loss_scalar", 0.0) + pending
+        if pending is not None:
+            pending = nested_gather(pending.detach().clone(), self.args.parallel_mode).mean().item()
+        return self.resumed_loss_sum + getattr(self, "_total_loss_scalar", 0.0) + (pending or 0.0)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         """Trainer.train; train_loss is the mean over every step of the run, including the steps
-        before a resume (Trainer's own averages only this process's steps). Zero steps is an error."""
+        before a resume (Trainer's own averages only the steps of this call). Zero steps is an error."""
         from transformers.trainer_utils import TrainOutput
 
         self.resumed_loss_sum = 0.0

@@ -215,5 +215,6 @@ def test_rerunning_the_default_command_says_how_to_resume(tmp_path, cache):
     done = subprocess.run([sys.executable, "-m", "llava_hydra", f"paths.output_root={tmp_path}",
                            f"paths.cache_dir={cache}"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode != 0
-    assert "already holds another run (run run-a" in done.stderr and "training.resume_from_checkpoint=auto" in done.stderr
+    assert "already holds another run (run run-a" in done.stderr
+    assert "training.resume_from_checkpoint=auto" in done.stderr
     assert "train data:" not in done.stderr + (run_dir / "__main__.log").read_text()  # refused before loading
