@@ -262,9 +262,10 @@ def check_trainable_saved(model, checkpoint: str) -> None:
     weight (a non-strict load would silently keep a missing one at its initial value)."""
     import glob
 
-    files = glob.glob(os.path.join(checkpoint, "global_step*", "mp_rank_00_model_states.pt"))
+    # mp_rank_00_model_states.pt (ZeRO-2), zero_pp_rank_0_mp_rank_00_model_states.pt (ZeRO-3)
+    files = sorted(glob.glob(os.path.join(checkpoint, "global_step*", "*mp_rank_00_model_states.pt")))
     if not files:
-        raise CheckpointError(f"{checkpoint} holds no DeepSpeed model state (global_step*/mp_rank_00_model_states.pt)")
+        raise CheckpointError(f"{checkpoint} holds no DeepSpeed model state (global_step*/*model_states.pt)")
     # DeepSpeed's own loader unpickles this file next; reading only its keys here changes nothing
     module = torch.load(files[0], map_location="cpu", weights_only=False).get("module")
     if not module:  # nothing to compare against (DeepSpeed keeps the weights elsewhere)

@@ -1,5 +1,6 @@
-"""Run the embedded default with the given overrides; with KILL_AT_STEP=N set, SIGKILL this
-process right after optimizer step N (as a crash or a preempted job would)."""
+"""Run the embedded default with the given overrides (one process, or one rank under torchrun);
+with KILL_AT_STEP=N set, SIGKILL this process right after optimizer step N (as a crash or a
+preempted job would)."""
 
 import logging
 import os
@@ -28,3 +29,8 @@ register_configs()
 with initialize_config_module("llava_hydra.conf", version_base="1.3"):
     spec = compose("config", overrides=sys.argv[1:])
 run(spec)
+import torch.distributed as dist  # noqa: E402
+
+if dist.is_initialized():  # left to interpreter exit, gloo's teardown sometimes aborts a finished rank
+    dist.barrier()
+    dist.destroy_process_group()
