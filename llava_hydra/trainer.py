@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
-from llava_hydra.checkpoints import (STAGING_DIR, CheckpointError, find_resume_checkpoint,  # noqa: F401 (re-exported)
+from llava_hydra.checkpoints import (STAGING_DIR, find_resume_checkpoint,  # noqa: F401 (re-exported)
                                      read_record, write_checkpoint_record)
 from llava_hydra.model import PROJECTOR_FILE, llava_core, projector_state
 from llava_hydra.sampler import MODES, LengthGroupedSampler
@@ -203,14 +203,14 @@ class LLaVATrainer(Trainer):
         """Stage 1 under DeepSpeed saves its engine state without the frozen LLM and vision tower
         (exclude_frozen_parameters=True: a 7B model's checkpoint stays megabytes). Trainer would
         load that with a strict module load, which fails on the missing frozen weights: load it
-        non-strictly instead (the frozen weights are already in place from the model's own
-        files) and check that every trainable weight was in the checkpoint."""
+        non-strictly instead. The frozen weights are already in place from the model's own files;
+        the checkpoint was written under this spec (checked before loading, llava_hydra.checkpoints),
+        so it holds every trainable weight, and ZeRO restores them from its fp32 partitions."""
         if not (resume_from_checkpoint and self.is_deepspeed_enabled and self.save_projector_only):
             return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
         from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 
         model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
-        check_trainable_saved(self.model, resume_from_checkpoint)
         deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
         self._load_optimizer_and_scheduler(resume_from_checkpoint)
         self._load_scaler(resume_from_checkpoint)
@@ -255,22 +255,3 @@ def gathered_projector_state(model) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return projector_state(model)
     return projector_state(model)
-
-
-def check_trainable_saved(model, checkpoint: str) -> None:
-    """Before a non-strict DeepSpeed load: the checkpoint's module state holds every trainable
-    weight (a non-strict load would silently keep a missing one at its initial value)."""
-    import glob
-
-    # mp_rank_00_model_states.pt (ZeRO-2), zero_pp_rank_0_mp_rank_00_model_states.pt (ZeRO-3)
-    files = sorted(glob.glob(os.path.join(checkpoint, "global_step*", "*mp_rank_00_model_states.pt")))
-    if not files:
-        raise CheckpointError(f"{checkpoint} holds no DeepSpeed model state (global_step*/*model_states.pt)")
-    # DeepSpeed's own loader unpickles this file next; reading only its keys here changes nothing
-    module = torch.load(files[0], map_location="cpu", weights_only=False).get("module")
-    if not module:  # nothing to compare against (DeepSpeed keeps the weights elsewhere)
-        return
-    saved = module.keys()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in saved]
-    if missing:
-        raise CheckpointError(f"{files[0]} lacks trainable weights {missing[:5]}: it is not this stage's checkpoint")
