@@ -48,7 +48,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None
     merged.generation_config.bos_token_id = tokenizer.bos_token_id
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    make_processor(tokenizer, image_processor, merged).save_pretrained(str(out_dir))
+    make_processor(tokenizer, image_processor, merged, cfg.data.template).save_pretrained(str(out_dir))
     log.info("wrote the merged model and its processor to %s", out_dir)
     return out_dir
 

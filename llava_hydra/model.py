@@ -124,6 +124,8 @@ def _finish_tokenizer(tok, source: str, model_max_length: int):
             tok.add_special_tokens({"pad_token": "<pad>"})
     if IMAGE_TOKEN not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if isinstance(getattr(tok, "legacy", None), bool):  # transformers 5 drops it on save; a reload would
+        tok.init_kwargs["legacy"] = tok.legacy          # then tokenize text after special tokens differently
     return tok
 
 
@@ -480,12 +482,23 @@ def build_model(cfg):
     return model, tokenizer, image_processor
 
 
-def make_processor(tokenizer, image_processor, model):
-    """The ``AutoProcessor`` saved beside a trained model, so it reloads Hugging Face-natively."""
+def make_processor(tokenizer, image_processor, model, template: str | None = None):
+    """The ``AutoProcessor`` saved beside a trained model, so it reloads Hugging Face-natively,
+    carrying the chat template of the training ``template`` (data/chat_template.py; a
+    ``chat_template`` tokenizer keeps its own)."""
+    import copy
+
     from transformers import LlavaProcessor
 
+    from llava_hydra.data.chat_template import chat_template_for
+
+    chat_template = chat_template_for(template, tokenizer) if template else None
+    if chat_template:
+        tokenizer = copy.deepcopy(tokenizer)  # the run's own tokenizer is left as it was
+        tokenizer.chat_template = chat_template
     config = model.config
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          chat_template=getattr(tokenizer, "chat_template", None),
                           patch_size=config.vision_config.patch_size,
                           vision_feature_select_strategy=config.vision_feature_select_strategy,
                           image_token=IMAGE_TOKEN,

@@ -64,6 +64,18 @@ def test_vicuna_layout_folder_loads_as_a_llama_tokenizer(vicuna, tmp_path, legac
         "<s>", "▁Two", "▁square", "s", "▁", "<0x31>", "<0x32>", "▁", "<0xE7>", "<0x8C>", "<0xAB>"]
 
 
+def test_a_saved_legacy_tokenizer_reloads_with_the_same_tokens(vicuna, tmp_path):
+    from llava_hydra.model import load_tokenizer
+
+    text = "a</s>USER: <image>\nHi"
+    for legacy, tok in vicuna.items():
+        tok.save_pretrained(tmp_path / str(legacy))  # as every checkpoint and saved model does
+        again = load_tokenizer(str(tmp_path / str(legacy)), 2048)
+        assert again.legacy is legacy and again(text).input_ids == tok(text).input_ids
+    assert pieces(again, again(text).input_ids) == ["<s>", "▁a", "</s>", "▁", "USER", ":", "▁", "<image>", "▁",
+                                                    "<0x0A>", "H", "i"]
+
+
 # -- text after <image> is a piece of its own ------------------------------------------------------
 
 @pytest.mark.parametrize("legacy", [False, True])
