@@ -174,6 +174,10 @@ def test_lora_run_checkpoints_merge_into_a_model_that_generates(compose_spec, pa
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4
     answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert isinstance(answer, str)
+    # the merged model carries its training prompt (v1) as its chat template
+    assert processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape is it?"}]}],
+        add_generation_prompt=True).endswith("questions. USER: <image>\nWhat shape is it? ASSISTANT:")
 
     # the merged model computes what base + adapter computes (for QLoRA: on the 16-bit base)
     from omegaconf import OmegaConf
