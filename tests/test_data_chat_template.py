@@ -54,7 +54,8 @@ def training_ids_before_answer(tok, template, conv, answer):
     record = {"image": "x.png", "conversations": conv}
     e = encode(render(template, normalize_turns(record), tokenizer=tok), tok, tok.convert_tokens_to_ids("<image>"),
                N_IMG, 4096)
-    starts = [k for k, lab in enumerate(e.labels) if lab != IGNORE_INDEX and (k == 0 or e.labels[k - 1] == IGNORE_INDEX)]
+    starts = [k for k, lab in enumerate(e.labels)
+              if lab != IGNORE_INDEX and (k == 0 or e.labels[k - 1] == IGNORE_INDEX)]
     return e.input_ids[:starts[answer]]
 
 

@@ -35,7 +35,8 @@ def data(tmp_path):
             records.append({"id": k, "conversations": turns(f"Say {k} words.", "Word " * (k + 1))})
         else:
             records.append({"id": k, "image": "a.png",
-                            "conversations": turns("What color is the shape?\n<image>", "Red " * (k + 1), "Sure?", f"{k} yes.")})
+                            "conversations": turns("What color is the shape?\n<image>", "Red " * (k + 1), "Sure?",
+                                                   f"{k} yes.")})
     path = tmp_path / "d.json"
     path.write_text(json.dumps(records))
     return path

@@ -84,7 +84,8 @@ def test_stage1_caption_after_the_image_gets_its_dummy_prefix(vicuna, legacy):
     e = sample(tok, "plain", turns("<image>\nDescribe the image.", "Two squares, side by side"))
     assert pieces(tok, e.input_ids) == ["<s>", *["<image>"] * N_IMG, "▁Two", "▁square", "s", ",", "▁s", "id", "e",
                                         "▁b", "y", "▁s", "id", "e", "<0x0A>"]
-    assert labelled(tok, e) == ["▁Two", "▁square", "s", ",", "▁s", "id", "e", "▁b", "y", "▁s", "id", "e", "<0x0A>"]
+    assert labelled(tok, e) == ["▁Two", "▁square", "s", ",", "▁s", "id", "e", "▁b", "y", "▁s", "id", "e",
+                                "<0x0A>"]
     # a caption starting with a digit: the dummy-prefix "▁" is part of the caption and trained
     e = sample(tok, "plain", turns("<image>", "3 cats"))
     assert labelled(tok, e) == ["▁", "<0x33>", "▁cat", "s", "<0x0A>"]
@@ -97,8 +98,8 @@ def test_v1_question_after_the_image_starts_with_the_dummy_prefix(vicuna, legacy
     toks = pieces(tok, e.input_ids)
     at = toks.index("<image>")
     assert toks[at - 3:at] == ["USER", ":", "▁"]  # "USER: " then the image
-    assert toks[at + N_IMG:] == ["▁", "<0x0A>", "W", "hat", "▁is", "▁i", "t", "?", "▁ASSISTANT", ":", "▁Red", ".",
-                                 "</s>"]
+    assert toks[at + N_IMG:] == ["▁", "<0x0A>", "W", "hat", "▁is", "▁i", "t", "?", "▁ASSISTANT", ":", "▁Red",
+                                 ".", "</s>"]
     assert labelled(tok, e) == ["▁Red", ".", "</s>"]
 
 
