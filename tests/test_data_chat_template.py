@@ -99,6 +99,19 @@ def test_v1_prompt_text_written_out(toks):
                     "ASSISTANT: 3 cats.</s>USER: Colour? ASSISTANT:")
 
 
+def test_a_system_message_replaces_the_system_text(toks):
+    tok = toks["bpe"]
+    tok.chat_template = chat_template_for("mpt", tok)
+    try:
+        text = tok.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "<image>\nWhat?"}], add_generation_prompt=True,
+                                       tokenize=False)
+    finally:
+        tok.chat_template = None
+    assert text == ("<s><|im_start|>system\nBe brief.<|im_end|><|im_start|>user\n<image>\nWhat?<|im_end|>"
+                    "<|im_start|>assistant\n")
+
+
 def test_chat_template_models_keep_their_own(toks, tmp_path):
     tok = toks["qwen2"]
     processor = saved_processor(tok, "chat_template", tmp_path / "proc")

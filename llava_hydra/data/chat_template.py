@@ -31,6 +31,7 @@ from llava_hydra.data.conversation import (IMAGE_TOKEN, LLAVA_LLAMA_2_SYSTEM, MP
 
 log = logging.getLogger(__name__)
 
+MPT_SYSTEM_HEADER = "<|im_start|>system\n"
 _PROBES = ("\nWhat is in the picture?", "Two squares", "3 cats", "(a)")
 
 
@@ -110,7 +111,7 @@ _BODIES = {
 """,
     # conv_mpt (ChatML with no newlines between turns)
     "mpt": """\
-{{- BOS ~ PAD ~ ns.system ~ MPT_SEP -}}
+{{- BOS ~ PAD ~ MPT_SYSTEM_HEADER ~ ns.system ~ MPT_SEP -}}
 {%- for m in ns.turns -%}
 {%- if m['role'] == 'user' -%}{{ MPT_USER ~ content(m) ~ MPT_SEP }}\
 {%- else -%}{{ MPT_ASSISTANT ~ content(m) ~ MPT_SEP }}{%- endif -%}
@@ -120,7 +121,7 @@ _BODIES = {
 }
 
 _SYSTEMS = {"plain": "", "v1": VICUNA_SYSTEM, "llama_2": LLAVA_LLAMA_2_SYSTEM,
-            "mpt": MPT_SYSTEM.removeprefix("<|im_start|>system\n")}
+            "mpt": MPT_SYSTEM.removeprefix(MPT_SYSTEM_HEADER)}
 
 
 def _literal(s: str) -> str:
@@ -139,10 +140,9 @@ def chat_template_for(template: str, tokenizer) -> str | None:
         "PAD": _literal(piece_prefix(tokenizer)),
         "BOS": "bos_token" if _adds_bos(tokenizer) else "''",
         "DEFAULT_SYSTEM": _literal(_SYSTEMS[template]),
-        "MPT_SEP": _literal(MPT_SEP), "MPT_USER": _literal(MPT_USER), "MPT_ASSISTANT": _literal(MPT_ASSISTANT),
+        "MPT_SYSTEM_HEADER": _literal(MPT_SYSTEM_HEADER), "MPT_SEP": _literal(MPT_SEP),
+        "MPT_USER": _literal(MPT_USER), "MPT_ASSISTANT": _literal(MPT_ASSISTANT),
     }
     body = _BODIES[template]
-    if template == "mpt":  # the system turn's header stays when a system message replaces its text
-        body = body.replace("ns.system", "'<|im_start|>system\\n' ~ ns.system")
     sets = "".join(f"{{%- set {k} = {v} -%}}\n" for k, v in header.items())
     return sets + _MACROS + body
