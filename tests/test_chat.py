@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from local_parts import save_parts, spec_overrides  # noqa: E402
+from local_parts import save_parts  # noqa: E402
+from saved_models import saved_model  # noqa: E402
 
 from llava_hydra.chat import Chat, interact, main  # noqa: E402
 
@@ -22,28 +23,6 @@ QUESTION = "What shape is in the picture?"
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     return save_parts(tmp_path_factory.mktemp("parts"))
-
-
-def saved_model(compose_spec, parts, out: Path, lora: bool = False) -> Path:
-    """A stage 2 model (or a LoRA adapter + spec) saved as the runner saves them, weights perturbed
-    so generation is not degenerate."""
-    from llava_hydra.lora import write_spec
-    from llava_hydra.model import build_model, make_processor
-
-    cfg = compose_spec(*spec_overrides(parts, out / "cache"), "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
-                       *(["lora=lora", "lora.r=4", "lora.alpha=8"] if lora else []))
-    torch.manual_seed(1)
-    model, tok, ip = build_model(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name or "multi_modal_projector" in name:
-                p.add_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(out)
-    if lora:
-        write_spec(cfg, out)
-    else:
-        make_processor(tok, ip, model, cfg.data.template).save_pretrained(out)
-    return out
 
 
 def plain_generate(model_dir: Path, image: Image.Image, max_new_tokens: int = 6) -> str:
