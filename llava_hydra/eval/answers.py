@@ -57,7 +57,10 @@ def answer_items(model, processor, aspect: str, items: list[Item], path: Path, m
     from tqdm.auto import tqdm
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {_key(r["question_id"]) for r in read_answers(path)}
+    written = read_answers(path)
+    if path.exists():
+        write_answers(path, written)  # without a torn last line, before appending
+    done = {_key(r["question_id"]) for r in written}
     todo = [it for it in items if _key(it.question_id) not in done]
     if done:
         log.info("%s: %d answers already written, %d questions to go", path, len(items) - len(todo), len(todo))

@@ -34,6 +34,7 @@ class Item:
     image: Any = None  # a path, a PIL image, or None
     extra: dict = field(default_factory=dict)  # more fields for the answers row
     messages: list | None = None  # a whole conversation (training format), else one user turn
+    source: dict = field(default_factory=dict)  # the question file's row (POPE's category, ...)
 
 
 def _with_suffix(text: str, suffix: str | None) -> str:
@@ -55,7 +56,7 @@ def vqa_loader(path: str, image_folder: str | None, suffix: str | None) -> list[
             row = json.loads(line)
             text = _with_suffix(row["text"], suffix)
             items.append(Item(row["question_id"], text, text,
-                              _image_path(image_folder, row["image"]) if row.get("image") else None))
+                              _image_path(image_folder, row["image"]) if row.get("image") else None, source=row))
         except (json.JSONDecodeError, KeyError) as err:
             raise ValueError(f"{path}: line {i + 1}: not a model_vqa_loader question ({err!r})") from err
     return items

@@ -27,7 +27,7 @@ def score(bench, answers: list[dict], items) -> dict:
     if kind == "exact_f1":
         return owndata.score(answers)
     if kind == "pope":
-        return scorers.pope(answers, [{"question_id": it.question_id, **it.extra} for it in items],
+        return scorers.pope(answers, [it.source for it in items],
                             bench.annotations)
     if kind in ("science_qa", "gqa", "vqa", "mme"):
         return getattr(scorers, kind)(answers, bench.annotations)
