@@ -171,3 +171,19 @@ def test_multirun_tables_one_row_per_benchmark(setup, tmp_path):
                    check=True, env=os.environ.copy(), capture_output=True)
     table = (tmp_path / "results.md").read_text()
     assert "| pope | f1 |" in table and "| sqa | img_accuracy |" in table
+
+
+@pytest.mark.e2e
+def test_sharded_over_two_processes_equals_one_process(setup, tmp_path):
+    model, ev = setup
+    common = [f"model_dir={model}", f"paths.eval_root={ev}", "benchmark=pope", "benchmark.max_new_tokens=4",
+              "device=cpu", "batch_size=2"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                    "-m", "llava_hydra.eval", *common, f"output_root={tmp_path / 'two'}"],
+                   check=True, env=os.environ.copy(), capture_output=True)
+    evaluate(model, ev, "benchmark=pope", "batch_size=2", f"output_root={tmp_path / 'one'}")
+    two, one = (read(tmp_path / d / "pope" / "answers.jsonl") for d in ("two", "one"))
+    assert [(r["question_id"], r["text"]) for r in two] == [(r["question_id"], r["text"]) for r in one]
+    assert not list((tmp_path / "two" / "pope").glob("answers.rank*.jsonl"))  # merged and removed
+    assert (json.loads((tmp_path / "two" / "pope" / "results.json").read_text())["f1"]
+            == json.loads((tmp_path / "one" / "pope" / "results.json").read_text())["f1"])
