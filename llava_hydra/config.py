@@ -130,6 +130,8 @@ class EvalConfig:
     enable: bool = True
     max_new_tokens: int = 8
     max_samples: Optional[int] = None
+    steps: Optional[int] = None  # also score data.eval_data_path every N steps during training (logged)
+    keep_best: bool = False  # with steps: the best-scoring checkpoint survives save_total_limit
 
 
 @dataclass

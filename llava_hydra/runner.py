@@ -34,6 +34,10 @@ def training_arguments(cfg: DictConfig):
         if not 0 <= ratio < 1:
             raise ValueError(f"training.warmup_ratio must be in [0, 1), got {ratio}")
         kwargs["warmup_steps"] = ratio
+    if cfg.eval.steps:  # score the held-out set during training (LLaVATrainer.evaluate)
+        kwargs.update(eval_strategy="steps", eval_steps=cfg.eval.steps)
+        if cfg.eval.keep_best:
+            kwargs.update(metric_for_best_model="eval_accuracy", greater_is_better=True)
     if cfg.deepspeed is not None:
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
     if cpu_process_group(cfg.deepspeed is not None):
@@ -160,8 +164,19 @@ def run(cfg: DictConfig) -> float | None:
 
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
+    held_out = {}
+    if cfg.eval.steps:
+        if not cfg.data.eval_data_path:
+            raise ValueError("eval.steps needs held-out questions: set data.eval_data_path")
+        from functools import partial
+
+        from llava_hydra.evaluate import exact_match
+
+        eval_set = make_dataset(cfg, cfg.data.eval_data_path, tokenizer, image_processor, model)
+        held_out = {"eval_dataset": eval_set, "held_out_eval": partial(
+            exact_match, dataset=eval_set, max_new_tokens=cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples)}
     trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
-                           processing_class=tokenizer, save_projector_only=projector_only)
+                           processing_class=tokenizer, save_projector_only=projector_only, **held_out)
 
     # 6. Train, resuming from a checkpoint if asked (a path, or auto: the latest in the run directory).
     resume = find_resume_checkpoint(str(out_dir), resume_request(cfg.training.resume_from_checkpoint))
@@ -185,6 +200,9 @@ def run(cfg: DictConfig) -> float | None:
 
         eval_set = make_dataset(cfg, cfg.data.eval_data_path, tokenizer, image_processor, model)
         metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+    if trainer.state.best_model_checkpoint:
+        metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+        metrics["best_eval_accuracy"] = trainer.state.best_metric
     metrics["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_world_process_zero():
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

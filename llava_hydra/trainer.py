@@ -74,9 +74,21 @@ def parameter_groups(model, decay_names: set[str], weight_decay: float,
 
 
 class LLaVATrainer(Trainer):
-    def __init__(self, *args, save_projector_only: bool = False, **kwargs):
+    def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_projector_only = save_projector_only
+        self.held_out_eval = held_out_eval  # model -> {"eval_accuracy": ...}: what evaluate() runs
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """With ``held_out_eval`` (eval.steps): greedy answers to the held-out questions, logged to
+        the trackers and returned for ``metric_for_best_model``; else the Trainer's own."""
+        if self.held_out_eval is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = {k: v for k, v in self.held_out_eval(self.model).items() if isinstance(v, (int, float))}
+        self.model.train()
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -146,6 +158,11 @@ class LLaVATrainer(Trainer):
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
+        if self.state.best_model_checkpoint == os.path.join(staging, name):  # eval.keep_best: where it lives now
+            self.state.best_model_checkpoint = os.path.join(run_dir, name)
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(run_dir, name, "trainer_state.json"))
+        if self.args.should_save:
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
