@@ -5,8 +5,6 @@ tokenizer, the image processor and the image token count read from the vision to
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def compose_spec(overrides: list[str]):
     from hydra import compose, initialize_config_module
@@ -44,11 +42,9 @@ def data_parts(cfg, image_processor: bool = True):
     from llava_hydra.model import load_tokenizer
     from llava_hydra.tiny import resolve
 
-    if cfg.data.synthetic is not None:
-        from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import prepare
 
-        s = cfg.data.synthetic
-        ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
+    prepare(cfg)  # only under paths.cache_dir, and only when the spec reads the synthetic data
     m = cfg.model
     source = m.pretrained_llava or m.llm
     tokenizer = load_tokenizer(resolve(source, cfg.paths.cache_dir), m.model_max_length, m.trust_remote_code)
