@@ -75,6 +75,13 @@ def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, mo
         on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
 
 
+def length_pass_once(samples, args) -> None:
+    """The dataset's cached length pass, computed once: rank 0 computes it and writes the cache
+    inside ``main_process_first`` while the other ranks wait, then they read it."""
+    with args.main_process_first(local=False, desc="length pass"):
+        samples.length_table()
+
+
 def final_loss(log_history: list[dict]) -> float | None:
     losses = [e["loss"] for e in log_history if "loss" in e]
     return losses[-1] if losses else None
@@ -146,9 +153,8 @@ def run(cfg: DictConfig) -> float | None:
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
     samples = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
-    if cfg.training.group_by_modality_length or cfg.training.packing:  # the length pass, once: rank 0
-        with args.main_process_first(local=False, desc="length pass"):  # writes the cache, the others read it
-            samples.length_table()
+    if cfg.training.group_by_modality_length or cfg.training.packing:
+        length_pass_once(samples, args)
     image_samples = sum(1 for r in samples.records if r.get("image"))
     log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
              len(samples), image_samples, len(samples) - image_samples, cfg.data.data_path,
