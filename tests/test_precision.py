@@ -100,3 +100,21 @@ def test_fp32_default_is_unchanged(spec):
     assert part_dtypes(model) == {"vision_tower": {"float32 frozen"}, "projector": {FP32},
                                   "embeddings": {"float32 frozen"}, "llm_body": {"float32 frozen"},
                                   "norms": {"float32 frozen"}, "lm_head": {"float32 frozen"}}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("lora", ["none", "lora"])
+def test_bf16_run_trains_fp32_weights_under_the_trainers_autocast(compose_spec, tmp_path, lora):
+    """The whole run under training.bf16 on CPU: the Trainer autocasts a model whose trainable
+    parameters are fp32 and frozen parts bf16, and the evaluation runs under the same autocast."""
+    import json
+
+    from llava_hydra.runner import run
+
+    run(compose_spec("stage=finetune", "stage.pretrain_mm_mlp_adapter=null", "training.bf16=true", "training.use_cpu=true", f"lora={lora}",
+                     "lora.r=4", "lora.alpha=8", f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}",
+                     "data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
+                     "training.max_steps=2", "training.per_device_train_batch_size=4", "eval.max_samples=4"))
+    metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2 and metrics["eval_samples"] == 4
+    assert torch.isfinite(torch.tensor(metrics["train_loss_mean"]))

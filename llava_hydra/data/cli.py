@@ -25,6 +25,7 @@ def num_image_tokens(cfg) -> int:
     """Image tokens per image, as the assembled model will have them (config only, no weights)."""
     from transformers import AutoConfig
 
+    from llava_hydra.model import has_cls_token, select_strategy
     from llava_hydra.tiny import resolve
 
     m = cfg.model
@@ -32,8 +33,8 @@ def num_image_tokens(cfg) -> int:
         return AutoConfig.from_pretrained(resolve(m.pretrained_llava, cfg.paths.cache_dir)).image_seq_length
     vc = AutoConfig.from_pretrained(resolve(m.vision_tower, cfg.paths.cache_dir))
     vc = getattr(vc, "vision_config", vc)
-    has_cls = vc.model_type.startswith("clip")
-    return (vc.image_size // vc.patch_size) ** 2 + (1 if m.mm_vision_select_feature == "cls_patch" and has_cls else 0)
+    full = select_strategy(m.mm_vision_select_feature, has_cls_token(vc)) == "full"
+    return (vc.image_size // vc.patch_size) ** 2 + (1 if full and has_cls_token(vc) else 0)
 
 
 def data_parts(cfg, image_processor: bool = True):
