@@ -79,6 +79,13 @@ def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, mo
         on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
 
 
+def length_pass_once(samples, args) -> None:
+    """The dataset's cached length pass, computed once: rank 0 computes it and writes the cache
+    inside ``main_process_first`` while the other ranks wait, then they read it."""
+    with args.main_process_first(local=False, desc="length pass"):
+        samples.length_table()
+
+
 def final_loss(log_history: list[dict]) -> float | None:
     losses = [e["loss"] for e in log_history if "loss" in e]
     return losses[-1] if losses else None
@@ -103,10 +110,13 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
+    from llava_hydra.config import check_trackers
+
+    check_trackers(cfg.training.report_to)  # before torch, data or weights
     from transformers import set_seed
 
     from llava_hydra.data.conversation import check_template
-    from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import eval_data_path, prepare as prepare_synthetic, synthetic_root
     from llava_hydra.model import build_model, make_processor
     from llava_hydra.tiny import resolve
     from llava_hydra.trainer import LLaVATrainer, find_resume_checkpoint
@@ -128,13 +138,12 @@ def run(cfg: DictConfig) -> float | None:
     args = training_arguments(cfg)
     set_seed(args.seed)
 
-    # 2. Data files: generated on first use for the synthetic default.
-    #    Rank 0 writes them and builds the tiny builtin models while the other ranks wait.
+    # 2. Data files: the synthetic default's are generated on first use, under paths.cache_dir
+    #    only (a user's data_path is only read). Rank 0 writes them and builds the tiny builtin
+    #    models while the other ranks wait.
     with args.main_process_first(local=False, desc="synthetic data and builtin models"):
-        if cfg.data.synthetic is not None:
-            s = cfg.data.synthetic
-            if ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed):
-                log.info("generated the synthetic shapes dataset under %s", Path(cfg.data.data_path).parent)
+        if prepare_synthetic(cfg):
+            log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             resolve(name, cfg.paths.cache_dir)
 
@@ -148,6 +157,8 @@ def run(cfg: DictConfig) -> float | None:
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
     samples = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    if cfg.training.group_by_modality_length or cfg.training.packing:
+        length_pass_once(samples, args)
     image_samples = sum(1 for r in samples.records if r.get("image"))
     log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
              len(samples), image_samples, len(samples) - image_samples, cfg.data.data_path,
@@ -166,13 +177,13 @@ def run(cfg: DictConfig) -> float | None:
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
     held_out = {}
     if cfg.eval.steps:
-        if not cfg.data.eval_data_path:
-            raise ValueError("eval.steps needs held-out questions: set data.eval_data_path")
+        if not eval_data_path(cfg):
+            raise ValueError("eval.steps needs held-out questions of the training data: set data.eval_data_path")
         from functools import partial
 
         from llava_hydra.evaluate import exact_match
 
-        eval_set = make_dataset(cfg, cfg.data.eval_data_path, tokenizer, image_processor, model)
+        eval_set = make_dataset(cfg, eval_data_path(cfg), tokenizer, image_processor, model)
         held_out = {"eval_dataset": eval_set, "held_out_eval": partial(
             exact_match, dataset=eval_set, max_new_tokens=cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples)}
     trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
@@ -195,11 +206,17 @@ def run(cfg: DictConfig) -> float | None:
                "train_loss": final_loss(trainer.state.log_history),
                "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step,
                "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
-    if cfg.eval.enable and cfg.data.eval_data_path:
+    #    Sharded across ranks; under bf16/fp16 in the Trainer's autocast (trainable parts are fp32).
+    eval_path = eval_data_path(cfg)  # not the synthetic held-out set when training on a user's data
+    if cfg.eval.enable and eval_path:
         from llava_hydra.evaluate import exact_match
 
-        eval_set = make_dataset(cfg, cfg.data.eval_data_path, tokenizer, image_processor, model)
-        metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+        eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model)
+        with trainer.accelerator.autocast():
+            metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+    elif cfg.eval.enable and cfg.data.eval_data_path:
+        log.info("no evaluation: data.eval_data_path is the synthetic held-out set and data.data_path is not "
+                 "the synthetic data; set data.eval_data_path to a held-out file of your data")
     if trainer.state.best_model_checkpoint:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
         metrics["best_eval_accuracy"] = trainer.state.best_metric

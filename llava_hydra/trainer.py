@@ -84,7 +84,9 @@ class LLaVATrainer(Trainer):
         the trackers and returned for ``metric_for_best_model``; else the Trainer's own."""
         if self.held_out_eval is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        metrics = {k: v for k, v in self.held_out_eval(self.model).items() if isinstance(v, (int, float))}
+        with self.accelerator.autocast():  # as training computes: bf16/fp16 over fp32 trainable weights
+            answers = self.held_out_eval(self.model)
+        metrics = {k: v for k, v in answers.items() if isinstance(v, (int, float))}
         self.model.train()
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
