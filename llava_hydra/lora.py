@@ -13,6 +13,15 @@
 - with ``lora.bits`` 4 or 8 the LLM was loaded quantized (see ``model.quantization_config``);
   vision tower and projector never are.
 
+Precision under QLoRA: the frozen parts that are not quantized (vision tower, embeddings,
+``lm_head``, norms, a frozen projector) stay in the compute dtype they were loaded in; peft's
+``prepare_model_for_kbit_training``, which upcasts all of them to fp32 (and the residual
+stream with them: twice the activation memory), is not used. fp32 are only the weights that
+are trained: the LoRA adapters (peft's ``autocast_adapter_dtype``; a bf16 adapter loses
+updates smaller than its ulp) and, without DeepSpeed, the parts trained whole
+(``model.hold_trainable_in_fp32``). Norms need no fp32 weights: Llama's RMSNorm computes its
+statistics in fp32 itself, and LayerNorm runs in fp32 under autocast.
+
 The run spec is written beside the adapter (``llava_hydra_spec.yaml``) so the merge command
 can rebuild the exact base model the adapter was trained on.
 """
@@ -51,7 +60,7 @@ def lora_target_pattern(model) -> str:
 
 def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = False):
     """The PEFT model for ``lora.*``: LoRA on the LLM, ``parts`` other than llm trained whole."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     from llava_hydra.model import freeze_fixed_parts
 
@@ -61,14 +70,12 @@ def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = Fal
     if lora.bias not in ("none", "all", "lora_only"):
         raise ValueError(f"lora.bias must be none, all or lora_only, got {lora.bias!r}")
     model.requires_grad_(False)
-    if lora.bits < 16:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
+    if gradient_checkpointing:  # checkpointed layers whose inputs are frozen still pass gradients
         model.enable_input_require_grads()
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
                         target_modules=lora_target_pattern(model),
                         modules_to_save=[WHOLE_PARTS[p] for p in parts if p != "llm"] or None)
-    model = get_peft_model(model, config)
+    model = get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters in fp32
     freeze_fixed_parts(model)
     log.info("LoRA r=%d alpha=%d dropout=%s bias=%s on %d LLM linear layers%s; trained whole: %s",
              lora.r, lora.alpha, lora.dropout, lora.bias, len(lora_targets(model)),

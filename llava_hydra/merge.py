@@ -20,35 +20,15 @@ log = logging.getLogger("llava_hydra.merge")
 
 
 def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
-    import torch
-    from omegaconf import OmegaConf
-    from peft import PeftModel
+    from llava_hydra.eval.loading import adapted_base
+    from llava_hydra.model import make_processor
 
-    from llava_hydra.lora import find_spec
-    from llava_hydra.model import (DTYPES, assemble, load_pretrained_llava, load_projector, make_processor,
-                                   pick_attention, pick_dtype)
-
-    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA run directory or checkpoint)")
-    spec_file = find_spec(adapter_dir)
-    cfg = OmegaConf.load(spec_file)
-    cfg.lora.bits = 16  # the base at full precision
-    torch_dtype = DTYPES[dtype] if dtype else pick_dtype(cfg.model.dtype, cfg.training.bf16, cfg.training.fp16)
-    attn = pick_attention(cfg.model.attn_implementation)
-    build = load_pretrained_llava if cfg.model.get("pretrained_llava") else assemble
-    base, tokenizer, image_processor = build(cfg, torch_dtype, attn)
-    if cfg.stage.pretrain_mm_mlp_adapter and "mm_projector" not in cfg.stage.trainable:
-        load_projector(base, cfg.stage.pretrain_mm_mlp_adapter, cfg.model.name)  # frozen: not in the adapter
-    log.info("base rebuilt from %s; loading the adapter from %s", spec_file, adapter_dir)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.config.pad_token_id = tokenizer.pad_token_id
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    merged.generation_config.eos_token_id = tokenizer.eos_token_id
-    merged.generation_config.bos_token_id = tokenizer.bos_token_id
+    out_dir = Path(out_dir)
+    adapted, tokenizer, image_processor, cfg = adapted_base(adapter_dir, dtype)
+    merged = adapted.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    make_processor(tokenizer, image_processor, merged).save_pretrained(str(out_dir))
+    make_processor(tokenizer, image_processor, merged, cfg.data.template).save_pretrained(str(out_dir))
     log.info("wrote the merged model and its processor to %s", out_dir)
     return out_dir
 

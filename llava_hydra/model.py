@@ -33,7 +33,7 @@ from llava_hydra.tiny import resolve
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
+SELECT_FEATURES = ("patch", "cls_patch")
 PROJECTOR_ACT = {"mlp2x_gelu": "gelu", "linear": "linear"}  # mm_projector_type -> projector_hidden_act
 PROJECTOR_FILE = "mm_projector.safetensors"
 
@@ -44,6 +44,28 @@ def pick_dtype(name: str, bf16: bool, fp16: bool) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"model.dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def has_cls_token(vision_config) -> bool:
+    """CLIP's tower prepends a CLS token to its patch features; SigLIP's has none."""
+    return vision_config.model_type.startswith("clip")
+
+
+def select_strategy(feature: str, has_cls: bool) -> str:
+    """transformers' ``vision_feature_select_strategy`` for LLaVA's ``mm_vision_select_feature``:
+    ``default`` drops the first token (CLS), ``full`` keeps all. ``patch`` on a tower without a
+    CLS token (SigLIP) keeps all its tokens, which are all patches."""
+    if feature not in SELECT_FEATURES:
+        raise ValueError(f"model.mm_vision_select_feature must be one of {list(SELECT_FEATURES)}, got {feature!r}")
+    if feature == "cls_patch" and not has_cls:
+        raise ValueError("model.mm_vision_select_feature=cls_patch: this vision tower (SigLIP) has no CLS token; "
+                         "use patch")
+    return "default" if feature == "patch" and has_cls else "full"
+
+
+def select_feature(strategy: str, has_cls: bool) -> str:
+    """The inverse of ``select_strategy``: the mm_vision_select_feature a Llava config describes."""
+    return "cls_patch" if strategy == "full" and has_cls else "patch"
 
 
 def pick_attention(name: str) -> str:
@@ -124,6 +146,8 @@ def _finish_tokenizer(tok, source: str, model_max_length: int):
             tok.add_special_tokens({"pad_token": "<pad>"})
     if IMAGE_TOKEN not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if isinstance(getattr(tok, "legacy", None), bool):  # transformers 5 drops it on save; a reload would
+        tok.init_kwargs["legacy"] = tok.legacy          # then tokenize text after special tokens differently
     return tok
 
 
@@ -217,13 +241,13 @@ def assemble(cfg, dtype: torch.dtype, attn: str):
 
     vc = vision.config
     num_patches = (vc.image_size // vc.patch_size) ** 2
-    has_cls = vc.model_type.startswith("clip")  # SigLIP has no CLS token
+    strategy = select_strategy(m.mm_vision_select_feature, has_cls_token(vc))
     config = LlavaConfig(
         vision_config=vc, text_config=llm.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_patches + (1 if m.mm_vision_select_feature == "cls_patch" and has_cls else 0),
+        image_seq_length=num_patches + (1 if has_cls_token(vc) and strategy == "full" else 0),
         vision_feature_layer=m.mm_vision_select_layer,
-        vision_feature_select_strategy=SELECT_STRATEGY[m.mm_vision_select_feature],
+        vision_feature_select_strategy=strategy,
         projector_hidden_act=PROJECTOR_ACT[m.mm_projector_type], multimodal_projector_bias=True,
         tie_word_embeddings=getattr(llm.config, "tie_word_embeddings", False),
         mm_projector_type=m.mm_projector_type,
@@ -265,8 +289,8 @@ def load_pretrained_llava(cfg, dtype: torch.dtype, attn: str):
             "mm_vision_select_feature": m.mm_vision_select_feature}
     found = {"mm_projector_type": projector_type(model.config),
              "mm_vision_select_layer": model.config.vision_feature_layer,
-             "mm_vision_select_feature": {v: k for k, v in SELECT_STRATEGY.items()}.get(
-                 model.config.vision_feature_select_strategy)}
+             "mm_vision_select_feature": select_feature(model.config.vision_feature_select_strategy,
+                                                        has_cls_token(model.config.vision_config))}
     for key in spec:
         if spec[key] != found[key]:
             log.warning("model.%s=%s, but %s was built with %s: the checkpoint's value is used",
@@ -383,12 +407,13 @@ def trainable_modules(model, parts: list[str]) -> list[torch.nn.Module]:
 def unused_vision_layers(config) -> list[str]:
     """Name fragments of the vision tower's parts that never reach the projector: the encoder
     layers after ``vision_feature_layer`` (LLaVA's features come from layer -2) and the final
-    layer norm (it only feeds the pooled output)."""
+    layer norm and SigLIP's attention-pooling head (they only feed the pooled output)."""
     n = config.vision_config.num_hidden_layers
     selected = config.vision_feature_layer
     selected = list(selected) if isinstance(selected, (list, tuple)) else [selected]
     used = max(k % (n + 1) for k in selected)  # hidden_states[k]: the output of the first k layers
-    return [f"vision_tower.encoder.layers.{k}." for k in range(used, n)] + ["vision_tower.post_layernorm."]
+    return ([f"vision_tower.encoder.layers.{k}." for k in range(used, n)]
+            + ["vision_tower.post_layernorm.", "vision_tower.head."])
 
 
 def freeze_fixed_parts(model) -> None:
@@ -434,6 +459,50 @@ def freeze_all_but(model, parts: list[str]) -> None:
     freeze_fixed_parts(model)
 
 
+# -- precision ---------------------------------------------------------------------------------
+
+def fp32_masters(cfg, dtype: torch.dtype) -> bool:
+    """Whether the trainable parameters must be held in fp32 here: the Trainer computes in
+    bf16/fp16 through autocast (``training.bf16`` / ``fp16``), and no engine keeps fp32 master
+    weights (DeepSpeed does: its bf16/fp16 modes hold fp32 copies of a half-precision model)."""
+    return (cfg.training.bf16 or cfg.training.fp16) and cfg.deepspeed is None and dtype != torch.float32
+
+
+def hold_trainable_in_fp32(model) -> None:
+    """Trainable parameters to fp32 (updates smaller than a bf16 ulp are kept); frozen parts
+    stay in the compute dtype they were loaded in."""
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def part_of(name: str) -> str:
+    """The part of a Llava (plain or PEFT-wrapped) a parameter belongs to, for the dtype report."""
+    if ".lora_" in name:
+        return "lora_adapters"
+    if "vision_tower." in name:
+        return "vision_tower"
+    if "multi_modal_projector." in name:
+        return "projector"
+    if "embed_tokens." in name:
+        return "embeddings"
+    if "lm_head." in name:
+        return "lm_head"
+    if "norm." in name:  # input_layernorm, post_attention_layernorm, the final norm
+        return "norms"
+    return "llm_body"
+
+
+def part_dtypes(model) -> dict[str, set[str]]:
+    """Part -> {"<dtype> trained" | "<dtype> frozen"} over its parameters (a 4-bit LLM body's
+    packed weights show as uint8)."""
+    out: dict[str, set[str]] = {}
+    for name, p in model.named_parameters():
+        dtype = str(p.dtype).removeprefix("torch.")
+        out.setdefault(part_of(name), set()).add(f"{dtype} {'trained' if p.requires_grad else 'frozen'}")
+    return out
+
+
 def build_model(cfg):
     """(model, tokenizer, image_processor) for the composed spec. With ``lora.enable`` the model
     is a PEFT model: LoRA on the LLM's linear layers, the other trainable parts trained whole."""
@@ -441,8 +510,8 @@ def build_model(cfg):
     if m.mm_projector_type not in PROJECTOR_ACT:
         raise ValueError(f"model.mm_projector_type {m.mm_projector_type!r} is not supported; "
                          f"supported: {sorted(PROJECTOR_ACT)}")
-    if m.mm_vision_select_feature not in SELECT_STRATEGY:
-        raise ValueError(f"model.mm_vision_select_feature must be one of {sorted(SELECT_STRATEGY)}")
+    if m.mm_vision_select_feature not in SELECT_FEATURES:
+        raise ValueError(f"model.mm_vision_select_feature must be one of {list(SELECT_FEATURES)}")
     dtype = pick_dtype(m.dtype, cfg.training.bf16, cfg.training.fp16)
     attn = pick_attention(m.attn_implementation)
     if cfg.lora.enable and cfg.lora.bits < 16 and _zero3_enabled():
@@ -470,6 +539,8 @@ def build_model(cfg):
         freeze_all_but(model, parts)
         if cfg.training.gradient_checkpointing:
             model.enable_input_require_grads()
+    if fp32_masters(cfg, dtype):
+        hold_trainable_in_fp32(model)
     n_train = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
     n_all = sum(full_numel(p) for p in model.parameters())
     source = m.pretrained_llava if getattr(m, "pretrained_llava", None) else f"{m.llm} + {m.vision_tower}"
@@ -477,16 +548,28 @@ def build_model(cfg):
              source, projector_type(model.config), model.config.image_seq_length, dtype,
              f", {cfg.lora.bits}-bit LLM" if cfg.lora.enable and cfg.lora.bits < 16 else "", parts,
              " (llm through LoRA)" if cfg.lora.enable else "", n_train / 1e6, n_all / 1e6)
+    log.info("dtypes: %s", "; ".join(f"{part} {', '.join(sorted(kinds))}" for part, kinds in part_dtypes(model).items()))
     return model, tokenizer, image_processor
 
 
-def make_processor(tokenizer, image_processor, model):
-    """The ``AutoProcessor`` saved beside a trained model, so it reloads Hugging Face-natively."""
+def make_processor(tokenizer, image_processor, model, template: str | None = None):
+    """The ``AutoProcessor`` saved beside a trained model, so it reloads Hugging Face-natively,
+    carrying the chat template of the training ``template`` (data/chat_template.py; a
+    ``chat_template`` tokenizer keeps its own)."""
+    import copy
+
     from transformers import LlavaProcessor
 
+    from llava_hydra.data.chat_template import chat_template_for
+
+    chat_template = chat_template_for(template, tokenizer) if template else None
+    if chat_template:
+        tokenizer = copy.deepcopy(tokenizer)  # the run's own tokenizer is left as it was
+        tokenizer.chat_template = chat_template
     config = model.config
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          chat_template=getattr(tokenizer, "chat_template", None),
                           patch_size=config.vision_config.patch_size,
                           vision_feature_select_strategy=config.vision_feature_select_strategy,
                           image_token=IMAGE_TOKEN,
-                          num_additional_image_tokens=1 if config.vision_config.model_type.startswith("clip") else 0)
+                          num_additional_image_tokens=1 if has_cls_token(config.vision_config) else 0)

@@ -35,6 +35,10 @@ def training_arguments(cfg: DictConfig):
         if not 0 <= ratio < 1:
             raise ValueError(f"training.warmup_ratio must be in [0, 1), got {ratio}")
         kwargs["warmup_steps"] = ratio
+    if cfg.eval.steps:  # score the held-out set during training (LLaVATrainer.evaluate)
+        kwargs.update(eval_strategy="steps", eval_steps=cfg.eval.steps)
+        if cfg.eval.keep_best:
+            kwargs.update(metric_for_best_model="eval_accuracy", greater_is_better=True)
     if cfg.deepspeed is not None:
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
     if cpu_process_group(cfg.deepspeed is not None):
@@ -84,6 +88,13 @@ def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, mo
         on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
 
 
+def length_pass_once(samples, args) -> None:
+    """The dataset's cached length pass, computed once: rank 0 computes it and writes the cache
+    inside ``main_process_first`` while the other ranks wait, then they read it."""
+    with args.main_process_first(local=False, desc="length pass"):
+        samples.length_table()
+
+
 def final_loss(log_history: list[dict]) -> float | None:
     losses = [e["loss"] for e in log_history if "loss" in e]
     return losses[-1] if losses else None
@@ -108,10 +119,13 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
+    from llava_hydra.config import check_trackers
+
+    check_trackers(cfg.training.report_to)  # before torch, data or weights
     from transformers import set_seed
 
     from llava_hydra.data.conversation import check_template
-    from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import eval_data_path, prepare as prepare_synthetic, synthetic_root
     from llava_hydra.model import build_model, make_processor
     from llava_hydra.tiny import resolve
     from llava_hydra.checkpoints import claim_run_dir
@@ -142,13 +156,12 @@ def run(cfg: DictConfig) -> float | None:
                                    overwrite=cfg.training.overwrite_output_dir,
                                    allow_spec_change=cfg.training.resume_allow_spec_change)
 
-    # 2. Data files: generated on first use for the synthetic default.
-    #    Rank 0 writes them and builds the tiny builtin models while the other ranks wait.
+    # 2. Data files: the synthetic default's are generated on first use, under paths.cache_dir
+    #    only (a user's data_path is only read). Rank 0 writes them and builds the tiny builtin
+    #    models while the other ranks wait.
     with args.main_process_first(local=False, desc="synthetic data and builtin models"):
-        if cfg.data.synthetic is not None:
-            s = cfg.data.synthetic
-            if ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed):
-                log.info("generated the synthetic shapes dataset under %s", Path(cfg.data.data_path).parent)
+        if prepare_synthetic(cfg):
+            log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             resolve(name, cfg.paths.cache_dir)
 
@@ -162,6 +175,8 @@ def run(cfg: DictConfig) -> float | None:
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
     samples = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    if cfg.training.group_by_modality_length or cfg.training.packing:
+        length_pass_once(samples, args)
     image_samples = sum(1 for r in samples.records if r.get("image"))
     log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
              len(samples), image_samples, len(samples) - image_samples, cfg.data.data_path,
@@ -178,8 +193,19 @@ def run(cfg: DictConfig) -> float | None:
 
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
+    held_out = {}
+    if cfg.eval.steps:
+        if not eval_data_path(cfg):
+            raise ValueError("eval.steps needs held-out questions of the training data: set data.eval_data_path")
+        from functools import partial
+
+        from llava_hydra.evaluate import exact_match
+
+        eval_set = make_dataset(cfg, eval_data_path(cfg), tokenizer, image_processor, model)
+        held_out = {"eval_dataset": eval_set, "held_out_eval": partial(
+            exact_match, dataset=eval_set, max_new_tokens=cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples)}
     trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
-                           processing_class=tokenizer, save_projector_only=projector_only)
+                           processing_class=tokenizer, save_projector_only=projector_only, **held_out)
 
     # 6. Train, resuming from the checkpoint chosen in step 1; every checkpoint records the run's
     #    id and spec.
@@ -191,7 +217,7 @@ def run(cfg: DictConfig) -> float | None:
     #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).
     trainer.save_model(str(out_dir))
     if not projector_only and trainer.is_world_process_zero():
-        make_processor(tokenizer, image_processor, model).save_pretrained(str(out_dir))
+        make_processor(tokenizer, image_processor, model, cfg.data.template).save_pretrained(str(out_dir))
     log.info("saved %s to %s", "projector" if projector_only else "model + processor", out_dir)
 
     # 8. Evaluate and write metrics.json (+ loss.png).
@@ -199,11 +225,20 @@ def run(cfg: DictConfig) -> float | None:
                "train_loss": final_loss(trainer.state.log_history),
                "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step,
                "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
-    if cfg.eval.enable and cfg.data.eval_data_path:
+    #    Sharded across ranks; under bf16/fp16 in the Trainer's autocast (trainable parts are fp32).
+    eval_path = eval_data_path(cfg)  # not the synthetic held-out set when training on a user's data
+    if cfg.eval.enable and eval_path:
         from llava_hydra.evaluate import exact_match
 
-        eval_set = make_dataset(cfg, cfg.data.eval_data_path, tokenizer, image_processor, model)
-        metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+        eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model)
+        with trainer.accelerator.autocast():
+            metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+    elif cfg.eval.enable and cfg.data.eval_data_path:
+        log.info("no evaluation: data.eval_data_path is the synthetic held-out set and data.data_path is not "
+                 "the synthetic data; set data.eval_data_path to a held-out file of your data")
+    if trainer.state.best_model_checkpoint:
+        metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+        metrics["best_eval_accuracy"] = trainer.state.best_metric
     metrics["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_world_process_zero():
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -1,6 +1,7 @@
 """The embedded default's "pretrained" parts, generated locally: ``builtin://tiny-llama``
 (a 2-layer Llama with a byte-level BPE tokenizer trained here) and ``builtin://tiny-clip``
-(a 2-layer CLIP vision tower at 32 px). Random weights from a fixed seed, written once
+(a 2-layer CLIP vision tower at 32 px; ``builtin://tiny-siglip`` the same as a SigLIP tower,
+which has no CLS token: ``model.vision_tower=builtin://tiny-siglip``). Random weights from a fixed seed, written once
 under the cache directory and then loaded by the same ``from_pretrained`` code as a hub
 model, so the tiny default exercises the real loading path.
 """
@@ -67,7 +68,19 @@ def build_clip(path: Path) -> None:
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
 
 
-BUILDERS = {"tiny-llama": build_llm, "tiny-clip": build_clip}
+def build_siglip(path: Path) -> None:
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    from transformers.models.siglip import SiglipImageProcessorPil
+
+    config = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    torch.manual_seed(4321)
+    SiglipVisionModel(config).save_pretrained(path)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+BUILDERS = {"tiny-llama": build_llm, "tiny-clip": build_clip, "tiny-siglip": build_siglip}
 
 
 def resolve(name_or_path: str, cache_dir: str | Path) -> str:

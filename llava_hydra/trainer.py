@@ -79,13 +79,27 @@ def parameter_groups(model, decay_names: set[str], weight_decay: float,
 
 
 class LLaVATrainer(Trainer):
-    def __init__(self, *args, save_projector_only: bool = False, run_id: str | None = None,
+    def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_projector_only = save_projector_only
+        self.held_out_eval = held_out_eval  # model -> {"eval_accuracy": ...}: what evaluate() runs
         self.run_id = run_id  # recorded in every checkpoint with the spec (llava_hydra.checkpoints)
         self.run_spec = run_spec
         self.resumed_loss_sum = 0.0
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """With ``held_out_eval`` (eval.steps): greedy answers to the held-out questions, logged to
+        the trackers and returned for ``metric_for_best_model``; else the Trainer's own."""
+        if self.held_out_eval is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        with self.accelerator.autocast():  # as training computes: bf16/fp16 over fp32 trainable weights
+            answers = self.held_out_eval(self.model)
+        metrics = {k: v for k, v in answers.items() if isinstance(v, (int, float))}
+        self.model.train()
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -23,7 +23,7 @@ def turns(*values):
 def toks(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
     return {"sp": testing.sentencepiece_tokenizer(root / "sp"), "bpe": testing.bpe_tokenizer(root / "bpe"),
-            "qwen2": testing.qwen2_tokenizer(root / "q2")}
+            "qwen2": testing.qwen2_tokenizer(root / "q2"), "vicuna": testing.vicuna_tokenizer(root / "vicuna")}
 
 
 @pytest.fixture
@@ -35,7 +35,8 @@ def data(tmp_path):
             records.append({"id": k, "conversations": turns(f"Say {k} words.", "Word " * (k + 1))})
         else:
             records.append({"id": k, "image": "a.png",
-                            "conversations": turns("What color is the shape?\n<image>", "Red " * (k + 1), "Sure?", "Yes.")})
+                            "conversations": turns("What color is the shape?\n<image>", "Red " * (k + 1), "Sure?",
+                                                   f"{k} yes.")})
     path = tmp_path / "d.json"
     path.write_text(json.dumps(records))
     return path
@@ -47,7 +48,8 @@ def make(path, tok, template="v1", max_length=2048, cache=None):
 
 
 @pytest.mark.parametrize("tok_name,template", [("sp", "v1"), ("bpe", "llama_2"), ("sp", "plain"),
-                                               ("bpe", "mpt"), ("qwen2", "chat_template")])
+                                               ("bpe", "mpt"), ("qwen2", "chat_template"), ("vicuna", "v1"),
+                                               ("vicuna", "llama_2"), ("vicuna", "plain")])
 def test_lengths_equal_the_tokenized_samples(toks, data, tok_name, template):
     records = json.loads(data.read_text())
     if template == "plain":  # plain is for captions: image samples with one round
@@ -94,7 +96,7 @@ def test_second_run_reads_the_cache(toks, data, tmp_path, monkeypatch):
     copy = tmp_path / "copy.json"
     copy.write_bytes(data.read_bytes())
     assert make(copy, toks["sp"], cache=cache).modality_lengths == first
-    data.write_text(data.read_text().replace("Yes.", "Yes!"))
+    data.write_text(data.read_text().replace("yes.", "yes!"))
     with pytest.raises(AssertionError, match="recomputed"):
         make(data, toks["sp"], cache=cache).modality_lengths
     assert list((cache / "lengths").glob("*.npz")) == [file]
@@ -108,12 +110,13 @@ def test_damaged_cache_is_recomputed(toks, data, tmp_path):
     assert make(data, toks["sp"], cache=cache).modality_lengths == first
 
 
-def test_first_label_position_predicts_nothing_to_train(toks, data):
-    ds = make(data, toks["bpe"])
+@pytest.mark.parametrize("tok_name,template", [("bpe", "v1"), ("vicuna", "v1"), ("vicuna", "plain")])
+def test_first_label_position_predicts_nothing_to_train(toks, data, tok_name, template):
+    ds = make(data, toks[tok_name], template)
     table = ds.length_table()
     for i in range(len(ds)):
         limit = int(table.first_label[i])
-        assert make(data, toks["bpe"], max_length=limit + 1).encode(i)[0].labels[-1] != -100
+        assert make(data, toks[tok_name], template, max_length=limit + 1).encode(i)[0].labels[-1] != -100
         assert table.nothing_to_train(limit)[i]
 
 

@@ -90,9 +90,9 @@ def test_image_tag_anywhere_moves_to_the_front_as_llava_does():
 
 def test_answer_spans_cover_answer_and_end_of_turn():
     r = render("llama_2", MULTI_IMAGE)
-    assert [r.text[a:b] for a, b in r.answer_spans] == ["Red. </s>", "A circle. </s>"]
+    assert [r.text[a:b] for a, b in r.answer_spans] == [" Red. </s>", " A circle. </s>"]  # separator space too
     r = render("v1", MULTI_IMAGE, eos="<|endoftext|>")
-    assert [r.text[a:b] for a, b in r.answer_spans] == ["Red.<|endoftext|>", "A circle.<|endoftext|>"]
+    assert [r.text[a:b] for a, b in r.answer_spans] == [" Red.<|endoftext|>", " A circle.<|endoftext|>"]
     r = render("mpt", TEXT_MULTI)
     assert [r.text[a:b] for a, b in r.answer_spans] == ["Hi!<|im_end|>", "Bye!<|im_end|>"]
 

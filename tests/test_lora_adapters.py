@@ -170,10 +170,14 @@ def test_lora_run_checkpoints_merge_into_a_model_that_generates(compose_spec, pa
     assert not any("lora" in n or "modules_to_save" in n for n, _ in model.named_parameters())
     inputs = processor(images=Image.new("RGB", (32, 32), "blue"),
                        text="USER: <image>\nWhat shape is it? ASSISTANT:", return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4
     answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert isinstance(answer, str)
+    # the merged model carries its training prompt (v1) as its chat template
+    assert processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape is it?"}]}],
+        add_generation_prompt=True).endswith("questions. USER: <image>\nWhat shape is it? ASSISTANT:")
 
     # the merged model computes what base + adapter computes (for QLoRA: on the 16-bit base)
     from omegaconf import OmegaConf

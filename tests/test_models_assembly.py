@@ -210,3 +210,58 @@ def test_attention_auto_is_sdpa_without_flash_attn_or_gpu(caplog):
         assert pick_attention("auto") == "sdpa"
     assert "attention: sdpa" in caplog.text
     assert pick_attention("eager") == "eager"
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory):
+    from llava_hydra.tiny import build_siglip
+
+    path = tmp_path_factory.mktemp("siglip")
+    build_siglip(path)  # 32 px, patch 8: 16 patch tokens, no CLS
+    return path
+
+
+def test_siglip_tower_keeps_every_token_as_patch_features(spec, siglip, tmp_path, caplog):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    model, tokenizer, image_processor = build_model(spec(f"model.vision_tower={siglip}",
+                                                         "stage.trainable=[mm_projector,llm,vision_tower]"))
+    assert (model.config.vision_feature_select_strategy, model.config.image_seq_length) == ("full", 16)
+    ids = image_prompt(model, tokenizer)
+    loss = model(input_ids=ids, pixel_values=torch.rand(1, 3, 32, 32), labels=ids).loss
+    loss.backward()  # every trainable vision parameter gets a gradient: the pooling head is frozen
+    vision = {n: p for n, p in model.named_parameters() if ".vision_tower." in n and p.requires_grad}
+    assert vision and all(p.grad is not None for p in vision.values())
+    assert not any(".head." in n for n in vision)
+
+    model.save_pretrained(tmp_path / "out")
+    make_processor(tokenizer, image_processor, model).save_pretrained(tmp_path / "out")
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    inputs = processor(images=Image.new("RGB", (40, 30), "red"), text="USER: <image>\nWhat? ASSISTANT:",
+                       return_tensors="pt")
+    assert (inputs["input_ids"] == model.config.image_token_index).sum() == 16
+    with caplog.at_level("WARNING"):  # the checkpoint reads back as mm_vision_select_feature=patch
+        again, _, _ = build_model(spec(f"model.pretrained_llava={tmp_path / 'out'}", "model.llm=unused",
+                                       "model.vision_tower=unused"))
+    assert again.config.vision_feature_select_strategy == "full" and "mm_vision_select_feature" not in caplog.text
+
+
+def test_siglip_has_no_cls_to_keep(spec, siglip):
+    with pytest.raises(ValueError, match="no CLS token"):
+        build_model(spec(f"model.vision_tower={siglip}", "model.mm_vision_select_feature=cls_patch"))
+
+
+@pytest.mark.e2e
+def test_siglip_tower_trains_end_to_end(compose_spec, tmp_path):
+    import json
+
+    from llava_hydra.runner import run
+
+    run(compose_spec("model.vision_tower=builtin://tiny-siglip", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
+                     f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+                     "data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
+                     "training.max_steps=3", "training.per_device_train_batch_size=4", "eval.max_samples=4"))
+    metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
+    assert metrics["train_steps"] == 3 and metrics["eval_samples"] == 4
+    assert torch.isfinite(torch.tensor(metrics["train_loss_mean"]))

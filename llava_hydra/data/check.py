@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     from llava_hydra.data.cli import compose_spec, make_dataset
     from llava_hydra.data.records import BadSampleError
 
+    from llava_hydra.data.synthetic import eval_data_path
+
     cfg = compose_spec(overrides)
-    path = cfg.data.eval_data_path if args.eval else cfg.data.data_path
+    path = eval_data_path(cfg) if args.eval else cfg.data.data_path
     if not path:
         print("no data path: data.eval_data_path is not set", file=sys.stderr)
         return 2

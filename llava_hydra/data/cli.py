@@ -5,8 +5,6 @@ tokenizer, the image processor and the image token count read from the vision to
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def compose_spec(overrides: list[str]):
     from hydra import compose, initialize_config_module
@@ -27,6 +25,7 @@ def num_image_tokens(cfg) -> int:
     """Image tokens per image, as the assembled model will have them (config only, no weights)."""
     from transformers import AutoConfig
 
+    from llava_hydra.model import has_cls_token, select_strategy
     from llava_hydra.tiny import resolve
 
     m = cfg.model
@@ -34,8 +33,8 @@ def num_image_tokens(cfg) -> int:
         return AutoConfig.from_pretrained(resolve(m.pretrained_llava, cfg.paths.cache_dir)).image_seq_length
     vc = AutoConfig.from_pretrained(resolve(m.vision_tower, cfg.paths.cache_dir))
     vc = getattr(vc, "vision_config", vc)
-    has_cls = vc.model_type.startswith("clip")
-    return (vc.image_size // vc.patch_size) ** 2 + (1 if m.mm_vision_select_feature == "cls_patch" and has_cls else 0)
+    full = select_strategy(m.mm_vision_select_feature, has_cls_token(vc)) == "full"
+    return (vc.image_size // vc.patch_size) ** 2 + (1 if full and has_cls_token(vc) else 0)
 
 
 def data_parts(cfg, image_processor: bool = True):
@@ -44,11 +43,9 @@ def data_parts(cfg, image_processor: bool = True):
     from llava_hydra.model import load_tokenizer
     from llava_hydra.tiny import resolve
 
-    if cfg.data.synthetic is not None:
-        from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import prepare
 
-        s = cfg.data.synthetic
-        ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
+    prepare(cfg)  # only under paths.cache_dir, and only when the spec reads the synthetic data
     m = cfg.model
     source = m.pretrained_llava or m.llm
     tokenizer = load_tokenizer(resolve(source, cfg.paths.cache_dir), m.model_max_length, m.trust_remote_code)

@@ -76,9 +76,8 @@ def _render_v1(conversations: list[dict], bos: str, eos: str) -> Rendered:
     for question, answer in _pairs(conversations):
         out.add(f"USER: {question} " if question else "USER:")
         out.add("ASSISTANT:")
-        if answer:
-            out.add(" ")
-            out.add(answer + eos, trained=True)
+        if answer:  # the space is trained with the answer: LLaVA labels the lone "▁" it may become
+            out.add(" " + answer + eos, trained=True)
     return out
 
 
@@ -91,9 +90,8 @@ def _render_llama_2(conversations: list[dict], bos: str, eos: str) -> Rendered:
             out.add(f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n{question} [/INST]")
         elif question:
             out.add(f"{bos}[INST] {question} [/INST]")
-        if answer:
-            out.add(" ")
-            out.add(f"{answer} {eos}", trained=True)
+        if answer:  # the separator space trained with the answer, as in v1
+            out.add(f" {answer} {eos}", trained=True)
     return out
 
 

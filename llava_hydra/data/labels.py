@@ -1,10 +1,15 @@
 """Rendered text -> token ids + labels, image tokens expanded, truncated at model_max_length.
 
-The mask comes from the rendered text: the prompt is tokenized once with character offsets
-and a token is labelled when it overlaps an answer span (the answer and the end-of-turn
-token that closes it); everything else is IGNORE_INDEX. Each ``<image>`` (one special token
-after tokenization) is then expanded to the vision tower's number of patch tokens, which the
-Llava model replaces with projected image features.
+The mask comes from the rendered text: the prompt is tokenized with character offsets and a
+token is labelled when it overlaps an answer span (the answer, the separator space before it,
+and the end-of-turn token that closes it); everything else is IGNORE_INDEX. Each ``<image>``
+is then expanded to the vision tower's number of patch tokens, which the Llava model replaces
+with projected image features.
+
+Tokenization is LLaVA's ``tokenizer_image_token``: the text is split at each ``<image>`` and
+every piece is tokenized as a string of its own (bos dropped after the first), so a
+SentencePiece tokenizer gives the text after an image its dummy-prefix ``▁`` exactly as LLaVA
+trains it. Chat-template renderings (which write their own bos) are tokenized whole.
 
 Truncation never cuts an image's run of tokens (it stops before the run, and the image is
 then dropped); a sample left with no labelled token raises :class:`NothingToTrain`.
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llava_hydra.data.conversation import Rendered
+from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered
 
 IGNORE_INDEX = -100
 
@@ -54,9 +59,46 @@ def _trained_flags(offsets, spans, ids, image_token_id) -> list[bool]:
     return flags
 
 
+def chunks(text: str) -> list[tuple[int, str]]:
+    """(start, text) of the pieces between ``<image>`` tags, as tokenizer_image_token splits them."""
+    out, pos = [], 0
+    for piece in text.split(IMAGE_TOKEN):
+        out.append((pos, piece))
+        pos += len(piece) + len(IMAGE_TOKEN)
+    return out
+
+
+def drops_bos(first_chunk_ids: list[int], tokenizer) -> bool:
+    """tokenizer_image_token's rule: when the first piece starts with bos, every later piece's
+    first token (its own bos) is dropped."""
+    return bool(first_chunk_ids) and tokenizer.bos_token_id is not None and first_chunk_ids[0] == tokenizer.bos_token_id
+
+
+def tokenize(text: str, tokenizer, image_token_id: int,
+             add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids (one ``image_token_id`` per ``<image>``) and character offsets of ``text``.
+
+    With special tokens (the built-in templates): LLaVA's chunked tokenization. Without (a
+    chat template's rendering, which writes bos itself): the whole string at once."""
+    if not add_special_tokens or IMAGE_TOKEN not in text:
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    parts = chunks(text)
+    enc = tokenizer([p for _, p in parts], return_offsets_mapping=True, add_special_tokens=True)
+    skip = int(drops_bos(enc["input_ids"][0], tokenizer))
+    ids, offsets = [], []
+    for k, ((start, _), piece_ids, piece_offsets) in enumerate(zip(parts, enc["input_ids"], enc["offset_mapping"])):
+        if k:
+            ids.append(image_token_id)
+            offsets.append((start - len(IMAGE_TOKEN), start))
+            piece_ids, piece_offsets = piece_ids[skip:], piece_offsets[skip:]
+        ids += piece_ids
+        offsets += [(start + a, start + b) for a, b in piece_offsets]
+    return ids, offsets
+
+
 def encode(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens: int, max_length: int) -> Encoded:
-    enc = tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=rendered.add_special_tokens)
-    text_ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+    text_ids, offsets = tokenize(rendered.text, tokenizer, image_token_id, rendered.add_special_tokens)
     trained = _trained_flags(offsets, rendered.answer_spans, text_ids, image_token_id)
     ids, labels, kept, n_images = [], [], 0, 0
     full = sum(num_image_tokens if t == image_token_id else 1 for t in text_ids)
@@ -85,8 +127,9 @@ def tokenize_with_labels(rendered: Rendered, tokenizer, image_token_id: int, num
 
 def encode_prompt(text: str, tokenizer, image_token_id: int, num_image_tokens: int,
                   add_special_tokens: bool = True) -> list[int]:
-    """Token ids of a generation prompt, each image token expanded to its patch tokens."""
+    """Token ids of a generation prompt (tokenized as training tokenizes), each image token
+    expanded to its patch tokens."""
     ids = []
-    for tok in tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]:
+    for tok in tokenize(text, tokenizer, image_token_id, add_special_tokens)[0]:
         ids += [tok] * (num_image_tokens if tok == image_token_id else 1)
     return ids

@@ -3,8 +3,9 @@
 For each record it stores the token count with image tokens expanded (before truncation),
 where the first labelled token falls (so samples whose answers all lie beyond
 model_max_length are known before training), whether it has an image, and the problem of
-each record that fails its checks. Tokenization goes through the fast tokenizer's Rust
-backend in batches (``encode_batch``); no per-token Python object is made.
+each record that fails its checks. Texts are split at ``<image>`` exactly as training splits
+them (labels.tokenize) and the pieces go through the fast tokenizer's Rust backend in batches
+(``encode_batch``); no per-token Python object is made.
 
 The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
 tokenizer (its full serialization, specials and chat template), the template, the image
@@ -24,11 +25,12 @@ from typing import Callable
 import numpy as np
 
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered
+from llava_hydra.data.labels import chunks, drops_bos
 from llava_hydra.data.records import RecordError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what is stored changes
+FORMAT = 2  # bump when what is stored changes
 
 
 @dataclass
@@ -66,15 +68,15 @@ def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_i
 def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens: int,
             batch_size: int = 2048) -> LengthTable:
     """Run ``prepare(i) -> (rendered, images)`` over all records (RecordError marks a bad one)
-    and tokenize the rendered texts in batches."""
+    and tokenize the rendered texts in batches, split at ``<image>`` as training splits them
+    (labels.tokenize): the counts are those of the samples the dataset hands out."""
     tokens = np.zeros(n, dtype=np.int32)
     first = np.full(n, -1, dtype=np.int32)
     has_image = np.zeros(n, dtype=bool)
     problems: dict[int, tuple[str, str]] = {}
     backend = tokenizer.backend_tokenizer
-    extra = num_image_tokens - 1
     for lo in range(0, n, batch_size):
-        batch = []  # (index, rendered)
+        batch = []  # (index, rendered, its pieces: [(start, text)])
         for i in range(lo, min(lo + batch_size, n)):
             try:
                 rendered, images = prepare(i)
@@ -82,17 +84,37 @@ def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokeni
                 problems[i] = (e.kind, str(e))
                 continue
             has_image[i] = bool(images)
-            batch.append((i, rendered))
+            split = rendered.add_special_tokens and IMAGE_TOKEN in rendered.text
+            batch.append((i, rendered, chunks(rendered.text) if split else [(0, rendered.text)]))
         for special in (True, False):
-            part = [(i, r) for i, r in batch if r.add_special_tokens == special]
+            part = [b for b in batch if b[1].add_special_tokens == special]
             if not part:
                 continue
-            encodings = backend.encode_batch([r.text for _, r in part], add_special_tokens=special)
-            for (i, r), e in zip(part, encodings):
-                n_img = r.text.count(IMAGE_TOKEN)
-                tokens[i] = len(e) + extra * n_img
-                first[i] = _first_label(r, e, extra)
+            encodings = iter(backend.encode_batch([text for _, _, pieces in part for _, text in pieces],
+                                                  add_special_tokens=special))
+            for i, r, pieces in part:
+                encoded = [next(encodings) for _ in pieces]
+                tokens[i], first[i] = _count(r, pieces, encoded, tokenizer, num_image_tokens)
     return LengthTable(tokens, first, has_image, problems)
+
+
+def _count(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int) -> tuple[int, int]:
+    """(token count with image runs expanded, index of the first labelled token or -1)."""
+    if len(pieces) == 1:  # tokenized whole: each <image> in it is one token
+        extra = num_image_tokens - 1
+        return len(encoded[0]) + extra * r.text.count(IMAGE_TOKEN), _first_label(r, encoded[0], extra)
+    skip = int(drops_bos(encoded[0].ids, tokenizer))
+    before, starts = 0, []  # tokens ahead of each piece
+    for k, e in enumerate(encoded):
+        starts.append(before - (skip if k else 0))
+        before += len(e) - (skip if k else 0) + num_image_tokens * (k + 1 < len(encoded))
+    for a, b in r.answer_spans:
+        for c in range(a, b):
+            k = max(j for j, (start, _) in enumerate(pieces) if start <= c)
+            t = encoded[k].char_to_token(c - pieces[k][0])
+            if t is not None and (k == 0 or t >= skip):
+                return before, starts[k] + t
+    return before, -1
 
 
 def _first_label(r: Rendered, encoding, extra: int) -> int:

@@ -68,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     from llava_hydra.data.labels import NothingToTrain
     from llava_hydra.data.records import BadSampleError
 
+    from llava_hydra.data.synthetic import eval_data_path
+
     cfg = compose_spec(overrides)
+    if args.eval and not eval_data_path(cfg):
+        print("no data path: data.eval_data_path is not set for this data", file=sys.stderr)
+        return 2
     try:
-        ds = make_dataset(cfg, cfg.data.eval_data_path if args.eval else None, image_processor=False)
+        ds = make_dataset(cfg, eval_data_path(cfg) if args.eval else None, image_processor=False)
         if not 0 <= args.index < len(ds):
             print(f"--index {args.index} is out of range: the dataset has {len(ds)} samples", file=sys.stderr)
             return 2

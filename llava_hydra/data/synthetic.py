@@ -4,6 +4,10 @@ One set of images serves both stages: ``captions.json`` ("a red circle.") for st
 ``qa.json`` (multi-turn colour/shape questions plus text-only chats) for stage 2 and
 ``qa_eval.json``, held-out images each with one question. Every question has four equally
 likely answers, so a model that ignores the image scores at most 0.25.
+
+The data lives only under ``<paths.cache_dir>/synthetic`` (``synthetic_root``): ``prepare``
+generates it there when the spec reads from there, and never writes anywhere else, so a run
+given a user's ``data.data_path`` only reads the user's files.
 """
 
 from __future__ import annotations
@@ -100,6 +104,38 @@ def ensure_generated(root: str | Path, num_images: int, num_text_only: int, num_
     generate(root, num_images, num_text_only, num_eval, seed)
     manifest.write_text(json.dumps(spec))
     return True
+
+
+def synthetic_root(cfg) -> Path:
+    """Where the synthetic dataset of a run spec lives (the only place it is ever written)."""
+    return Path(cfg.paths.cache_dir) / "synthetic"
+
+
+def _under(path, root: Path) -> bool:
+    return path is not None and Path(path).resolve().is_relative_to(root.resolve())
+
+
+def prepare(cfg) -> bool:
+    """Generate the synthetic dataset under ``synthetic_root(cfg)`` if the spec's data
+    (``data_path``, ``image_folder`` or ``eval_data_path``) lies there; a spec pointing at a
+    user's data generates nothing. True when it generated."""
+    d = cfg.data
+    root = synthetic_root(cfg)
+    if d.synthetic is None or not any(_under(p, root) for p in (d.data_path, d.image_folder, eval_data_path(cfg))):
+        return False
+    s = d.synthetic
+    return ensure_generated(root, s.num_images, s.num_text_only, s.num_eval, s.seed)
+
+
+def eval_data_path(cfg) -> str | None:
+    """The held-out set to evaluate on: ``data.eval_data_path``, except the synthetic held-out
+    file when the training data is a user's (it belongs to the synthetic training data only).
+    Set ``data.eval_data_path`` to a file of one's own to evaluate on it."""
+    d = cfg.data
+    root = synthetic_root(cfg)
+    if d.eval_data_path and _under(d.eval_data_path, root) and not _under(d.data_path, root):
+        return None
+    return d.eval_data_path
 
 
 def corpus() -> list[str]:

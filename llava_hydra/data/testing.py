@@ -1,5 +1,9 @@
 """Local stand-ins for hub tokenizers and processors, for tests and benchmarks (no download).
 
+``vicuna_tokenizer``: a Llama/Vicuna-v1.5-style SentencePiece model (byte fallback, split
+digits, dummy prefix, ``<unk>``=0 ``<s>``=1 ``</s>``=2) saved in Vicuna's folder layout —
+``tokenizer.model`` + ``tokenizer_config.json`` (LlamaTokenizer, ``legacy`` as asked), no
+``tokenizer.json`` — and loaded through ``load_tokenizer`` as a real one is.
 ``sentencepiece_tokenizer``: a Llama-style tokenizer — a SentencePiece BPE model with byte
 fallback trained here with the ``sentencepiece`` package, converted to transformers' fast
 ``LlamaTokenizer`` (vocab + merges read from the model). ``bpe_tokenizer``: a byte-level BPE
@@ -62,6 +66,39 @@ def sentencepiece_tokenizer(path: str | Path, vocab_size: int = 600, model_max_l
     os.remove(prefix + ".vocab")
     tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
     return _finish(tok, path, model_max_length)
+
+
+def _chat_corpus(seed: int = 1) -> list[str]:
+    """corpus() plus Vicuna-style turns where ``USER`` only ever follows ``</s>``: like Llama's
+    vocabulary, the model learns ``USER`` as a piece but not ``▁USER`` (which is ``▁`` + ``USER``)."""
+    import random
+
+    rng = random.Random(seed)
+    base = [t for t in corpus() if "USER" not in t]
+    return base + [f"{rng.choice(base)}</s>USER: {rng.choice(base)} ASSISTANT: {rng.choice(base)}"
+                   for _ in range(500)]
+
+
+def vicuna_tokenizer(path: str | Path, legacy: bool = False, vocab_size: int = 600, model_max_length: int = 2048):
+    """A SentencePiece tokenizer in Vicuna-v1.5's folder layout, loaded through load_tokenizer."""
+    import json
+
+    import sentencepiece as spm
+
+    from llava_hydra.model import load_tokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_chat_corpus()), model_prefix=str(path / "tokenizer"),
+                                   vocab_size=vocab_size, model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   byte_fallback=True, split_digits=True, character_coverage=1.0, minloglevel=2,
+                                   num_threads=1)
+    os.remove(path / "tokenizer.vocab")
+    config = {"tokenizer_class": "LlamaTokenizer", "legacy": legacy, "add_bos_token": True, "add_eos_token": False,
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+              "model_max_length": 4096, "clean_up_tokenization_spaces": False, "padding_side": "right"}
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return load_tokenizer(str(path), model_max_length)
 
 
 def bpe_tokenizer(path: str | Path, vocab_size: int = 600, specials: tuple[str, ...] = (),

@@ -23,7 +23,9 @@ def save_parts(root: Path) -> dict[str, Path]:
     tok = AutoTokenizer.from_pretrained(llm)
     tok.pad_token = tok.unk_token = None  # neither, as in Llama 3: the runner must add a pad token
     tok.save_pretrained(llm)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    # every linear dimension a multiple of 64: bitsandbytes repacks 4-bit weights in 64-blocks for CPU
+    # inference on processors with AVX512-BF16 (an intermediate size of 96 fails there)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,148 @@
+"""The chat template a saved model carries: the training template (plain, v1, llama_2, mpt) as Jinja.
+
+``chat_template_for(template, tokenizer)`` returns a Jinja template such that
+``processor.apply_chat_template(messages, add_generation_prompt=True)`` followed by tokenizing
+the string whole (as transformers' processors, vLLM and lmms-eval do) gives the ids training
+gave, up to the first answer token, for single and multi-turn conversations. ``None`` for
+``chat_template`` (the tokenizer keeps its own).
+
+Training tokenizes as LLaVA does (labels.tokenize): the text is split at each ``<image>`` and
+every piece is tokenized on its own, so a SentencePiece (Llama / Vicuna) tokenizer starts each
+piece with its dummy-prefix ``▁``. A whole-string tokenization adds that prefix only at the
+very start (``legacy: false``), so the template writes it out: a space right after bos and
+after each message's image run (a space before the text becomes that same ``▁``). Whether the
+tokenizer needs the space is measured (``piece_prefix``), not assumed: byte-level BPE
+tokenizers (Llama-3 / Qwen2 family) need none. The template writes bos itself, so a caller
+must tokenize without adding special tokens (transformers' processors do that on their own
+when the prompt starts with bos).
+
+Message content is LLaVA's (a string, ``<image>`` anywhere in it) or transformers' (a list of
+``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts); as LLaVA's
+preprocess_multimodal does, a message's images move to its front, followed by a newline.
+A ``system`` message replaces the template's system text (v1, llama_2, mpt).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from llava_hydra.data.conversation import (IMAGE_TOKEN, LLAVA_LLAMA_2_SYSTEM, MPT_ASSISTANT, MPT_SEP, MPT_SYSTEM,
+                                           MPT_USER, VICUNA_SYSTEM)
+
+log = logging.getLogger(__name__)
+
+MPT_SYSTEM_HEADER = "<|im_start|>system\n"
+_PROBES = ("\nWhat is in the picture?", "Two squares", "3 cats", "(a)")
+
+
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("")["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+def piece_prefix(tokenizer) -> str:
+    """The text that, written after bos or ``<image>``, makes a whole-string tokenization give
+    the tokens training gives a piece tokenized on its own: ``" "`` for SentencePiece
+    tokenizers (the dummy prefix ``▁``), ``""`` for byte-level ones. Raises if neither fits."""
+    from llava_hydra.data.labels import tokenize
+
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    bos = tokenizer.bos_token if _adds_bos(tokenizer) else ""
+    def whole(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for pad in ("", " "):
+        if all(tokenize(f"{IMAGE_TOKEN}{p}", tokenizer, image_id, True)[0] == whole(f"{bos}{IMAGE_TOKEN}{pad}{p}")
+               and tokenizer(p)["input_ids"] == whole(f"{bos}{pad}{p}") for p in _PROBES):
+            return pad
+    raise ValueError(f"tokenizer {tokenizer.name_or_path!r}: no chat template reproduces its piece-wise "
+                     f"tokenization under whole-string tokenization")
+
+
+# Jinja pieces shared by the templates. ``content(m)``: the message text with its images moved
+# to the front (LLaVA's preprocess_multimodal), PAD after the image run.
+_MACROS = """\
+{%- macro images(m) -%}
+{%- if m['content'] is string -%}{{ m['content'].count('<image>') }}\
+{%- else -%}{{ m['content'] | selectattr('type', 'equalto', 'image') | list | length }}{%- endif -%}
+{%- endmacro -%}
+{%- macro text(m) -%}
+{%- if m['content'] is string -%}{{ m['content'] }}\
+{%- else -%}{{ m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }}\
+{%- endif -%}
+{%- endmacro -%}
+{%- macro content(m) -%}
+{%- set n = images(m) | int -%}
+{%- if n > 0 -%}{{ '<image>' * n ~ PAD ~ ('\\n' ~ text(m).replace('<image>', '').strip()).rstrip() }}\
+{%- else -%}{{ text(m) }}{%- endif -%}
+{%- endmacro -%}
+{%- set ns = namespace(system=DEFAULT_SYSTEM, turns=messages) -%}
+{%- if messages and messages[0]['role'] == 'system' -%}\
+{%- set ns.system = text(messages[0]) -%}{%- set ns.turns = messages[1:] -%}{%- endif -%}
+"""
+
+_BODIES = {
+    # preprocess_plain: the question's text is dropped, only its images stay; caption + "\n" after
+    "plain": """\
+{{- BOS -}}
+{%- for m in ns.turns -%}
+{%- if m['role'] == 'user' -%}{{ '<image>' * (images(m) | int) }}\
+{%- else -%}{{ PAD ~ text(m) ~ '\\n' }}{%- endif -%}
+{%- endfor -%}
+""",
+    # conv_vicuna_v1: "SYSTEM USER: q ASSISTANT: a</s>USER: ..."
+    "v1": """\
+{{- BOS ~ PAD ~ ns.system ~ ' ' -}}
+{%- for m in ns.turns -%}
+{%- if m['role'] == 'user' -%}{{ 'USER: ' ~ content(m) ~ ' ' }}\
+{%- else -%}{{ 'ASSISTANT: ' ~ content(m) ~ eos_token }}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}
+""",
+    # conv_llava_llama_2: "[INST] <<SYS>>\\nS\\n<</SYS>>\\n\\nq [/INST] a </s><s>[INST] q2 [/INST] ..."
+    "llama_2": """\
+{{- BOS -}}
+{%- for m in ns.turns -%}
+{%- if m['role'] == 'user' -%}
+{%- if loop.first -%}{{ PAD ~ '[INST] <<SYS>>\\n' ~ ns.system ~ '\\n<</SYS>>\\n\\n' ~ content(m) ~ ' [/INST]' }}\
+{%- else -%}{{ bos_token ~ '[INST] ' ~ content(m) ~ ' [/INST]' }}{%- endif -%}
+{%- else -%}{{ ' ' ~ content(m) ~ ' ' ~ eos_token }}{%- endif -%}
+{%- endfor -%}
+""",
+    # conv_mpt (ChatML with no newlines between turns)
+    "mpt": """\
+{{- BOS ~ PAD ~ MPT_SYSTEM_HEADER ~ ns.system ~ MPT_SEP -}}
+{%- for m in ns.turns -%}
+{%- if m['role'] == 'user' -%}{{ MPT_USER ~ content(m) ~ MPT_SEP }}\
+{%- else -%}{{ MPT_ASSISTANT ~ content(m) ~ MPT_SEP }}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ MPT_ASSISTANT }}{%- endif -%}
+""",
+}
+
+_SYSTEMS = {"plain": "", "v1": VICUNA_SYSTEM, "llama_2": LLAVA_LLAMA_2_SYSTEM,
+            "mpt": MPT_SYSTEM.removeprefix(MPT_SYSTEM_HEADER)}
+
+
+def _literal(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def chat_template_for(template: str, tokenizer) -> str | None:
+    """The Jinja chat template of training template ``template`` for ``tokenizer`` (None for
+    ``chat_template``: the tokenizer's own is what training used)."""
+    if template == "chat_template":
+        return None
+    if template not in _BODIES:
+        raise ValueError(f"no chat template for data.template {template!r}; choose one of "
+                         f"{sorted([*_BODIES, 'chat_template'])}")
+    header = {
+        "PAD": _literal(piece_prefix(tokenizer)),
+        "BOS": "bos_token" if _adds_bos(tokenizer) else "''",
+        "DEFAULT_SYSTEM": _literal(_SYSTEMS[template]),
+        "MPT_SYSTEM_HEADER": _literal(MPT_SYSTEM_HEADER), "MPT_SEP": _literal(MPT_SEP),
+        "MPT_USER": _literal(MPT_USER), "MPT_ASSISTANT": _literal(MPT_ASSISTANT),
+    }
+    body = _BODIES[template]
+    sets = "".join(f"{{%- set {k} = {v} -%}}\n" for k, v in header.items())
+    return sets + _MACROS + body

@@ -1,0 +1,8 @@
+"""After training: load a model for inference, ask it questions in batches, score the answers.
+
+``loading`` (run dir / LoRA run / merged / HF-native folder -> model + processor),
+``generation`` (prompts through the saved chat template, batched greedy answers),
+``benchmarks`` (LLaVA's question formats and prompt suffixes, answers JSONL),
+``scorers`` (LLaVA's scoring scripts), ``submission`` (server files), ``owndata`` (held-out
+training-format file), ``cli`` (``python -m llava_hydra.eval``).
+"""

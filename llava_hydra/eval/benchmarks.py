@@ -1,0 +1,141 @@
+"""Question files in LLaVA's formats -> the questions the model is asked (``Item``).
+
+- ``vqa_loader``: model_vqa_loader's JSONL (``question_id``, ``image``, ``text``, ...): POPE,
+  GQA, TextVQA, VQAv2, MME. ``prompt_suffix`` is appended on a new line unless the text
+  already ends with it (LLaVA's released question files carry it).
+- ``science_qa``: model_vqa_science's JSON list (``id``, ``image``, ``conversations``): the first
+  turn without ``<image>``, the suffix on a new line; the recorded prompt starts with
+  ``<image>\\n`` for image questions (eval_science_qa.py counts those as IMG).
+- ``mmbench``: model_vqa_mmbench's TSV (``index``, ``question``, ``hint``, ``A``..``D``, base64
+  ``image``): hint, question, then ``A. option`` lines, then the suffix.
+- ``training``: a held-out file in the training format: the conversation up to its last answer
+  (owndata.py scores against that answer).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("vqa_loader", "science_qa", "mmbench", "training")
+
+
+@dataclass
+class Item:
+    question_id: Any
+    text: str  # the user turn the model sees (image placed by the chat template)
+    prompt: str  # what LLaVA records as the answers' "prompt"
+    image: Any = None  # a path, a PIL image, or None
+    extra: dict = field(default_factory=dict)  # more fields for the answers row
+    messages: list | None = None  # a whole conversation (training format), else one user turn
+    source: dict = field(default_factory=dict)  # the question file's row (POPE's category, ...)
+
+
+def _with_suffix(text: str, suffix: str | None) -> str:
+    if not suffix or text.rstrip().endswith(suffix):
+        return text
+    return f"{text}\n{suffix}"
+
+
+def _image_path(folder: str | None, name: str) -> Path:
+    return Path(folder) / name if folder else Path(name)
+
+
+def vqa_loader(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
+    items = []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text = _with_suffix(row["text"], suffix)
+            items.append(Item(row["question_id"], text, text,
+                              _image_path(image_folder, row["image"]) if row.get("image") else None, source=row))
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ValueError(f"{path}: line {i + 1}: not a model_vqa_loader question ({err!r})") from err
+    return items
+
+
+def science_qa(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
+    items = []
+    for i, row in enumerate(json.loads(Path(path).read_text())):
+        try:
+            question = row["conversations"][0]["value"].replace("<image>", "").strip()
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"{path}: question {i}: no conversations[0].value ({err!r})") from err
+        text = _with_suffix(question, suffix)
+        image = _image_path(image_folder, row["image"]) if row.get("image") else None
+        items.append(Item(row["id"], text, ("<image>\n" + text) if image else text, image))
+    return items
+
+
+def _is_none(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
+
+
+def _decode_image(data: str):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def read_tsv(path: str) -> list[dict]:
+    csv.field_size_limit(sys.maxsize)  # base64 images
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def mmbench(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
+    items = []
+    for row in read_tsv(path):
+        question = row["question"]
+        if not _is_none(row.get("hint")):
+            question = row["hint"] + "\n" + question
+        options = []
+        for letter in "ABCD":
+            if _is_none(row.get(letter)):
+                break
+            options.append(row[letter])
+            question += f"\n{letter}. {row[letter]}"
+        text = _with_suffix(question, suffix)
+        index = int(row["index"]) if row["index"].lstrip("-").isdigit() else row["index"]
+        items.append(Item(index, text, question, _decode_image(row["image"]),
+                          {"round_id": 0, "options": options, "option_char": list("ABCD"[:len(options)])}))
+    return items
+
+
+def training(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
+    from llava_hydra.data.records import RecordError, images_of, load_records, normalize_turns, record_id
+
+    items = []
+    records, _ = load_records(path)
+    for i, record in enumerate(records):
+        try:
+            turns = normalize_turns(record)
+            images = images_of(record)
+        except RecordError as err:
+            raise ValueError(f"{path}: sample {i}: {err}") from err
+        if turns[-1]["from"] != "gpt":
+            raise ValueError(f"{path}: sample {i}: the last turn must be the reference answer (from gpt)")
+        messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+                    for t in turns[:-1]]
+        qid = record_id(record)
+        items.append(Item(qid if qid is not None else i, turns[-2]["value"], turns[-2]["value"],
+                          _image_path(image_folder, images[0]) if images else None,
+                          {"reference": turns[-1]["value"]}, messages))
+    return items
+
+
+def load_items(fmt: str, path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
+    if fmt not in FORMATS:
+        raise ValueError(f"benchmark.format must be one of {FORMATS}, got {fmt!r}")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: question file not found (benchmarks read local files under "
+                                f"paths.eval_root; see README 'Check and evaluate your model')")
+    return globals()[fmt](path, image_folder, suffix)

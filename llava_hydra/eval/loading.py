@@ -1,0 +1,86 @@
+"""Load what a run produced (or any HF-native LLaVA folder) for inference: (model, processor, aspect).
+
+- a LoRA run directory or one of its ``checkpoint-N``: the base is rebuilt from the run's spec
+  (as ``python -m llava_hydra.merge`` does), the adapter applied with peft and merged in memory;
+  the processor carries the run's training template as its chat template;
+- a stage 2 run directory, a merged model, any HF-native LLaVA folder:
+  ``LlavaForConditionalGeneration`` + ``AutoProcessor.from_pretrained``.
+
+``aspect`` is how images are made square before the image processor: the run's
+``data.image_aspect_ratio`` when the folder holds a spec (``llava_hydra_spec.yaml`` or
+Hydra's ``.hydra/config.yaml``), else ``pad`` (LLaVA-1.5's evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _spec_aspect(path: Path) -> str | None:
+    from omegaconf import OmegaConf
+
+    for candidate in (path / "llava_hydra_spec.yaml", path.parent / "llava_hydra_spec.yaml",
+                      path / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
+        if candidate.exists():
+            return OmegaConf.load(candidate).get("data", {}).get("image_aspect_ratio")
+    return None
+
+
+def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
+    """(PeftModel, tokenizer, image_processor, spec): the base rebuilt at 16 bits from the run's spec,
+    its frozen projector loaded, the adapter (and the parts trained whole) from ``adapter_dir``."""
+    from omegaconf import OmegaConf
+    from peft import PeftModel
+
+    from llava_hydra.lora import find_spec
+    from llava_hydra.model import (DTYPES, assemble, load_pretrained_llava, load_projector, pick_attention,
+                                   pick_dtype)
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA run directory or checkpoint)")
+    spec_file = find_spec(adapter_dir)
+    cfg = OmegaConf.load(spec_file)
+    cfg.lora.bits = 16  # the base at full precision
+    torch_dtype = DTYPES[dtype] if dtype else pick_dtype(cfg.model.dtype, cfg.training.bf16, cfg.training.fp16)
+    build = load_pretrained_llava if cfg.model.get("pretrained_llava") else assemble
+    base, tokenizer, image_processor = build(cfg, torch_dtype, pick_attention(cfg.model.attn_implementation))
+    if cfg.stage.pretrain_mm_mlp_adapter and "mm_projector" not in cfg.stage.trainable:
+        load_projector(base, cfg.stage.pretrain_mm_mlp_adapter, cfg.model.name)  # frozen: not in the adapter
+    log.info("base rebuilt from %s; loading the adapter from %s", spec_file, adapter_dir)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    return model, tokenizer, image_processor, cfg
+
+
+def load_for_inference(path: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model in eval mode, processor, aspect) for a run directory, checkpoint or model folder."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llava_hydra.model import DTYPES, make_processor
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory (give a run directory, checkpoint or model folder)")
+    if (path / "adapter_config.json").exists():
+        model, tokenizer, image_processor, cfg = adapted_base(path, dtype)
+        processor = make_processor(tokenizer, image_processor, model, cfg.data.template)
+        model = model.merge_and_unload()
+    elif (path / "config.json").exists():
+        kwargs = {"dtype": DTYPES[dtype]} if dtype else {}
+        model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
+        processor = AutoProcessor.from_pretrained(str(path))
+    else:
+        raise FileNotFoundError(f"{path}: neither a model (config.json) nor a LoRA adapter (adapter_config.json); "
+                                f"a stage 1 run saves only the projector: chat with its stage 2 run")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    processor.tokenizer.padding_side = "left"  # batched generation
+    return model, processor, _spec_aspect(path) or "pad"

@@ -1,0 +1,218 @@
+"""The training tokens are LLaVA-1.5's: Llama/Vicuna SentencePiece tokenizers in Vicuna-v1.5's
+folder layout (tokenizer.model + tokenizer_config.json, legacy false and true), loaded through
+load_tokenizer; text after ``<image>`` tokenized as a piece of its own (dummy-prefix ``▁``); the
+separator ``▁`` before an answer that starts with a digit, newline, punctuation or CJK labelled;
+truncation in and outside an image run. Expected tokens are written out; a second, independent
+re-implementation of LLaVA's preprocess (tests/helpers/llava_reference.py) is compared on many
+generated conversations."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from llava_hydra.data import testing
+from llava_hydra.data.conversation import render
+from llava_hydra.data.labels import IGNORE_INDEX, encode
+from llava_hydra.data.records import normalize_turns
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from llava_reference import llava_sample  # noqa: E402
+
+N_IMG = 3
+
+
+def turns(*values):
+    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
+
+
+@pytest.fixture(scope="module")
+def vicuna(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vicuna")
+    return {legacy: testing.vicuna_tokenizer(root / f"legacy_{legacy}", legacy=legacy) for legacy in (False, True)}
+
+
+def sample(tok, template, conv, image=True, max_length=4096):
+    record = {"conversations": conv, **({"image": "x.png"} if image else {})}
+    return encode(render(template, normalize_turns(record), tokenizer=tok), tok,
+                  tok.convert_tokens_to_ids("<image>"), N_IMG, max_length)
+
+
+def pieces(tok, ids):
+    return tok.convert_ids_to_tokens(ids)
+
+
+def labelled(tok, e):
+    return [p for p, lab in zip(pieces(tok, e.input_ids), e.labels) if lab != IGNORE_INDEX]
+
+
+# -- the folder layout ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_vicuna_layout_folder_loads_as_a_llama_tokenizer(vicuna, tmp_path, legacy):
+    tok = vicuna[legacy]
+    folder = Path(tok.name_or_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+    assert type(tok).__name__ == "LlamaTokenizer" and tok.is_fast and tok.legacy is legacy
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert tok.pad_token == "<unk>"  # LLaVA's choice for Llama
+    # Llama's SentencePiece behaviour: dummy prefix, digits split into bytes, byte fallback
+    assert pieces(tok, tok("Two squares 12 猫").input_ids) == [
+        "<s>", "▁Two", "▁square", "s", "▁", "<0x31>", "<0x32>", "▁", "<0xE7>", "<0x8C>", "<0xAB>"]
+
+
+def test_a_saved_legacy_tokenizer_reloads_with_the_same_tokens(vicuna, tmp_path):
+    from llava_hydra.model import load_tokenizer
+
+    text = "a</s>USER: <image>\nHi"
+    for legacy, tok in vicuna.items():
+        tok.save_pretrained(tmp_path / str(legacy))  # as every checkpoint and saved model does
+        again = load_tokenizer(str(tmp_path / str(legacy)), 2048)
+        assert again.legacy is legacy and again(text).input_ids == tok(text).input_ids
+    assert pieces(again, again(text).input_ids) == ["<s>", "▁a", "</s>", "▁", "USER", ":", "▁", "<image>", "▁",
+                                                    "<0x0A>", "H", "i"]
+
+
+# -- text after <image> is a piece of its own ------------------------------------------------------
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_stage1_caption_after_the_image_gets_its_dummy_prefix(vicuna, legacy):
+    tok = vicuna[legacy]
+    e = sample(tok, "plain", turns("<image>\nDescribe the image.", "Two squares, side by side"))
+    assert pieces(tok, e.input_ids) == ["<s>", *["<image>"] * N_IMG, "▁Two", "▁square", "s", ",", "▁s", "id", "e",
+                                        "▁b", "y", "▁s", "id", "e", "<0x0A>"]
+    assert labelled(tok, e) == ["▁Two", "▁square", "s", ",", "▁s", "id", "e", "▁b", "y", "▁s", "id", "e",
+                                "<0x0A>"]
+    # a caption starting with a digit: the dummy-prefix "▁" is part of the caption and trained
+    e = sample(tok, "plain", turns("<image>", "3 cats"))
+    assert labelled(tok, e) == ["▁", "<0x33>", "▁cat", "s", "<0x0A>"]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_v1_question_after_the_image_starts_with_the_dummy_prefix(vicuna, legacy):
+    tok = vicuna[legacy]
+    e = sample(tok, "v1", turns("What is it?\n<image>", "Red."))
+    toks = pieces(tok, e.input_ids)
+    at = toks.index("<image>")
+    assert toks[at - 3:at] == ["USER", ":", "▁"]  # "USER: " then the image
+    assert toks[at + N_IMG:] == ["▁", "<0x0A>", "W", "hat", "▁is", "▁i", "t", "?", "▁ASSISTANT", ":", "▁Red",
+                                 ".", "</s>"]
+    assert labelled(tok, e) == ["▁Red", ".", "</s>"]
+
+
+# -- the separator before an answer ---------------------------------------------------------------
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("answer,expected", [
+    ("3 apples", ["▁", "<0x33>", "▁a", "p", "p", "l", "es", "</s>"]),
+    ("\nTwo", ["▁", "<0x0A>", "T", "wo", "</s>"]),
+    ("(a) red", ["▁", "<0x28>", "a", "<0x29>", "▁red", "</s>"]),  # "(" and ")" only as bytes here
+    ("猫", ["▁", "<0xE7>", "<0x8C>", "<0xAB>", "</s>"]),
+    ("Red", ["▁Red", "</s>"]),  # a word: the space is inside its first piece
+])
+def test_v1_separator_before_the_answer_is_labelled(vicuna, legacy, answer, expected):
+    tok = vicuna[legacy]
+    e = sample(tok, "v1", turns("<image>\nHow many?", answer))
+    assert labelled(tok, e) == expected
+    assert pieces(tok, e.input_ids)[-len(expected) - 2:-len(expected)] == ["▁ASSISTANT", ":"]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_llama_2_separator_and_closing_space_are_labelled(vicuna, legacy):
+    tok = vicuna[legacy]
+    e = sample(tok, "llama_2", turns("<image>\nHow many?", "2", "And now?", "Red"))
+    assert labelled(tok, e) == ["▁", "<0x32>", "▁", "</s>", "▁Red", "▁", "</s>"]
+    # the second round opens with "<s>[INST]": a "▁" only where legacy puts a prefix after a special token
+    toks = pieces(tok, e.input_ids)
+    after = toks[toks.index("</s>") + 1:toks.index("</s>") + 4]
+    assert after == (["<s>", "▁", "<0x5B>"] if legacy else ["<s>", "<0x5B>", "I"])
+
+
+@pytest.mark.parametrize("legacy,second_user", [(False, ["</s>", "USER", ":"]), (True, ["</s>", "▁", "USER", ":"])])
+def test_v1_multi_turn_labels_every_answer(vicuna, legacy, second_user):
+    tok = vicuna[legacy]
+    e = sample(tok, "v1", turns("<image>\nCount them.", "2", "Colour?", "\nred", "Sure?", "Yes."))
+    assert labelled(tok, e) == ["▁", "<0x32>", "</s>", "▁", "<0x0A>", "red", "</s>", "▁Y", "es", ".", "</s>"]
+    toks = pieces(tok, e.input_ids)
+    first_close = toks.index("</s>")
+    assert toks[first_close:first_close + len(second_user)] == second_user
+
+
+# -- truncation ---------------------------------------------------------------------------------
+
+def test_truncation_outside_and_inside_the_image_run(vicuna):
+    tok = vicuna[False]
+    conv = turns("<image>\nHow many?", "3 apples", "Colour?", "Red")
+    full = sample(tok, "v1", conv)
+    first_answer_end = full.input_ids.index(tok.eos_token_id) + 1
+    # outside: cut after the first answer's </s>: that answer stays whole, the second is gone
+    e = sample(tok, "v1", conv, max_length=first_answer_end)
+    assert e.input_ids == full.input_ids[:first_answer_end]
+    assert labelled(tok, e) == ["▁", "<0x33>", "▁a", "p", "p", "l", "es", "</s>"]
+    # cut in the middle of an answer: its first tokens are trained, nothing after the cut
+    e = sample(tok, "v1", conv, max_length=first_answer_end - 3)
+    assert labelled(tok, e) == ["▁", "<0x33>", "▁a", "p", "p"]
+    # inside the image run: the run is never cut, the sample stops before it (and has nothing to train)
+    image_at = full.input_ids.index(tok.convert_tokens_to_ids("<image>"))
+    from llava_hydra.data.labels import NothingToTrain
+    with pytest.raises(NothingToTrain):
+        sample(tok, "v1", conv, max_length=image_at + 1)
+
+
+# -- against an independent re-implementation of LLaVA's preprocess --------------------------------
+
+STARTS = ["", "3 ", "12. ", "\n", "(", "- ", "猫 ", "\"", " "]
+TAILS = ["The shape is red.", "two circles", "A red square on a blue sky.", "yes", "Cat", "dog and tree"]
+
+
+def generated_conversations(n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        rounds = rng.randint(1, 3)
+        values = []
+        for r in range(rounds):
+            question = rng.choice(["What is it?", "Describe the picture.", "How many?", "Colour?", "Is it a cat?"])
+            if r == 0 and rng.random() < 0.7:
+                question = rng.choice([f"<image>\n{question}", f"{question}\n<image>", f"{question} <image>"])
+            values += [question, rng.choice(STARTS) + rng.choice(TAILS)]
+        out.append(turns(*values))
+    return out
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("template", ["plain", "v1", "llama_2"])
+def test_same_ids_and_labels_as_llava_on_generated_conversations(vicuna, legacy, template):
+    tok = vicuna[legacy]
+    image_id = tok.convert_tokens_to_ids("<image>")
+    compared = mismatches = 0
+    for conv in generated_conversations(200, seed=len(template) + legacy):
+        has_image = any("<image>" in t["value"] for t in conv)
+        if template == "plain":
+            if not has_image:
+                continue
+            conv = conv[:2]
+        ours = sample(tok, template, conv, image=has_image)
+        ids, labels, mismatch = llava_sample(template, conv, tok, has_image, image_id, N_IMG)
+        assert ours.input_ids == ids, conv
+        if mismatch:  # LLaVA zeroes the sample; ours trains every answer
+            mismatches += 1
+            assert set(labels) == {IGNORE_INDEX} and any(lab != IGNORE_INDEX for lab in ours.labels)
+            continue
+        assert ours.labels == labels, conv
+        compared += 1
+    assert compared >= 100 and mismatches == 0
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_llava_zeroes_an_answer_that_contains_the_role_text_ours_trains_it(vicuna, legacy):
+    tok = vicuna[legacy]
+    conv = turns("<image>\nWhat does the sign say?", "It says ASSISTANT: hello", "And?", "Red")
+    ids, labels, mismatch = llava_sample("v1", conv, tok, True, tok.convert_tokens_to_ids("<image>"), N_IMG)
+    ours = sample(tok, "v1", conv)
+    assert mismatch and set(labels) == {IGNORE_INDEX} and ours.input_ids == ids
+    assert tok.decode([t for t, lab in zip(ours.input_ids, ours.labels) if lab != IGNORE_INDEX]) == (
+        "It says ASSISTANT: hello</s> Red</s>")  # decode drops the leading space of "▁It"
