@@ -11,7 +11,8 @@ on GPUs with bf16 and NCCL the order of reductions is not fixed and only a close
 expected.
 
 Only stage 1 under ZeRO-2 (the default stage 1 of every real model, which could not resume
-before) runs in CI; the full matrix is ``pytest -m slow tests/test_resume_matrix.py``.
+before) runs in CI; the full matrix is ``pytest -m "slow or e2e" tests/test_resume_matrix.py``
+(``-m slow``: the eight cases CI leaves out).
 """
 
 from __future__ import annotations
