@@ -1,0 +1,53 @@
+"""Every experiment= preset with every model= option is a consistent run of that model (name, LLM,
+run directory, stage-2 projector all agree) or an error naming the conflict, never a mix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import InterpolationToMissingValueError
+
+CONF = Path(__file__).parents[1] / "conf"
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+LLM = {"tiny": "builtin://tiny-llama", "vicuna7b": "lmsys/vicuna-7b-v1.5", "vicuna13b": "lmsys/vicuna-13b-v1.5",
+       "vicuna7b_v1_linear": "lmsys/vicuna-7b-v1.5", "llama2_7b_chat": "meta-llama/Llama-2-7b-chat-hf",
+       "llama3_8b_instruct": "meta-llama/Meta-Llama-3-8B-Instruct", "qwen2_7b_instruct": "Qwen/Qwen2-7B-Instruct"}
+RELEASED = {"vicuna7b": "llava-hf/llava-1.5-7b-hf", "vicuna13b": "llava-hf/llava-1.5-13b-hf"}
+
+
+def test_presets_and_models_listed():
+    assert len(PRESETS) == 10 and set(p.stem for p in (CONF / "model").glob("*.yaml")) == set(LLM)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_with_any_model_is_that_model_or_an_error(compose_spec, preset):
+    suffix = preset.split("_", 2)[2]  # pretrain | finetune | finetune_lora | finetune_task | ...
+    for model, llm in LLM.items():
+        overrides = (f"experiment={preset}", f"model={model}", "paths.output_root=/runs")
+        if suffix.startswith("finetune_task") and model not in RELEASED:
+            with pytest.raises((ConfigCompositionException, InterpolationToMissingValueError)) as e:
+                compose_spec(*overrides)
+            assert "released_llava" in str(e.value), (preset, model)
+            continue
+        cfg = compose_spec(*overrides)
+        assert (cfg.model.name, cfg.model.llm) == (model, llm), (preset, model)
+        assert cfg.run_dir == cfg.training.output_dir == f"/runs/{model}/{suffix}", (preset, model)
+        assert cfg.stage.name == suffix.split("_")[0]
+        assert cfg.lora.enable == suffix.endswith("lora")
+        if suffix in ("finetune", "finetune_lora"):
+            assert cfg.stage.pretrain_mm_mlp_adapter == f"/runs/{model}/pretrain/mm_projector.safetensors"
+        if suffix.startswith("finetune_task"):
+            assert cfg.model.pretrained_llava == RELEASED[model] and cfg.stage.pretrain_mm_mlp_adapter is None
+        else:
+            assert cfg.model.pretrained_llava is None
+
+
+def test_a_model_file_without_a_recipe_is_an_error(tmp_path, compose_spec):
+    """A new model option never trains by LLaVA-1.5's recipe by accident: it must name one."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("# @package _global_\nmodel: {name: mine, llm: /m, vision_tower: /v, template: v1}\n")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_spec("model=mine", f"hydra.searchpath=[file://{tmp_path}]")
+    assert "recipe" in str(e.value) and "llava15" in str(e.value)
