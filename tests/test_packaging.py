@@ -4,6 +4,7 @@ model/data/experiment files in a directory of their own compose with --config-di
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,14 @@ print("composed", n)
 
 @pytest.mark.e2e
 def test_non_editable_install_ships_every_module_and_config(tmp_path):
-    target = tmp_path / "site"
+    source, target = tmp_path / "src", tmp_path / "site"  # a copy: setuptools builds in the source tree
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("llava_hydra", "conf"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, capture_output=True, text=True)
+                    "--target", str(target), str(source)], check=True, capture_output=True, text=True)
     installed = target / "llava_hydra"
     for src in (ROOT / "llava_hydra").rglob("*.py"):
         assert (installed / src.relative_to(ROOT / "llava_hydra")).is_file(), f"{src} is not in the wheel"

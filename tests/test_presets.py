@@ -51,3 +51,31 @@ def test_a_model_file_without_a_recipe_is_an_error(tmp_path, compose_spec):
     with pytest.raises(ConfigCompositionException) as e:
         compose_spec("model=mine", f"hydra.searchpath=[file://{tmp_path}]")
     assert "recipe" in str(e.value) and "llava15" in str(e.value)
+
+
+def test_a_model_file_without_a_template_is_an_error_naming_it(tmp_path, compose_spec):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /recipe: llava15\nmodel: {name: mine, llm: /m, vision_tower: /v}\n")
+    with pytest.raises(InterpolationToMissingValueError) as e:
+        compose_spec("model=mine", "stage=finetune", f"hydra.searchpath=[file://{tmp_path}]")
+    assert "model.template" in str(e.value)
+
+
+def test_cli_stops_on_a_task_preset_without_a_release_before_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.argv=['llava_hydra','experiment=llava15_7b_finetune_task','model=llama3_8b_instruct'];"
+            "\ntry: runpy.run_module('llava_hydra', run_name='__main__')\nexcept SystemExit as e: print('exit', e.code)"
+            "\nassert 'torch' not in sys.modules, 'heavy import'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "exit 1" in out.stdout and "model.released_llava" in out.stderr, out.stderr[-2000:]
+
+
+def test_the_tree_has_the_groups_a_user_types_and_one_recipe_group():
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and any(p.rglob("*.yaml"))}
+    assert groups == {"stage", "model", "data", "deepspeed", "lora", "recipe", "experiment", "hparams_search", "hydra"}
+    for preset in PRESETS:  # a preset states what it changes: no model/data/training block copied in
+        text = (CONF / "experiment" / f"{preset}.yaml").read_text()
+        assert "\ntraining:" not in text and "\ndata:" not in text and "  llm:" not in text, preset
