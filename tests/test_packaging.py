@@ -41,7 +41,10 @@ def test_non_editable_install_ships_every_module_and_config(tmp_path):
         shutil.copy(ROOT / name, source / name)
     for name in ("llava_hydra", "conf"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+    import importlib.util  # build with this venv's setuptools when it has one (fast), else pip's isolated build
+
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
                     "--target", str(target), str(source)], check=True, capture_output=True, text=True)
     installed = target / "llava_hydra"
     for src in (ROOT / "llava_hydra").rglob("*.py"):
