@@ -90,8 +90,14 @@ class TrainingConfig:
     mm_projector_lr: Optional[float] = None
     vision_tower_lr: Optional[float] = None
     group_by_modality_length: bool = False
-    length_grouping: str = "balanced"  # balanced (sorted by length, ranks balanced) | llava (LLaVA's exact order)
-    packing: bool = False  # several samples per sequence of model.model_max_length, each attending to itself
+    # with group_by_modality_length: random_steps (each step a random draw as LLaVA's, sorted only inside
+    # the step) | llava (LLaVA's exact order) | sorted_steps (opt-in: whole-dataset length sort, steps of
+    # one length -- changes what each step averages, not LLaVA's objective)
+    length_grouping: str = "random_steps"
+    length_grouping_pool: Optional[int] = None  # sorted_steps only: sort within pools of this many steps
+    # several samples per sequence of model.model_max_length, each attending to itself; rows re-packed every
+    # epoch, steps of random rows balanced across ranks by real tokens; batch size then counts rows
+    packing: bool = False
     # Hugging Face TrainingArguments, by their own names
     learning_rate: float = 2e-5
     per_device_train_batch_size: int = 16
