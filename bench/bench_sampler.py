@@ -1,4 +1,5 @@
-"""Sampler benchmark: time to order one epoch, padding waste, rank balance.
+"""Sampler benchmark: what each step order costs (padding, waiting ranks) and what it changes
+(how far a step is from a random draw of the data).
 
 A 665K-sample length mix shaped like LLaVA-1.5's mix665k is generated with a fixed seed (no
 download): ~625K image samples of 576 image tokens plus lognormal text (median ~150 tokens)
@@ -7,15 +8,22 @@ signed as LLaVA's ``modality_lengths`` (text-only negative).
 
     .venv/bin/python bench/bench_sampler.py            # writes bench/results/sampler.json
 
-Columns: seconds to produce the epoch's index list (best of --repeats); padding waste = pad
-tokens / all tokens when each per-device batch is padded to its own longest sample; rank
-imbalance = per step, the slowest rank's padded tokens over the ranks' mean, averaged over
-steps (and its worst step); mixed = per-device batches holding both modalities.
+A step is ``--world-size`` ranks x one per-device batch (no gradient accumulation). Columns:
+- seconds: time to produce the epoch's index list (best of --repeats; packing included);
+- pad waste: pad tokens / all tokens, each per-device batch padded to its own longest member;
+- step eff.: real tokens of a step / (ranks x padded tokens of the slowest rank), summed over
+  full steps: the share of a synchronous step's wall-clock doing useful work;
+- rank imbal.: per step, the slowest rank's padded tokens over the ranks' mean (mean, worst);
+- fairness img / txt: per modality, the std over steps of a step's mean sample length, over
+  the same std for random steps of that modality with as many samples (1.0: a random draw;
+  packing's steps hold a varying number of samples, compared at their mean count);
+- mixed: per-device batches holding both modalities.
 
-Packing rows (``training.packing``): samples are bin-packed into sequences of --capacity tokens
-(``llava_hydra.packing.pack_lengths``), the bins ordered by the balanced grouped sampler, and a
-per-device batch is that many packed rows: about as many tokens as --batch-size samples, or
-one row. Seconds include packing; the columns are then over rows, not samples.
+Packing rows (``training.packing``): ``llava_hydra.packing.packed_epoch``, what
+``PackedSampler`` yields: samples bin-packed into --capacity-token rows, the rows visited in
+LLaVA's order (random steps of rows dealt to ranks by real tokens). A per-device batch is that
+many rows: about as many tokens as --batch-size samples, or one row. Pad waste, step
+efficiency and rank imbalance are then over rows; fairness over the samples in the rows.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from llava_hydra.packing import pack_lengths
+from llava_hydra.packing import bin_lengths, packed_epoch
 from llava_hydra.sampler import LengthGroupedSampler
 
 
@@ -41,24 +49,59 @@ def mix665k_like(n_image: int = 625_000, n_text: int = 40_000, seed: int = 0) ->
     return lengths[torch.randperm(len(lengths), generator=g)]
 
 
-def measure(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, world_size: int) -> dict:
-    n = len(order)
-    full = n // (batch_size * world_size) * batch_size * world_size
-    batch = lengths[order[:full]].view(-1, batch_size)  # full steps only; the tail is < 1 step
+def step_mean_std(tokens: torch.Tensor, counts: torch.Tensor) -> float:
+    """Std over steps of (sample tokens of the step / samples in the step)."""
+    return (tokens.double() / counts.double()).std().item()
+
+
+def random_step_std(lengths: torch.Tensor, modality: int, samples_per_step: int, seed: int = 123) -> float:
+    """The reference: random steps of ``samples_per_step`` samples of one modality."""
+    pool = lengths[(lengths > 0) if modality > 0 else (lengths < 0)].abs()
+    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
+    steps = pool[:len(pool) // samples_per_step * samples_per_step].view(-1, samples_per_step)
+    return steps.double().mean(dim=1).std().item()
+
+
+def measure(order: torch.Tensor, units: torch.Tensor, batch_size: int, world_size: int,
+            lengths: torch.Tensor, members: list[list[int]] | None = None) -> dict:
+    """``units`` are the ordered things' signed lengths (samples, or rows with ``members`` their
+    sample indices); ``lengths`` the samples' signed lengths."""
+    size = batch_size * world_size
+    full = len(order) // size * size  # full steps only; the tail is < 1 step
+    batch = units[order[:full]].view(-1, batch_size)
     tokens = batch.abs()
     padded = tokens.max(dim=1).values * batch_size  # per-device batch padded to its own max
     pad_waste = 1 - tokens.sum().item() / padded.sum().item()
     per_rank = padded.view(-1, world_size).double()
     imbalance = per_rank.max(dim=1).values / per_rank.mean(dim=1)
-    all_batches = lengths[order].split(batch_size)
+    efficiency = tokens.sum().item() / (world_size * per_rank.max(dim=1).values.sum().item())
+    all_batches = units[order].split(batch_size)
     mixed = sum(int((b > 0).any() and (b < 0).any()) for b in all_batches)
-    return {"pad_waste": pad_waste, "rank_imbalance_mean": imbalance.mean().item(),
-            "rank_imbalance_worst": imbalance.max().item(), "mixed_batches": mixed}
+    # fairness: each full, single-modality step's mean sample length
+    step_units = order[:full].view(-1, size)
+    signs = units[step_units].sign()
+    pure = (signs == signs[:, :1]).all(dim=1)
+    if members is None:
+        step_tokens, step_count = units[step_units].abs().sum(dim=1), torch.full((len(step_units),), size)
+    else:
+        count_of = torch.tensor([len(m) for m in members])
+        step_tokens, step_count = units[step_units].abs().sum(dim=1), count_of[step_units].sum(dim=1)
+    fairness = {}
+    for name, sign in (("image", 1), ("text", -1)):
+        keep = pure & (signs[:, 0] == sign)
+        if keep.sum() < 20:  # a plain shuffle has almost no single-modality steps
+            fairness[name] = float("nan")
+            continue
+        n = round(step_count[keep].double().mean().item())
+        fairness[name] = step_mean_std(step_tokens[keep], step_count[keep]) / random_step_std(lengths, sign, n)
+    return {"pad_waste": pad_waste, "step_efficiency": efficiency, "rank_imbalance_mean": imbalance.mean().item(),
+            "rank_imbalance_worst": imbalance.max().item(), "fairness_image": fairness["image"],
+            "fairness_text": fairness["text"], "mixed_batches": mixed}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world-size", type=int, default=8, help="ranks x gradient accumulation steps")
+    ap.add_argument("--world-size", type=int, default=8, help="ranks (one per-device batch each per step)")
     ap.add_argument("--batch-size", type=int, default=16, help="per-device batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -69,29 +112,32 @@ def main() -> None:
 
     lengths = mix665k_like(seed=args.seed)
     as_list = lengths.tolist()  # what the dataset hands over
-    bs, ws = args.batch_size, args.world_size
+    bs, ws, cap = args.batch_size, args.world_size, args.capacity
+
+    def grouped(mode, **kw):
+        return LengthGroupedSampler(bs, ws, as_list, group_by_modality=True, mode=mode, seed=1, **kw).order
+
     methods = {
         "random (plain shuffle)": lambda: torch.randperm(len(lengths), generator=torch.Generator().manual_seed(1)),
-        "llava": LengthGroupedSampler(bs, ws, as_list, group_by_modality=True, mode="llava", seed=1).order,
-        "balanced": LengthGroupedSampler(bs, ws, as_list, group_by_modality=True, seed=1).order,
-        "balanced, pool=64": LengthGroupedSampler(bs, ws, as_list, group_by_modality=True, seed=1, pool=64).order,
+        "llava (LLaVA's order)": grouped("llava"),
+        "random_steps (default)": grouped("random_steps"),
+        "sorted_steps (opt-in)": grouped("sorted_steps"),
+        "sorted_steps, pool=64": grouped("sorted_steps", pool=64),
     }
-    cap = args.capacity
     rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
-    packed = {}  # name -> (bin lengths, rows per device), filled by the timed function
+    packed = {}  # name -> (bins, rows per device), filled by the timed function
 
     def packing(name, rows):
         def order_fn():
-            bins = pack_lengths(as_list, cap, seed=1)
-            bin_lengths = [(1 if as_list[b[0]] > 0 else -1) * sum(min(abs(as_list[i]), cap) for i in b) for b in bins]
-            packed[name] = (torch.tensor(bin_lengths), rows)
-            return LengthGroupedSampler(rows, ws, bin_lengths, group_by_modality=True, seed=1).order()
+            bins, order = packed_epoch(as_list, cap, rows, ws, seed=1)
+            packed[name] = (bins, rows)
+            return order
         return order_fn
 
     for rows_ in (rows_per_device, 1):
         name = f"packing, {rows_} row{'s' if rows_ > 1 else ''}"
         methods[name] = packing(name, rows_)
-    rows = []
+    results = []
     for name, order_fn in methods.items():
         seconds = []
         for _ in range(args.repeats):
@@ -99,28 +145,35 @@ def main() -> None:
             order = order_fn()
             order.tolist()  # the sampler's __iter__ hands out Python ints
             seconds.append(time.perf_counter() - start)
-        units, batch = packed.get(name, (lengths, bs))
-        assert torch.equal(order.sort().values, torch.arange(len(units))), name
-        row = {"method": name, "seconds": min(seconds), "batch_size": batch, **measure(order, units, batch, ws)}
         if name in packed:
+            bins, batch = packed[name]
+            units = torch.tensor(bin_lengths(as_list, bins, cap))
+        else:
+            bins, batch, units = None, bs, lengths
+        assert torch.equal(order.sort().values, torch.arange(len(units))), name
+        row = {"method": name, "seconds": min(seconds), "batch_size": batch,
+               **measure(order, units, batch, ws, lengths, bins)}
+        if bins is not None:
             row.update(rows=len(units), fill=units.abs().sum().item() / (len(units) * cap))
-        rows.append(row)
+        results.append(row)
 
     print(f"{len(lengths)} samples ({int((lengths < 0).sum())} text-only), "
-          f"world_size {ws}, batch {bs}, torch threads 1; packing into {cap}-token rows")
-    header = f"{'method':<24}{'batch':>6}{'seconds':>9}{'pad waste':>11}{'rank imbal.':>13}{'worst step':>12}{'mixed':>7}"
+          f"{ws} ranks x batch {bs}, torch threads 1; packing into {cap}-token rows")
+    header = (f"{'method':<24}{'batch':>6}{'seconds':>9}{'pad waste':>11}{'step eff.':>11}{'rank imbal.':>13}"
+              f"{'worst step':>12}{'fair img':>10}{'fair txt':>10}{'mixed':>7}")
     print(header + "\n" + "-" * len(header))
-    for r in rows:
-        print(f"{r['method']:<24}{r['batch_size']:>6}{r['seconds']:>9.3f}{r['pad_waste']:>11.2%}{r['rank_imbalance_mean']:>13.4f}"
-              f"{r['rank_imbalance_worst']:>12.4f}{r['mixed_batches']:>7d}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for r in rows:
+    for r in results:
+        print(f"{r['method']:<24}{r['batch_size']:>6}{r['seconds']:>9.3f}{r['pad_waste']:>11.2%}"
+              f"{r['step_efficiency']:>11.3f}{r['rank_imbalance_mean']:>13.4f}{r['rank_imbalance_worst']:>12.4f}"
+              f"{r['fairness_image']:>10.2f}{r['fairness_text']:>10.2f}{r['mixed_batches']:>7d}")
+    for r in results:
         if "fill" in r:
             print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"samples": len(lengths), "text_only": int((lengths < 0).sum()),
                                "world_size": ws, "batch_size": bs, "capacity": cap, "torch_threads": 1,
-                               "rows": rows}, indent=1))
+                               "rows": results}, indent=1))
     print(f"wrote {out}")
 
 

@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from llava_hydra.config import register_configs
+from llava_hydra.config import check_resolves, register_configs
 
 register_configs()
 
@@ -44,8 +44,10 @@ def quiet_non_zero_rank(argv: list[str]) -> list[str]:
     return [*argv, "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+# The configs are the package llava_hydra.conf (conf/ at the repository top, shipped in the wheel).
+@hydra.main(version_base="1.3", config_path="pkg://llava_hydra.conf", config_name="config")
 def main(cfg: DictConfig):
+    check_resolves(cfg)
     from llava_hydra.runner import run
 
     return run(cfg)

@@ -18,14 +18,11 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-TRAINABLE_PARTS = ("mm_projector", "llm", "vision_tower")
-TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")
-
 
 @dataclass
 class StageConfig:
     name: str = MISSING  # pretrain | finetune
-    trainable: List[str] = field(default_factory=lambda: ["mm_projector"])
+    trainable: List[str] = field(default_factory=lambda: ["mm_projector"])  # of: mm_projector, llm, vision_tower
     pretrain_mm_mlp_adapter: Optional[str] = None  # projector weights to start from
 
 
@@ -37,6 +34,12 @@ class ModelConfig:
     # an already-assembled Hugging Face LLaVA checkpoint (hub id or local path) to start from
     # instead of assembling llm + vision_tower (LLaVA-1.5's finetune_task recipes)
     pretrained_llava: Optional[str] = None
+    # the conversation template of this LLM's chats: instruction data (data/*_finetune.yaml) renders
+    # with it (data.template: ${model.template}). No default: a new model file must say it.
+    template: str = MISSING  # v1 | llama_2 | mpt | chat_template
+    # the LLaVA-1.5 released on this LLM, in transformers' format; experiment=llava15_*_finetune_task
+    # starts from it. No default: a task preset on a model without one is an error naming this key.
+    released_llava: Optional[str] = MISSING
     mm_projector_type: str = "mlp2x_gelu"
     mm_vision_select_layer: int = -2
     mm_vision_select_feature: str = "patch"  # patch | cls_patch
@@ -50,7 +53,6 @@ class ModelConfig:
 class SyntheticSpec:
     """Parameters of the generated shapes dataset (only for data=synthetic_*)."""
 
-    kind: str = MISSING  # captions | qa
     num_images: int = 1600
     num_text_only: int = 240
     num_eval: int = 200
@@ -88,8 +90,14 @@ class TrainingConfig:
     mm_projector_lr: Optional[float] = None
     vision_tower_lr: Optional[float] = None
     group_by_modality_length: bool = False
-    length_grouping: str = "balanced"  # balanced (sorted by length, ranks balanced) | llava (LLaVA's exact order)
-    packing: bool = False  # several samples per sequence of model.model_max_length, each attending to itself
+    # with group_by_modality_length: random_steps (each step a random draw as LLaVA's, sorted only inside
+    # the step) | llava (LLaVA's exact order) | sorted_steps (opt-in: whole-dataset length sort, steps of
+    # one length -- changes what each step averages, not LLaVA's objective)
+    length_grouping: str = "random_steps"
+    length_grouping_pool: Optional[int] = None  # sorted_steps only: sort within pools of this many steps
+    # several samples per sequence of model.model_max_length, each attending to itself; rows re-packed every
+    # epoch, steps of random rows balanced across ranks by real tokens; batch size then counts rows
+    packing: bool = False
     # Hugging Face TrainingArguments, by their own names
     learning_rate: float = 2e-5
     per_device_train_batch_size: int = 16
@@ -199,6 +207,15 @@ def check_trackers(report_to) -> None:
             how = f"pip install 'llava_hydra[{extra}]' (or pip install {package})" if extra else f"pip install {package}"
             raise ValueError(f"training.report_to includes {name!r}, but the {package} package is not installed: "
                              f"{how}, or drop it (training.report_to=[none])")
+
+
+def check_resolves(cfg) -> None:
+    """Resolve every interpolation of the composed spec now, before anything heavy is loaded, so a
+    value that points at a missing one (a _task preset on a model with no ``released_llava``) is
+    an error naming both keys instead of a failure halfway into a run."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.missing_keys(cfg)  # raises InterpolationToMissingValueError naming both keys
 
 
 def register_configs() -> None:

@@ -17,13 +17,20 @@ token of one sample never learns to predict the first of the next (the model shi
 by one internally). Image features are scattered into ``<image>`` positions in order, so the
 images of a packed batch are stacked row by row, sample by sample.
 
-Bins: best-fit decreasing, per modality (image and text-only samples never share a bin), ties
-between equal lengths broken by a permutation drawn from ``seed + epoch``. The bins' length
-profile is therefore the same every epoch (so their number and their lengths are fixed, as a
-map-style dataset and the length-grouped sampler need) while which samples share a bin changes
-with the epoch. ``PackedDataset.modality_lengths`` gives each bin's token count, signed as the
-dataset's (negative: text-only), so ``LengthGroupedSampler`` groups bins by modality and
-length exactly as it groups samples, and the Trainer's default sampler shuffles them.
+Rows: best-fit decreasing per modality (``pack_lengths``; image and text-only samples never
+share a row), ties between equal lengths broken by a permutation drawn from ``seed + epoch``:
+the rows' number and length profile are the same every epoch (as the Trainer's step count
+needs) while which samples share a row changes every epoch.
+
+Who decides the rows in training: ``PackedSampler``, not the dataset. Each epoch it packs
+afresh (``packed_epoch`` with ``seed + epoch``) and yields every row as the *tuple of its
+sample indices*; ``PackedDataset`` packs whatever tuple it is handed. So the rows are re-drawn
+wherever the sampler's epoch is set -- by the Trainer through accelerate, which forwards
+``set_epoch`` to the sampler under any number of processes (to a dataset only when the sampler
+has none) -- identically on every rank and in every dataloader worker, persistent or not. Its
+step order is LLaVA's over rows: a step is a random draw of rows (not of samples: a row's
+samples are chosen by length, so a step's mean sample length spreads somewhat more than a
+random draw's; see BENCHMARKS.md), dealt to ranks by real tokens.
 
 Loss: with the model's ``num_items_in_batch`` (passed by the Trainer over all gradient
 accumulation micro-batches), the loss is the sum over real answer tokens divided by their
@@ -135,40 +142,81 @@ def pack_samples(samples: list[dict]) -> dict:
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """Bins of a tokenized dataset: item ``i`` is bin ``i`` packed into one row (``pack_samples``).
-
-    ``dataset`` needs ``modality_lengths`` (as ``LazySupervisedDataset``). ``set_epoch`` (called
-    by accelerate's dataloader each epoch) repacks with ``seed + epoch``; the number of bins
-    and their lengths do not change. With ``dataloader_persistent_workers`` the workers keep
-    epoch 0's bins (still every sample once per epoch)."""
+    """Packed rows of a tokenized dataset. ``dataset[(i, j, ...)]`` packs samples i, j, ... into
+    one row (``pack_samples``): what ``PackedSampler`` hands out. ``dataset[k]`` is bin ``k`` of
+    epoch 0 (for inspection). ``dataset`` needs ``modality_lengths`` (as
+    ``LazySupervisedDataset``). ``len`` and ``modality_lengths`` (tokens per bin, negative for a
+    text-only bin) are the same every epoch."""
 
     def __init__(self, dataset, capacity: int, seed: int = 0, group_by_modality: bool = True):
         self.dataset, self.capacity, self.seed = dataset, capacity, seed
         self.group_by_modality = group_by_modality
-        self._sample_lengths = list(dataset.modality_lengths)
-        self.epoch = -1
-        self.set_epoch(0)
+        self.sample_lengths = list(dataset.modality_lengths)
+        self.bins = self.bins_for_epoch(0)
+        self._bin_lengths = bin_lengths(self.sample_lengths, self.bins, capacity)
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == self.epoch:
-            return
-        self.epoch = epoch
-        self.bins = pack_lengths(self._sample_lengths, self.capacity, self.seed + epoch, self.group_by_modality)
-        cap = self.capacity
-        self._bin_lengths = [
-            (1 if self._sample_lengths[b[0]] > 0 else -1) * sum(min(abs(self._sample_lengths[i]), cap) for i in b)
-            for b in self.bins]
+    def bins_for_epoch(self, epoch: int) -> list[list[int]]:
+        return pack_lengths(self.sample_lengths, self.capacity, self.seed + epoch, self.group_by_modality)
 
     def __len__(self) -> int:
         return len(self.bins)
 
     @property
     def modality_lengths(self) -> list[int]:
-        """Tokens per bin, negative for a text-only bin (the sampler's lengths)."""
+        """Tokens per bin, negative for a text-only bin."""
         return self._bin_lengths
 
-    def __getitem__(self, i: int) -> dict:
-        return pack_samples([self.dataset[j] for j in self.bins[i]])
+    def __getitem__(self, key) -> dict:
+        samples = self.bins[key] if isinstance(key, int) else key
+        return pack_samples([self.dataset[j] for j in samples])
+
+    def sampler(self, batch_size: int, world_size: int) -> "PackedSampler":
+        return PackedSampler(self, batch_size, world_size)
+
+
+def bin_lengths(sample_lengths, bins, capacity: int) -> list[int]:
+    """Real tokens per bin, signed as the bin's modality (negative: text-only)."""
+    return [(1 if sample_lengths[b[0]] > 0 else -1) * sum(min(abs(sample_lengths[i]), capacity) for i in b)
+            for b in bins]
+
+
+def packed_epoch(sample_lengths, capacity: int, batch_size: int, world_size: int, seed: int,
+                 group_by_modality: bool = True) -> tuple[list[list[int]], torch.Tensor]:
+    """One epoch of packed rows (``pack_lengths`` with ``seed``) and the global order to visit
+    them in: LLaVA's (random megabatches of ``world_size * batch_size`` rows, each sorted and
+    dealt greedily into per-device batches of near-equal real tokens)."""
+    from llava_hydra.sampler import LengthGroupedSampler
+
+    bins = pack_lengths(sample_lengths, capacity, seed, group_by_modality)
+    order = LengthGroupedSampler(batch_size, world_size, bin_lengths(sample_lengths, bins, capacity),
+                                 group_by_modality=group_by_modality, mode="llava", seed=seed).order()
+    return bins, order
+
+
+class PackedSampler(torch.utils.data.Sampler):
+    """The rows of one epoch (``packed_epoch``), as tuples of sample indices, in the global step
+    order (accelerate shards it per rank). ``batch_size`` counts rows per device; ``world_size``
+    is ranks x gradient accumulation steps. Epoch ``e`` packs with ``seed + e``: a pure function
+    of the epoch, so every rank and worker agrees. The number of rows is the same every epoch."""
+
+    def __init__(self, dataset: PackedDataset, batch_size: int, world_size: int):
+        self.dataset, self.batch_size, self.world_size = dataset, batch_size, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # pack_lengths' bin count is the same for every seed
+
+    def rows(self) -> list[tuple[int, ...]]:
+        d = self.dataset
+        bins, order = packed_epoch(d.sample_lengths, d.capacity, self.batch_size, self.world_size,
+                                   d.seed + self.epoch, d.group_by_modality)
+        return [tuple(bins[i]) for i in order.tolist()]
+
+    def __iter__(self):
+        return iter(self.rows())
 
 
 def block_causal_mask(sample_lengths: list[list[int]], length: int, dtype=torch.float32) -> torch.Tensor:

@@ -4,27 +4,34 @@ Owns ``LengthGroupedSampler`` and LLaVA's index functions (``split_to_even_chunk
 ``get_length_grouped_indices``, ``get_modality_length_grouped_indices``). Lengths are
 LLaVA's ``modality_lengths``: positive for samples with an image, negative for text-only.
 
-Two modes, each yielding every index exactly once per epoch:
+A *step* is one megabatch of ``world_size * batch_size`` consecutive indices (``world_size``
+is ranks x gradient accumulation steps, as LLaVA passes it), so one megabatch is one optimizer
+step. Three modes, each yielding every index exactly once per epoch:
 
-- ``llava``: LLaVA's algorithm. A random permutation is cut into megabatches of
-  ``world_size * batch_size``; each is sorted longest first and dealt greedily into
-  ``world_size`` per-device batches of similar total length. With modality grouping, image
-  and text-only samples are done separately, their full megabatches shuffled together and
-  the two partial ones merged (in index order) into one last megabatch. The module-level
-  functions are this algorithm drawing from torch's random generator in LLaVA's order, so
-  after the same ``torch.manual_seed`` they return LLaVA's index list to the element.
-- ``balanced`` (default): groups by length for real. Per modality, samples are sorted by
-  length (random tie-breaking; within pools of ``pool`` megabatches if set) and cut into
-  megabatches of neighbouring lengths, each dealt greedily (as LLaVA) into per-device batches
-  of near-equal total length. The megabatch order of both modalities is then shuffled
-  together; the two partial megabatches come last (at most one mixed batch).
+- ``random_steps`` (default): every step is a uniformly random draw, without replacement, of
+  one modality, as LLaVA's: each modality's random permutation is cut into megabatches, whose
+  order is shuffled across modalities. Only *inside* a step are samples reordered: longest
+  first, cut into consecutive per-device batches, so each batch holds neighbouring lengths
+  (little padding) and the ranks of one micro-step get neighbouring batches. What a step
+  averages is what LLaVA's step averages.
+- ``llava``: LLaVA's algorithm. A random permutation is cut into megabatches; each is sorted
+  longest first and dealt greedily into ``world_size`` per-device batches of similar total
+  length. With modality grouping, image and text-only samples are done separately, their full
+  megabatches shuffled together and the two partial ones merged (in index order) into one last
+  megabatch. The module-level functions are this algorithm drawing from torch's random
+  generator in LLaVA's order, so after the same ``torch.manual_seed`` they return LLaVA's index
+  list to the element.
+- ``sorted_steps`` (opt-in; CHANGES THE OBJECTIVE): per modality the whole dataset is sorted by
+  length (random ties; within pools of ``pool`` megabatches if set) and cut into steps, dealt
+  greedily into balanced per-device batches. Almost no padding and balanced ranks, but a step
+  holds samples of one length, so a token of a short-sample step weighs far more than one of a
+  long-sample step: not LLaVA's objective.
 
 The sampler yields the *global* order: accelerate's ``BatchSamplerShard`` hands consecutive
 batches of ``batch_size`` to the ranks in turn, so nothing here splits by rank (a sampler that
-did would drop data). ``world_size`` is ranks x gradient accumulation steps, as LLaVA passes
-it: one megabatch is then one optimizer step. The order is a pure function of the lengths,
-the sizes, ``seed + epoch`` and the mode, so every rank computes the same one and a resumed
-epoch replays it; ``set_epoch`` (called by the Trainer / accelerate each epoch) reshuffles.
+did would drop data). The order is a pure function of the lengths, the sizes, ``seed + epoch``
+and the mode, so every rank computes the same one and a resumed epoch replays it;
+``set_epoch`` (called by the Trainer / accelerate each epoch) reshuffles.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
-MODES = ("balanced", "llava")
+MODES = ("random_steps", "llava", "sorted_steps")
+RENAMED = {"balanced": "sorted_steps"}  # old name -> new name (named in the error)
 
 
 def _as_lengths(lengths) -> torch.Tensor:
@@ -129,19 +137,50 @@ def get_modality_length_grouped_indices(lengths, batch_size: int, world_size: in
     return _llava_modality_grouped(_as_lengths(lengths), batch_size, world_size, None, generator).tolist()
 
 
-# -- balanced mode --------------------------------------------------------------------------------
+# -- random_steps and sorted_steps ------------------------------------------------------------------
 
-def _balanced(lens: torch.Tensor, batch_size: int, world_size: int, generator,
+def _modality_groups(lens: torch.Tensor, group_by_modality: bool) -> list[torch.Tensor]:
+    if not group_by_modality:
+        return [torch.arange(len(lens))]
+    if (lens == 0).any():
+        raise ValueError("a length of 0 has no modality (images are > 0, text-only < 0)")
+    return [torch.nonzero(lens > 0).view(-1), torch.nonzero(lens < 0).view(-1)]
+
+
+def _shuffle_steps(full: list[torch.Tensor], rest: list[torch.Tensor], batch_size: int, generator) -> torch.Tensor:
+    """Full megabatches of all groups in random order, then each group's leftover whole batches,
+    then the remainders together (at most one mixed batch)."""
+    megabatches = torch.cat(full)
+    megabatches = megabatches[torch.randperm(len(megabatches), generator=generator)]
+    whole = [r[:len(r) // batch_size * batch_size] for r in rest]
+    remainders = [r[len(r) // batch_size * batch_size:] for r in rest]
+    return torch.cat([megabatches.reshape(-1), *whole, *remainders])
+
+
+def _longest_first(rows: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Each row of indices sorted by ``|length|``, longest first (stable)."""
+    if rows.numel() == 0:
+        return rows
+    return rows.gather(1, torch.sort(lens[rows].abs(), dim=1, descending=True, stable=True).indices)
+
+
+def _random_steps(lens: torch.Tensor, batch_size: int, world_size: int, generator,
+                  group_by_modality: bool) -> torch.Tensor:
+    size = world_size * batch_size
+    full, rest = [], []
+    for idx in _modality_groups(lens, group_by_modality):
+        idx = idx[torch.randperm(len(idx), generator=generator)]  # the draw: a random permutation
+        cut = len(idx) // size * size
+        full.append(_longest_first(idx[:cut].view(-1, size), lens))  # sorted inside the step only
+        rest.append(_longest_first(idx[cut:].view(1, -1), lens).view(-1))
+    return _shuffle_steps(full, rest, batch_size, generator)
+
+
+def _sorted_steps(lens: torch.Tensor, batch_size: int, world_size: int, generator,
               group_by_modality: bool, pool: int | None) -> torch.Tensor:
     size = world_size * batch_size
-    if group_by_modality:
-        if (lens == 0).any():
-            raise ValueError("a length of 0 has no modality (images are > 0, text-only < 0)")
-        groups = [torch.nonzero(lens > 0).view(-1), torch.nonzero(lens < 0).view(-1)]
-    else:
-        groups = [torch.arange(len(lens))]
     full, rest = [], []
-    for idx in groups:
+    for idx in _modality_groups(lens, group_by_modality):
         idx = idx[torch.randperm(len(idx), generator=generator)]  # random ties, random pools
         order = torch.sort(lens[idx].abs(), descending=True, stable=True).indices
         if pool is not None:  # pool k: positions k*pool*size.. of the permutation, longest first
@@ -151,32 +190,33 @@ def _balanced(lens: torch.Tensor, batch_size: int, world_size: int, generator,
         cut = len(idx) // size * size
         full.append(_sort_and_split(idx[:cut].view(-1, size), lens.abs(), world_size).view(-1, size))
         rest.append(idx[cut:])
-    megabatches = torch.cat(full)
-    megabatches = megabatches[torch.randperm(len(megabatches), generator=generator)]
-    # leftovers: whole batches of each modality, then the two remainders together
-    whole = [r[:len(r) // batch_size * batch_size] for r in rest]
-    remainders = [r[len(r) // batch_size * batch_size:] for r in rest]
-    return torch.cat([megabatches.reshape(-1), *whole, *remainders])
+    return _shuffle_steps(full, rest, batch_size, generator)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        hint = f" ({mode!r} is now called {RENAMED[mode]!r}; it changes what each step averages)" \
+            if mode in RENAMED else ""
+        raise ValueError(f"length grouping mode {mode!r}: expected one of {', '.join(MODES)}{hint}")
 
 
 class LengthGroupedSampler(Sampler[int]):
     """Every index once per epoch, grouped by length (and modality when asked).
 
-    ``mode`` is ``"balanced"`` or ``"llava"``. The order of an epoch comes from a generator
+    ``mode`` is one of ``MODES`` (see the module docstring). The order of an epoch comes from a generator
     seeded with ``seed + epoch`` (llava mode then equals LLaVA's functions after
     ``torch.manual_seed(seed + epoch)``). A ``generator`` passed in replaces that: every
     epoch draws on from it, as in LLaVA, and the caller keeps it identical on all ranks.
     It is stored privately so that accelerate does not swap in one of its own.
-    ``pool``: balanced mode sorts within pools of this many megabatches (None: all at once).
+    ``pool``: sorted_steps mode sorts within pools of this many megabatches (None: all at once).
     """
 
     def __init__(self, batch_size: int, world_size: int, lengths=None, generator=None,
-                 group_by_modality: bool = False, mode: str = "balanced", seed: int = 0,
+                 group_by_modality: bool = False, mode: str = "random_steps", seed: int = 0,
                  pool: int | None = None):
         if lengths is None:
             raise ValueError("LengthGroupedSampler needs the per-sample lengths")
-        if mode not in MODES:
-            raise ValueError(f"length grouping mode {mode!r}: expected one of {', '.join(MODES)}")
+        check_mode(mode)
         if batch_size < 1 or world_size < 1:
             raise ValueError(f"batch_size {batch_size} and world_size {world_size} must be >= 1")
         self.batch_size, self.world_size, self.mode = batch_size, world_size, mode
@@ -197,8 +237,10 @@ class LengthGroupedSampler(Sampler[int]):
         if g is None:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
         lens, bs, ws = self.lengths, self.batch_size, self.world_size
-        if self.mode == "balanced":
-            return _balanced(lens, bs, ws, g, self.group_by_modality, self.pool)
+        if self.mode == "random_steps":
+            return _random_steps(lens, bs, ws, g, self.group_by_modality)
+        if self.mode == "sorted_steps":
+            return _sorted_steps(lens, bs, ws, g, self.group_by_modality, self.pool)
         if self.group_by_modality:
             return _llava_modality_grouped(lens, bs, ws, g, g)
         return _llava_grouped(lens, bs, ws, g)

@@ -23,7 +23,7 @@ from transformers import LlavaForConditionalGeneration, Trainer, TrainingArgumen
 from llava_hydra.checkpoints import (STAGING_DIR, find_resume_checkpoint,  # noqa: F401 (re-exported)
                                      read_record, write_checkpoint_record)
 from llava_hydra.model import PROJECTOR_FILE, llava_core, projector_state
-from llava_hydra.sampler import MODES, LengthGroupedSampler
+from llava_hydra.sampler import LengthGroupedSampler, check_mode
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,14 @@ class LlavaTrainingArguments(TrainingArguments):
     mm_projector_lr: float | None = None
     vision_tower_lr: float | None = None
     group_by_modality_length: bool = False
-    length_grouping: str = "balanced"
+    length_grouping: str = "random_steps"
+    length_grouping_pool: int | None = None
 
     def __post_init__(self):
-        if self.length_grouping not in MODES:
-            raise ValueError(f"training.length_grouping must be one of {list(MODES)}, got {self.length_grouping!r}")
+        try:
+            check_mode(self.length_grouping)
+        except ValueError as e:
+            raise ValueError(f"training.length_grouping: {e}") from None
         ds = self.deepspeed
         if isinstance(ds, str) and os.path.isfile(ds):
             with open(ds) as f:
@@ -102,16 +105,24 @@ class LLaVATrainer(Trainer):
         return metrics
 
     def _get_train_sampler(self, train_dataset=None):
+        """Packed rows: the packing's own sampler (re-packs every epoch, random steps of rows
+        balanced by real tokens). Otherwise the grouped sampler when asked, else the Trainer's."""
+        from llava_hydra.packing import PackedDataset
+
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        step_world = self.args.world_size * self.args.gradient_accumulation_steps  # one megabatch = one step
+        if isinstance(dataset, PackedDataset):
+            return dataset.sampler(self.args.train_batch_size, step_world)
         if not self.args.group_by_modality_length:
             return super()._get_train_sampler(dataset)
         return LengthGroupedSampler(
             self.args.train_batch_size,
-            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            world_size=step_world,
             lengths=dataset.modality_lengths,
             group_by_modality=True,
             mode=self.args.length_grouping,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            pool=self.args.length_grouping_pool,
         )
 
     def create_optimizer(self, model=None):

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from llava_hydra.config import register_configs
+from llava_hydra.config import check_resolves, register_configs
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +25,16 @@ def restore_environment():
 
 @pytest.fixture
 def compose_spec():
-    """compose_spec(*overrides) -> DictConfig, composed exactly as `python -m llava_hydra` does."""
+    """compose_spec(*overrides) -> DictConfig, composed and checked exactly as `python -m llava_hydra` does."""
     register_configs()
 
     def _compose(*overrides: str, return_hydra_config: bool = False):
         GlobalHydra.instance().clear()
         with initialize_config_module("llava_hydra.conf", version_base="1.3"):
-            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        if not return_hydra_config:  # the hydra node resolves only inside a job
+            check_resolves(cfg)
+        return cfg
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).parents[1] / "llava_hydra" / "conf"
+CONF = Path(__file__).parents[1] / "conf"
 
 
 def options(group: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).parents[1] / "llava_hydra" / "conf"
+CONF = Path(__file__).parents[1] / "conf"
 MODELS = {  # name: (llm, vision tower, stage 2 template, projector)
     "tiny": ("builtin://tiny-llama", "builtin://tiny-clip", "v1", "mlp2x_gelu"),
     "vicuna7b": ("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14-336", "v1", "mlp2x_gelu"),

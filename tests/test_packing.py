@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llava_hydra.data.dataset import DataCollator, LazySupervisedDataset
-from llava_hydra.packing import (IGNORE_INDEX, PackedCollator, PackedDataset, block_causal_mask, pack_lengths,
-                                 pack_samples, padding_stats)
+from llava_hydra.packing import (IGNORE_INDEX, PackedCollator, PackedDataset, PackedSampler, block_causal_mask,
+                                 pack_lengths, pack_samples, padding_stats)
 from llava_hydra.sampler import LengthGroupedSampler
 
 # -- bins (no model) ------------------------------------------------------------------------------
@@ -216,8 +216,8 @@ def test_trainer_step_with_gradient_accumulation_matches_unpacked(tiny, tmp_path
 
 def test_llava_trainer_trains_on_packed_rows_with_the_grouped_sampler(tiny, tmp_path):
     """The wiring the runner uses: PackedDataset + PackedCollator into LLaVATrainer (default
-    remove_unused_columns, which drops the batch's use_cache), bins grouped by modality by its
-    LengthGroupedSampler; the batches as the model gets them keep the samples apart."""
+    remove_unused_columns, which drops the batch's use_cache), rows drawn by its PackedSampler;
+    the batches as the model gets them keep the samples apart."""
     from llava_hydra.packing import packed_training, prepare_model_for_packing
     from llava_hydra.trainer import LlavaTrainingArguments, LLaVATrainer
 
@@ -228,7 +228,7 @@ def test_llava_trainer_trains_on_packed_rows_with_the_grouped_sampler(tiny, tmp_
     args = LlavaTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2,
                                   group_by_modality_length=True, report_to=[], save_strategy="no", use_cpu=True)
     trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator)
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert isinstance(trainer._get_train_sampler(), PackedSampler)
     checked = 0
     for batch in trainer.get_train_dataloader():  # as the model receives them
         assert "position_ids" in batch and "attention_mask" not in batch

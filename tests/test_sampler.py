@@ -16,7 +16,7 @@ from llava_hydra.sampler import (
     split_to_even_chunks,
 )
 
-MODES = ("balanced", "llava")
+MODES = ("random_steps", "llava", "sorted_steps")
 
 
 # -- a straightforward re-implementation of LLaVA's llava_trainer.py, list by list ---------------
@@ -196,7 +196,7 @@ def test_per_device_batches_keep_one_modality(mode, extra_image, extra_text):
     order = list(LengthGroupedSampler(batch_size, world_size, lengths, group_by_modality=True, mode=mode))
     mixed = [k for k, b in enumerate(batches(order, batch_size)) if is_mixed(b, lengths)]
     n_batches = -(-len(order) // batch_size)
-    if mode == "balanced":
+    if mode != "llava":
         assert len(mixed) <= 1 and all(k >= n_batches - 2 for k in mixed)
     else:  # LLaVA merges both modalities' last megabatches, in index order, at the very end
         assert all(k >= n_batches - 2 * world_size for k in mixed)
@@ -230,11 +230,11 @@ def test_ranks_are_balanced():
         order = list(LengthGroupedSampler(batch_size, world_size, lengths, group_by_modality=True, mode=mode))
         full_steps = step_ratios(order, lengths, batch_size, world_size)[:-2]  # leftovers excepted
         worst[mode] = max(full_steps)
-    assert worst["balanced"] < 1.02 < worst["random"]
-    assert worst["balanced"] < worst["llava"] < worst["random"]
+    assert worst["sorted_steps"] < 1.02 < worst["random"]
+    assert worst["sorted_steps"] < worst["llava"] < worst["random"]
 
 
-def test_balanced_mode_wastes_less_padding_than_llava():
+def test_grouped_modes_waste_less_padding_than_llava():
     lengths, batch_size = mix(16_384, seed=5), 16
 
     def waste(order):
@@ -243,7 +243,46 @@ def test_balanced_mode_wastes_less_padding_than_llava():
 
     orders = {mode: list(LengthGroupedSampler(batch_size, 8, lengths, group_by_modality=True, mode=mode))
               for mode in MODES}
-    assert waste(orders["balanced"]) < 0.2 * waste(orders["llava"])
+    assert waste(orders["sorted_steps"]) < 0.2 * waste(orders["llava"])
+    assert waste(orders["random_steps"]) < waste(orders["llava"]) / 3  # sorting inside random steps
+
+
+def step_mean_spread(order, lengths, step):
+    """Std over full steps of a step's mean |length|."""
+    full = len(order) // step * step
+    t = torch.tensor([abs(lengths[i]) for i in order[:full]], dtype=torch.float64).view(-1, step)
+    return t.mean(dim=1).std().item()
+
+
+def test_default_steps_are_random_draws():
+    """The default's steps average what LLaVA's average: on a skewed single-modality length
+    list, the spread of per-step mean length is that of random order (a random draw), as for
+    llava mode; the opt-in whole-dataset sort makes steps of one length (many times the spread)."""
+    g = torch.Generator().manual_seed(21)
+    lengths = torch.exp(5 + 1.0 * torch.randn(32_768, generator=g)).round().clamp(1, 4096).long().tolist()
+    batch_size, world_size = 8, 4
+    step = batch_size * world_size
+    rand = step_mean_spread(torch.randperm(len(lengths), generator=g).tolist(), lengths, step)
+    spread = {mode: step_mean_spread(list(LengthGroupedSampler(batch_size, world_size, lengths, mode=mode, seed=2)),
+                                     lengths, step) for mode in MODES}
+    assert 0.9 * rand < spread["random_steps"] < 1.1 * rand
+    assert 0.9 * rand < spread["llava"] < 1.1 * rand
+    assert spread["sorted_steps"] > 5 * rand
+
+
+def test_default_sorts_only_inside_a_step():
+    """Each step holds the same samples as the step of a plain random draw (a permutation cut
+    into steps, then the steps shuffled); inside, per-device batches are neighbouring lengths."""
+    lengths = [3, 9, 1, 7, 5, 2, 8, 6, 4, 10, 12, 11]  # one modality, 3 steps of 2 ranks x 2
+    sampler = LengthGroupedSampler(2, 2, lengths, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(12))
+    for k in range(3):
+        step = [lengths[i] for i in order[4 * k:4 * k + 4]]
+        assert step == sorted(step, reverse=True)  # longest first: batch 0 the two longest
+    g = torch.Generator().manual_seed(0)  # the draw: the same generator's permutation, cut into steps
+    perm = torch.randperm(12, generator=g).view(3, 4).tolist()
+    assert sorted(sorted(order[4 * k:4 * k + 4]) for k in range(3)) == sorted(sorted(s) for s in perm)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -308,7 +347,9 @@ def test_bad_input_is_refused():
         list(LengthGroupedSampler(2, 2, [3, 0, -2], group_by_modality=True))
     with pytest.raises(ValueError, match="modality"):
         get_modality_length_grouped_indices([3, 0, -2], 2, 2)
-    with pytest.raises(ValueError, match="balanced, llava"):
+    with pytest.raises(ValueError, match="random_steps, llava, sorted_steps"):
         LengthGroupedSampler(2, 2, [1, 2], mode="sorted")
+    with pytest.raises(ValueError, match="now called 'sorted_steps'"):
+        LengthGroupedSampler(2, 2, [1, 2], mode="balanced")
     with pytest.raises(ValueError, match="lengths"):
         LengthGroupedSampler(2, 2)

@@ -96,7 +96,7 @@ def run(cfg) -> dict | None:
 def main() -> None:
     import hydra
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+    @hydra.main(version_base="1.3", config_path="pkg://llava_hydra.conf", config_name="eval")
     def _main(cfg):
         logging.getLogger().setLevel(logging.INFO)
         return run(cfg)
