@@ -55,4 +55,10 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *quiet_non_zero_rank(take_local_rank(sys.argv[1:]))]
-    main()
+    try:
+        main()
+    finally:  # after every job of the app (a sweep's too): torch is loaded only if a run started
+        if "torch" in sys.modules:
+            from llava_hydra.runner import end_process_group
+
+            end_process_group()

@@ -72,6 +72,16 @@ def cpu_process_group(deepspeed: bool) -> bool:
     return True
 
 
+def end_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo rank whose group is still
+    alive then can abort ("terminate called without an active exception"), and torchrun reports
+    a finished run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def in_multirun() -> bool:
     from hydra.types import RunMode
 

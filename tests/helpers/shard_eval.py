@@ -20,7 +20,7 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     from llava_hydra.data.synthetic import prepare
     from llava_hydra.evaluate import exact_match
     from llava_hydra.model import build_model
-    from llava_hydra.runner import length_pass_once, make_dataset, training_arguments
+    from llava_hydra.runner import end_process_group, length_pass_once, make_dataset, training_arguments
     from llava_hydra.tiny import resolve
 
     messages = []
@@ -53,6 +53,7 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     metrics["length_messages"] = [m for m in messages if m.startswith("lengths of")]
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(metrics))
+    end_process_group()
 
 
 if __name__ == "__main__":
