@@ -109,3 +109,19 @@ def test_two_processes_at_once_build_it_once(tmp_path):
     expected = [str(k) for k in range(2000)]
     assert [json.loads((tmp_path / f"{k}.out").read_text()) for k in range(2)] == [expected, expected]
     assert [p.name for p in (tmp_path / "cache" / "records").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_parallel_length_pass_equals_one_process(tmp_path, tok):
+    from llava_hydra.data import lengths
+
+    recs = [{**GOOD[k % 2], "id": k} for k in range(30)]
+    recs[7] = {"id": 7, "conversations": []}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(recs))
+    ds = LazySupervisedDataset(path, tok, testing.clip_processor(), "v1", on_bad_sample="skip",
+                               cache_dir=tmp_path / "cache")
+    one = lengths.compute(len(ds), ds._prepare_for_lengths, tok, 5, batch_size=4, num_proc=1)
+    two = lengths.compute(len(ds), ds._prepare_for_lengths, tok, 5, batch_size=4, num_proc=2)
+    assert one.tokens.tolist() == two.tokens.tolist() and one.first_label.tolist() == two.first_label.tolist()
+    assert list(two.problems) == [7] and two.problems[7][1] == "'conversations' is empty"
+    assert min(one.tokens[:7]) > 0
