@@ -11,8 +11,12 @@ LLaVA-format records shaped like mix665k (~94% image samples with 1-6 question/a
 
 Rows: samples/s of ``dataset[i]`` + collate in one process (tokenize + mask, image open +
 EXIF + pad + CLIP processing, collate into batches of --batch-size), the same without images,
-and for the length pass: reading the JSON, the first (cold) pass that renders and tokenizes
-every record in Rust batches, and a second run that reads the cache.
+for the length pass: reading the JSON, the first (cold) pass that renders and tokenizes
+every record in Rust batches, and a second run that reads the cache -- each for the old path
+(list of dicts, one process) and the new one (memory-mapped record store, the pass in one
+process per core); and the memory of reading every record once through a DataLoader with
+--workers worker processes: each process's growth in anonymous (private) RSS and its total
+RSS, old list-of-dicts path vs record store.
 """
 
 from __future__ import annotations
@@ -88,12 +92,74 @@ def throughput(ds, n: int, batch_size: int, with_images: bool) -> float:
     return n / (time.perf_counter() - started)
 
 
+def rss_kb() -> dict:
+    """This process's resident memory from /proc (Linux), in kB: total RSS and the private pages
+    (Private_Dirty: pages written by this process alone, e.g. fork's pages once copied; the
+    store's memory-mapped file pages are clean and shared through the page cache)."""
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Rss", "Private_Clean", "Private_Dirty"):
+            fields[key] = int(value.split()[0])
+    return {"VmRSS": fields["Rss"], "RssAnon": fields["Private_Dirty"]}
+
+
+class _Touch:
+    """Map-style dataset over record indices: reads record i (the collate reports pid + RSS)."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        r = self.records[i]
+        return len(r.get("conversations", ())) if isinstance(r, dict) else 0
+
+
+def _report(batch):
+    import os
+
+    return os.getpid(), rss_kb(), sum(batch)
+
+
+def epoch_memory(make_records, workers: int) -> dict:
+    """Memory growth of main + workers when every record is read once through a DataLoader."""
+    import gc
+    import os
+
+    import datasets  # noqa: F401  (imported before the baseline: not counted as records)
+    import torch
+
+    gc.collect()
+    base = rss_kb()
+    records = make_records()
+    loaded = rss_kb()
+    loader = torch.utils.data.DataLoader(_Touch(records), batch_size=1024, num_workers=workers,
+                                         collate_fn=_report)
+    last: dict[int, dict] = {}
+    for pid, rss, _ in loader:
+        last[pid] = rss
+    per_worker = sorted(last.items())
+    out = {"main_anon_mb": (loaded["RssAnon"] - base["RssAnon"]) / 1024,
+           "main_rss_mb": (loaded["VmRSS"] - base["VmRSS"]) / 1024,
+           # a worker forks from main after the records are open: its private pages at the end of the
+           # epoch are what it copied (touched objects) or made; the store's file pages stay shared
+           "workers_anon_mb": [r["RssAnon"] / 1024 for _, r in per_worker],
+           "workers_rss_mb": [r["VmRSS"] / 1024 for _, r in per_worker], "main_pid": os.getpid()}
+    del loader, records
+    gc.collect()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=665_000, help="records in the length pass")
     parser.add_argument("--samples", type=int, default=256, help="samples timed for throughput")
     parser.add_argument("--images", type=int, default=64, help="distinct image files generated")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers in the memory row")
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--template", default="v1")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data.json")
@@ -127,25 +193,57 @@ def main() -> None:
     big.write_text(json.dumps(records))
     size_mb = big.stat().st_size / 2**20
     del records
-    cache = work / "cache"
-    t0 = time.perf_counter()
-    ds = LazySupervisedDataset(big, tok, processor, args.template, image_folder=work / "images",
-                               num_image_tokens=576, cache_dir=cache)
-    t1 = time.perf_counter()
-    lengths = ds.modality_lengths
-    t2 = time.perf_counter()
-    ds2 = LazySupervisedDataset(big, tok, processor, args.template, image_folder=work / "images",
-                                num_image_tokens=576, cache_dir=cache)
-    t3 = time.perf_counter()
-    assert ds2.modality_lengths == lengths
-    t4 = time.perf_counter()
-    n = len(lengths)
-    rows += [
-        {"what": f"read {n} records ({size_mb:.0f} MB JSON) + content hash", "value": round(t1 - t0, 2), "unit": "s"},
-        {"what": f"length pass over {n} records, cold (render + Rust batch tokenize)", "value": round(t2 - t1, 2),
-         "unit": "s"},
-        {"what": f"length pass over {n} records, second run (cache)", "value": round(t4 - t3, 3), "unit": "s"},
-    ]
+    from llava_hydra.data import lengths as lengths_mod
+    from llava_hydra.data.records import load_records
+    from llava_hydra.data.store import open_records
+
+    n = args.records
+    for name, path_name in (("old: list of dicts", None), ("new: record store", "store")):
+        cache = work / "mem-cache"
+        if path_name:
+            open_records(big, cache)  # built once, as the first rank does
+        mem = epoch_memory((lambda: open_records(big, cache)[0]) if path_name else (lambda: load_records(big)[0]),
+                           args.workers)
+        rows.append({"what": f"{name}: {n} records, main process RSS growth (private / total)",
+                     "value": f"{mem['main_anon_mb']:.0f} / {mem['main_rss_mb']:.0f}", "unit": "MB"})
+        rows.append({"what": f"{name}: each of {args.workers} DataLoader workers after an epoch, private memory",
+                     "value": " ".join(f"{v:.0f}" for v in mem["workers_anon_mb"]), "unit": "MB"})
+        rows.append({"what": f"{name}: each of {args.workers} DataLoader workers after an epoch, total RSS",
+                     "value": " ".join(f"{v:.0f}" for v in mem["workers_rss_mb"]), "unit": "MB"})
+
+    lengths = None
+    for name, store, procs in (("old (list, 1 process)", False, 1), ("new (store, 1 process per core)", True, None)):
+        cache = work / f"cache-{int(store)}"
+        real = lengths_mod.compute
+        lengths_mod.compute = lambda *a, _p=procs, **k: real(*a, num_proc=_p, **k)
+        try:
+            t0 = time.perf_counter()
+            ds = LazySupervisedDataset(big, tok, processor, args.template, image_folder=work / "images",
+                                       num_image_tokens=576, cache_dir=cache if store else None)
+            if not store:
+                ds.cache_dir = cache  # the length cache as before: records as a list
+            t1 = time.perf_counter()
+            got = ds.modality_lengths
+            t2 = time.perf_counter()
+            ds2 = LazySupervisedDataset(big, tok, processor, args.template, image_folder=work / "images",
+                                        num_image_tokens=576, cache_dir=cache if store else None)
+            if not store:
+                ds2.cache_dir = cache
+            t3 = time.perf_counter()
+            assert ds2.modality_lengths == got
+            t4 = time.perf_counter()
+        finally:
+            lengths_mod.compute = real
+        assert lengths is None or got == lengths
+        lengths = got
+        opened = "build record store + content hash" if store else "content hash + parse JSON"
+        rows += [
+            {"what": f"{name}: open {n} records ({size_mb:.0f} MB JSON): {opened}", "value": round(t1 - t0, 2),
+             "unit": "s"},
+            {"what": f"{name}: length pass over {n} records, cold", "value": round(t2 - t1, 2), "unit": "s"},
+            {"what": f"{name}: second run: open records + length pass from the cache", "value": round(t4 - t2, 3),
+             "unit": "s"},
+        ]
     width = max(len(r["what"]) for r in rows)
     print(f"{'':<{width}}  {'value':>10}  unit")
     for r in rows:

@@ -1,6 +1,7 @@
 """The lazy supervised dataset and the collator.
 
-``LazySupervisedDataset`` reads the records up front and does the work of a sample — render,
+``LazySupervisedDataset`` opens the records up front (with a ``cache_dir``: the shared,
+memory-mapped record store of store.py, one record decoded per access; without: a list) and does the work of a sample — render,
 tokenize + mask (labels.py), load + process its image (images.py) — only when the sample is
 asked for. ``modality_lengths`` runs the cached length pass (lengths.py) the first time the
 grouped sampler asks.
@@ -32,6 +33,7 @@ from llava_hydra.data.labels import (IGNORE_INDEX, Encoded, NothingToTrain, enco
                                      tokenize_with_labels)
 from llava_hydra.data.records import (BadSampleError, RecordError, images_of, load_records,  # noqa: F401
                                       normalize_turns, record_id)
+from llava_hydra.data.store import open_records
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ POLICIES = ("raise", "skip")
 
 
 class LazySupervisedDataset(torch.utils.data.Dataset):
-    """Reads records up front, tokenizes and loads images only when a sample is asked for."""
+    """Opens records up front, tokenizes and loads images only when a sample is asked for."""
 
     def __init__(self, data_path, tokenizer, image_processor, template: str, image_folder=None,
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
@@ -50,7 +52,11 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         check_template(template)
         self.data_path = str(data_path)
         self.on_bad_sample = on_bad_sample
-        self.records, self.data_digest = load_records(data_path, skip_bad_lines=on_bad_sample == "skip")
+        if cache_dir is not None:  # memory-mapped, shared by every rank and worker
+            self.records, self.data_digest = open_records(data_path, cache_dir,
+                                                          skip_bad_lines=on_bad_sample == "skip")
+        else:
+            self.records, self.data_digest = load_records(data_path, skip_bad_lines=on_bad_sample == "skip")
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.template, self.image_folder = template, Path(image_folder or ".")
         self.image_aspect_ratio, self.model_max_length = image_aspect_ratio, model_max_length

@@ -5,7 +5,9 @@ where the first labelled token falls (so samples whose answers all lie beyond
 model_max_length are known before training), whether it has an image, and the problem of
 each record that fails its checks. Texts are split at ``<image>`` exactly as training splits
 them (labels.tokenize) and the pieces go through the fast tokenizer's Rust backend in batches
-(``encode_batch``); no per-token Python object is made.
+(``encode_batch``); no per-token Python object is made. With ``num_proc`` > 1 the records are
+split into contiguous ranges, each rendered and tokenized in a forked worker process (Linux;
+elsewhere it runs in one process), and the ranges' tables are joined in order.
 
 The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
 tokenizer (its full serialization, specials and chat template), the template, the image
@@ -66,24 +68,58 @@ def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_i
 
 
 def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens: int,
-            batch_size: int = 2048) -> LengthTable:
+            batch_size: int = 2048, num_proc: int | None = None) -> LengthTable:
     """Run ``prepare(i) -> (rendered, images)`` over all records (RecordError marks a bad one)
     and tokenize the rendered texts in batches, split at ``<image>`` as training splits them
-    (labels.tokenize): the counts are those of the samples the dataset hands out."""
+    (labels.tokenize): the counts are those of the samples the dataset hands out.
+    ``num_proc`` worker processes (default: the cores this process may use) share the records."""
+    import multiprocessing as mp
+
+    if num_proc is None:
+        num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_proc <= 1 or n <= batch_size or "fork" not in mp.get_all_start_methods():
+        return _compute_range(0, n, prepare, tokenizer, num_image_tokens, batch_size)
+    step = -(-n // (num_proc * 4))  # a few ranges per process: even finish times
+    ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    global _JOB
+    _JOB = (prepare, tokenizer, num_image_tokens, batch_size)  # inherited by the forked workers
+    try:
+        with mp.get_context("fork").Pool(num_proc) as pool:
+            parts = pool.starmap(_range_job, ranges)
+    finally:
+        _JOB = None
+    problems = {}
+    for part in parts:
+        problems.update(part.problems)
+    return LengthTable(np.concatenate([p.tokens for p in parts]), np.concatenate([p.first_label for p in parts]),
+                       np.concatenate([p.has_image for p in parts]), problems)
+
+
+_JOB = None  # (prepare, tokenizer, num_image_tokens, batch_size) of the parallel pass under way
+
+
+def _range_job(lo: int, hi: int) -> LengthTable:
+    prepare, tokenizer, num_image_tokens, batch_size = _JOB
+    return _compute_range(lo, hi, prepare, tokenizer, num_image_tokens, batch_size)
+
+
+def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int, batch_size: int) -> LengthTable:
+    """The length table of records lo0..hi0-1 (indices in ``problems`` are absolute)."""
+    n = hi0 - lo0
     tokens = np.zeros(n, dtype=np.int32)
     first = np.full(n, -1, dtype=np.int32)
     has_image = np.zeros(n, dtype=bool)
     problems: dict[int, tuple[str, str]] = {}
     backend = tokenizer.backend_tokenizer
-    for lo in range(0, n, batch_size):
+    for lo in range(lo0, hi0, batch_size):
         batch = []  # (index, rendered, its pieces: [(start, text)])
-        for i in range(lo, min(lo + batch_size, n)):
+        for i in range(lo, min(lo + batch_size, hi0)):
             try:
                 rendered, images = prepare(i)
             except RecordError as e:
                 problems[i] = (e.kind, str(e))
                 continue
-            has_image[i] = bool(images)
+            has_image[i - lo0] = bool(images)
             split = rendered.add_special_tokens and IMAGE_TOKEN in rendered.text
             batch.append((i, rendered, chunks(rendered.text) if split else [(0, rendered.text)]))
         for special in (True, False):
@@ -94,7 +130,7 @@ def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokeni
                                                   add_special_tokens=special))
             for i, r, pieces in part:
                 encoded = [next(encodings) for _ in pieces]
-                tokens[i], first[i] = _count(r, pieces, encoded, tokenizer, num_image_tokens)
+                tokens[i - lo0], first[i - lo0] = _count(r, pieces, encoded, tokenizer, num_image_tokens)
     return LengthTable(tokens, first, has_image, problems)
 
 
