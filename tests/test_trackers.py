@@ -42,7 +42,7 @@ def test_tensorboardx_serves_tensorboard(without):
 def test_tracker_without_our_extra_names_the_pip_package(without):
     without("mlflow")
     with pytest.raises(ValueError, match=r"pip install mlflow,"):
-        check_trackers(["tensorboard", "mlflow"])
+        check_trackers(["none", "mlflow"])
 
 
 def test_run_stops_before_building_the_model(compose_spec, tmp_path, without, monkeypatch):
