@@ -203,15 +203,17 @@ def run(cfg: DictConfig) -> float | None:
 
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
+    eval_path = eval_data_path(cfg)  # not the synthetic held-out set when training on a user's data
+    eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model) if eval_path and (
+        cfg.eval.enable or cfg.eval.steps) else None
     held_out = {}
     if cfg.eval.steps:
-        if not eval_data_path(cfg):
+        if eval_set is None:
             raise ValueError("eval.steps needs held-out questions of the training data: set data.eval_data_path")
         from functools import partial
 
         from llava_hydra.evaluate import exact_match
 
-        eval_set = make_dataset(cfg, eval_data_path(cfg), tokenizer, image_processor, model)
         held_out = {"eval_dataset": eval_set, "held_out_eval": partial(
             exact_match, dataset=eval_set, max_new_tokens=cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples)}
     trainer = LLaVATrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
@@ -236,11 +238,9 @@ def run(cfg: DictConfig) -> float | None:
                "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step,
                "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
     #    Sharded across ranks; under bf16/fp16 in the Trainer's autocast (trainable parts are fp32).
-    eval_path = eval_data_path(cfg)  # not the synthetic held-out set when training on a user's data
-    if cfg.eval.enable and eval_path:
+    if cfg.eval.enable and eval_set is not None:
         from llava_hydra.evaluate import exact_match
 
-        eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model)
         with trainer.accelerator.autocast():
             metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
     elif cfg.eval.enable and cfg.data.eval_data_path:

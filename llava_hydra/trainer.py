@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
-from llava_hydra.checkpoints import (STAGING_DIR, find_resume_checkpoint,  # noqa: F401 (re-exported)
-                                     read_record, write_checkpoint_record)
+from llava_hydra.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model import PROJECTOR_FILE, llava_core, projector_state
 from llava_hydra.sampler import LengthGroupedSampler, check_mode
 
@@ -267,8 +266,6 @@ class LLaVATrainer(Trainer):
         reloaded = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
         target.load_state_dict(reloaded.state_dict(), strict=True)
         del reloaded
-
-
 
 
 def gathered_projector_state(model) -> dict[str, torch.Tensor]:
