@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from llava_hydra.config import check_resolves, register_configs
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from local_parts import save_parts  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +43,9 @@ def compose_spec():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny Llama + CLIP saved as a user's local copies of hub models (tests/helpers/local_parts.py)."""
+    return save_parts(tmp_path_factory.mktemp("parts"))

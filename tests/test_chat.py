@@ -12,17 +12,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from local_parts import save_parts  # noqa: E402
 from saved_models import saved_model  # noqa: E402
 
 from llava_hydra.chat import Chat, interact, main  # noqa: E402
 
 QUESTION = "What shape is in the picture?"
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_parts(tmp_path_factory.mktemp("parts"))
 
 
 def plain_generate(model_dir: Path, image: Image.Image, max_new_tokens: int = 6) -> str:

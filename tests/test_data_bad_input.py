@@ -10,14 +10,11 @@ import pytest
 from PIL import Image
 
 from llava_hydra.data import testing
+from llava_hydra.data.testing import turns
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.records import BadSampleError
 
 N_IMG = 4
-
-
-def turns(*values):
-    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
 
 
 GOOD_TEXT = {"id": "good", "conversations": turns("Hi.", "Hello!")}

@@ -9,10 +9,7 @@ import pytest
 from PIL import Image
 
 from llava_hydra.data import check, preview
-
-
-def turns(*values):
-    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
+from llava_hydra.data.testing import turns
 
 
 @pytest.fixture(scope="module")

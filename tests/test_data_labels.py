@@ -11,16 +11,13 @@ import pytest
 from PIL import Image
 
 from llava_hydra.data import testing
+from llava_hydra.data.testing import turns
 from llava_hydra.data.conversation import render
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.labels import IGNORE_INDEX, NothingToTrain, encode
 from llava_hydra.data.records import normalize_turns
 
 N_IMG = 5  # image tokens per image in these tests
-
-
-def turns(*values):
-    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
 
 
 @pytest.fixture(scope="module")

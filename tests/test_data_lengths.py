@@ -10,13 +10,10 @@ import pytest
 from PIL import Image
 
 from llava_hydra.data import lengths, testing
+from llava_hydra.data.testing import turns
 from llava_hydra.data.dataset import LazySupervisedDataset
 
 N_IMG = 7
-
-
-def turns(*values):
-    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
 
 
 @pytest.fixture(scope="module")

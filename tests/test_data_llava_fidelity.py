@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from llava_hydra.data import testing
+from llava_hydra.data.testing import turns
 from llava_hydra.data.conversation import render
 from llava_hydra.data.labels import IGNORE_INDEX, encode
 from llava_hydra.data.records import normalize_turns
@@ -23,10 +24,6 @@ sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from llava_reference import llava_sample  # noqa: E402
 
 N_IMG = 3
-
-
-def turns(*values):
-    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from llava_hydra.data import testing
+from llava_hydra.data.testing import turns
 from llava_hydra.data.conversation import render, render_prompt
 
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -15,10 +16,6 @@ LLAVA_LLAMA2 = ("You are a helpful language and vision assistant. You are able t
                 "that the user provides, and assist the user with a variety of tasks using natural language.")
 MPT_SYS = ("<|im_start|>system\nA conversation between a user and an LLM-based AI assistant. "
            "The assistant gives helpful and honest answers.<|im_end|>")
-
-
-def turns(*values):
-    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
 
 
 SINGLE_IMAGE = turns("What is in the picture?\n<image>", "A red circle.")  # <image> after the question

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from local_parts import IMAGE_SIZE, NUM_PATCHES, save_parts, spec_overrides  # noqa: E402
+from local_parts import IMAGE_SIZE, NUM_PATCHES, spec_overrides  # noqa: E402
 
 from llava_hydra.lora import lora_targets  # noqa: E402
 from llava_hydra.model import build_model  # noqa: E402
@@ -23,11 +23,6 @@ LLM_LINEAR = [f"layers.{i}.{m}" for i in range(2) for m in
               ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
 PREFIX = "base_model.model."
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_parts(tmp_path_factory.mktemp("parts"))
 
 
 @pytest.fixture

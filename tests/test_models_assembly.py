@@ -13,14 +13,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from local_parts import NUM_PATCHES, IMAGE_SIZE, save_parts, spec_overrides  # noqa: E402
+from local_parts import NUM_PATCHES, IMAGE_SIZE, spec_overrides  # noqa: E402
 
 from llava_hydra.model import build_model, load_projector, make_processor, pick_attention, projector_state  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_parts(tmp_path_factory.mktemp("parts"))
 
 
 @pytest.fixture

@@ -14,16 +14,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from local_parts import IMAGE_SIZE, NUM_PATCHES, save_parts, spec_overrides  # noqa: E402
+from local_parts import IMAGE_SIZE, NUM_PATCHES, spec_overrides  # noqa: E402
 
 from llava_hydra.model import build_model, part_dtypes  # noqa: E402
 
 BF16, FP32 = "bfloat16 frozen", "float32 trained"
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_parts(tmp_path_factory.mktemp("parts"))
 
 
 @pytest.fixture

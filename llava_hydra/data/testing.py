@@ -25,6 +25,11 @@ WORDS = ("the a an is are what which color shape image picture describe answer q
          "language vision provides tasks natural conversation").split()
 
 
+def turns(*values: str) -> list[dict]:
+    """A LLaVA-format conversation: human, gpt, human, ... turns with these values."""
+    return [{"from": "human" if k % 2 == 0 else "gpt", "value": v} for k, v in enumerate(values)]
+
+
 def corpus(n: int = 3000, seed: int = 0) -> list[str]:
     import random
 
