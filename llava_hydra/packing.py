@@ -44,6 +44,8 @@ import bisect
 
 import torch
 
+from llava_hydra.data.dataset import stack_images
+
 IGNORE_INDEX = -100
 
 
@@ -135,9 +137,9 @@ def pack_samples(samples: list[dict]) -> dict:
     position_ids = torch.cat([torch.arange(n) for n in lengths])
     row = {"input_ids": ids, "labels": labels, "position_ids": position_ids,
            "sample_lengths": torch.tensor(lengths)}
-    images = [s["pixel_values"] for s in samples if "pixel_values" in s]
-    if images:
-        row["pixel_values"] = torch.stack(images)
+    images = stack_images(samples)  # a multi-image sample brings all its images, in order
+    if images is not None:
+        row["pixel_values"] = images
     return row
 
 

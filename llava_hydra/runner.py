@@ -223,7 +223,7 @@ def run(cfg: DictConfig) -> float | None:
     #    id and spec.
     trainer.run_id, trainer.run_spec = run_id, spec
     result = trainer.train(resume_from_checkpoint=resume)
-    data_report = samples.report()  # samples skipped (on_bad_sample=skip) or with nothing left to train on
+    data_report = samples.report(all_ranks=True)  # skips of every rank and worker (every rank calls it)
 
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
     #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).

@@ -55,14 +55,14 @@ def test_check_finds_each_problem_and_fails(tmp_path, cache, capsys):
     rc = check.main([*overrides, f"paths.cache_dir={cache}", "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 1 and "FAILED" in out
-    found = {k: [i for i, _ in v] for k, v in json.loads((tmp_path / "r.json").read_text())["found"].items()}
+    found = {k: [i for i, *_ in v] for k, v in json.loads((tmp_path / "r.json").read_text())["found"].items()}
     assert found["malformed"] == [2] and found["image_tags"] == [3] and found["missing_image"] == [4]
     assert found["unreadable_image"] == []  # without --images a file is only looked up, not opened
     assert found["nothing_to_train"] == [6] and found["over_length"] == [6, 7]
     check.main([*overrides, f"paths.cache_dir={cache}", "--images", "--json", str(tmp_path / "r.json")])
     found = json.loads((tmp_path / "r.json").read_text())["found"]
-    assert [i for i, _ in found["unreadable_image"]] == [5]
-    assert "sample 2: 'conversations' is empty" in capsys.readouterr().out
+    assert [i for i, *_ in found["unreadable_image"]] == [5]
+    assert "sample 2 (id='c'): 'conversations' is empty" in capsys.readouterr().out
 
 
 def test_check_reports_a_bad_jsonl_line_and_a_missing_file(tmp_path, cache, capsys):

@@ -92,7 +92,8 @@ def test_chat_template_labels_include_the_end_of_turn_token(toks, tok_name, clos
 
 
 def _encode(tok, conv, max_length, image=True):
-    record = {"image": "x.png", "conversations": conv} if image else {"conversations": conv}
+    record = {"image": image if isinstance(image, list) else "x.png", "conversations": conv} if image else \
+        {"conversations": conv}
     rendered = render("v1", normalize_turns(record), tokenizer=tok)
     return encode(rendered, tok, tok.convert_tokens_to_ids("<image>"), N_IMG, max_length)
 
@@ -112,15 +113,17 @@ def test_truncation_keeps_what_fits(toks):
 def test_truncation_never_cuts_an_image_run(toks):
     tok = toks["bpe"]
     image_id = tok.convert_tokens_to_ids("<image>")
-    conv = turns("Hello there.", "Hello!", "<image>\nWhat color is it?", "Red.")  # image in the second question
-    full = _encode(tok, conv, 4096)
-    start = full.input_ids.index(image_id)
+    # two images (a single image's tag must open the first question): the second after an answer
+    conv = turns("<image>\nHello there.", "Hello!", "<image>\nWhat color is it?", "Red.")
+    two = ["a.png", "b.png"]
+    full = _encode(tok, conv, 4096, image=two)
+    start = full.input_ids.index(image_id, full.input_ids.index(image_id) + N_IMG)  # the second run
     for limit in range(start + 1, start + N_IMG):  # every cut inside the run
-        e = _encode(tok, conv, limit)
-        assert image_id not in e.input_ids and e.num_images == 0 and len(e.input_ids) == start
+        e = _encode(tok, conv, limit, image=two)
+        assert e.input_ids.count(image_id) == N_IMG and e.num_images == 1 and len(e.input_ids) == start
         assert decoded_runs(tok, e) == ["Hello!</s>"]
-    e = _encode(tok, conv, start + N_IMG)
-    assert e.input_ids.count(image_id) == N_IMG and e.num_images == 1
+    e = _encode(tok, conv, start + N_IMG, image=two)
+    assert e.input_ids.count(image_id) == 2 * N_IMG and e.num_images == 2
 
 
 def test_all_answers_truncated_is_nothing_to_train(toks):

@@ -1,11 +1,13 @@
 """``python -m llava_hydra.data.check [--images] [--eval] [--limit N] [--json PATH] [overrides]``
 
 Validates the dataset a run spec names, before a long run and without loading the model:
-counts samples and the image / text-only split, and finds malformed records, ``<image>`` tag
-count mismatches, missing images (``--images``: also unreadable ones, each decoded by PIL's
-verify), samples longer than model.model_max_length (truncated) and samples whose answers all
-lie beyond it (skipped in training). Errors — anything ``data.on_bad_sample=raise`` would stop
-on — make it exit 1; the length pass it runs is the cached one training reuses.
+counts samples as with image(s) (of which multi-image) / text-only / bad, and finds what
+training would refuse (records.normalize_turns, the same check: malformed records, ``<image>``
+tag count mismatches, tags in answers or, for one image, outside the first human turn, empty
+answers), missing images of every record (``--images``: also unreadable ones, each decoded by
+PIL's verify), samples longer than model.model_max_length (truncated) and samples whose answers
+all lie beyond it (skipped in training). Each problem names the sample's index and id.
+Errors — anything ``data.on_bad_sample=raise`` would stop on — make it exit 1; the length pass it runs is the cached one training reuses.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ERRORS = ("bad_line", "malformed", "image_tags", "missing_image", "unreadable_image")
+from llava_hydra.data.records import RECORD_KINDS
+
+ERRORS = (*RECORD_KINDS, "missing_image", "unreadable_image")
 WARNINGS = ("over_length", "nothing_to_train")
 DESCRIBE = {
-    "bad_line": "JSONL lines that are not JSON",
-    "malformed": "malformed records",
-    "image_tags": "<image> tag count != image count",
+    **RECORD_KINDS,
     "missing_image": "image files missing",
     "unreadable_image": "image files unreadable",
     "over_length": "longer than model_max_length (truncated)",
@@ -31,20 +33,21 @@ DESCRIBE = {
 
 
 def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
-    """Findings for a LazySupervisedDataset: counts and, per kind, the (index, message) list."""
+    """Findings for a LazySupervisedDataset: counts (samples = with image(s) + text-only + bad,
+    where bad is every record with an error) and, per kind, the [index, id, message] list."""
     from llava_hydra.data.images import probe
-    from llava_hydra.data.records import images_of
+    from llava_hydra.data.records import images_of, record_id
 
     started = time.time()
     table = ds.length_table()
     found: dict[str, list[tuple[int, str]]] = {k: [] for k in (*ERRORS, *WARNINGS)}
     for i, (kind, message) in sorted(table.problems.items()):
-        found[kind].append((i, message))
+        found[kind if kind in found else "malformed"].append((i, message))
     bad = set(table.problems)
-    image_jobs = []
+    image_jobs = []  # (index, path) for every image of every well-formed record
     for i in range(len(ds)):
         if i not in bad and table.has_image[i]:
-            image_jobs.append((i, ds.image_folder / images_of(ds.records[i])[0]))
+            image_jobs += [(i, ds.image_folder / path) for path in images_of(ds.records[i])]
     if decode_images:
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(lambda job: probe(job[1], decode=True), image_jobs))
@@ -53,35 +56,42 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
     for (i, path), problem in zip(image_jobs, results):
         if problem:
             found["missing_image" if "not found" in problem else "unreadable_image"].append((i, problem))
+            bad.add(i)
     max_len = ds.model_max_length
     for i in (table.tokens > max_len).nonzero()[0].tolist():
         if i not in bad:
             found["over_length"].append((i, f"{int(table.tokens[i])} tokens"))
     for i in table.nothing_to_train(max_len).nonzero()[0].tolist():
-        found["nothing_to_train"].append((i, f"first answer token at {int(table.first_label[i])}"))
+        first = int(table.first_label[i])
+        found["nothing_to_train"].append((i, f"first answer token at {first}" if first >= 0
+                                          else "no answer token to train on"))
     good = [i for i in range(len(ds)) if i not in bad]
     n_image = int(table.has_image[good].sum()) if good else 0
+    named = {kind: [[i, record_id(ds.records[i]), message] for i, message in items]
+             for kind, items in found.items()}
     return {"data_path": ds.data_path, "samples": len(ds), "image_samples": n_image,
-            "text_only_samples": len(good) - n_image, "model_max_length": max_len,
+            "multi_image_samples": sum(len(images_of(ds.records[i])) > 1 for i in good if table.has_image[i]),
+            "text_only_samples": len(good) - n_image, "bad_samples": len(bad), "model_max_length": max_len,
             "max_tokens": int(table.tokens.max(initial=0)), "images_decoded": decode_images,
             "errors": sum(len(found[k]) for k in ERRORS), "warnings": sum(len(found[k]) for k in WARNINGS),
-            "found": found, "seconds": round(time.time() - started, 2)}
+            "found": named, "seconds": round(time.time() - started, 2)}
 
 
 def _print(report: dict, limit: int, out=None) -> None:
     p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
     p(f"{report['data_path']}")
     p(f"  samples            {report['samples']:>10}")
-    p(f"  with an image      {report['image_samples']:>10}")
+    p(f"  with image(s)      {report['image_samples']:>10}   ({report['multi_image_samples']} with several)")
     p(f"  text-only          {report['text_only_samples']:>10}")
+    p(f"  bad (errors below) {report['bad_samples']:>10}")
     p(f"  longest (tokens)   {report['max_tokens']:>10}   (model_max_length {report['model_max_length']})")
     for kind in (*ERRORS, *WARNINGS):
         items = report["found"][kind]
         level = "error" if kind in ERRORS else "warning"
         p(f"  {DESCRIBE[kind]:<46} {len(items):>8}   {level if items else ''}")
     for kind in (*ERRORS, *WARNINGS):
-        for i, message in report["found"][kind][:limit]:
-            p(f"  [{kind}] sample {i}: {message}")
+        for i, rid, message in report["found"][kind][:limit]:
+            p(f"  [{kind}] sample {i} (id={rid!r}): {message}")
         if len(report["found"][kind]) > limit:
             p(f"  [{kind}] ... and {len(report['found'][kind]) - limit} more")
     verdict = "FAILED" if report["errors"] else "OK"

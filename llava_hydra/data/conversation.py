@@ -227,12 +227,12 @@ def _render_chat_template(conversations: list[dict], tokenizer) -> Rendered:
 # -- entry points ------------------------------------------------------------------------------
 
 def image_to_front(value: str) -> str:
-    """LLaVA's preprocess_multimodal: ``<image>`` anywhere in a message moves to its front,
-    followed by a newline (the rest stripped)."""
-    if IMAGE_TOKEN not in value:
+    """LLaVA's preprocess_multimodal: a message's one ``<image>`` moves to its front, followed
+    by a newline (the rest stripped). A message with several tags (LLaVA-NeXT's interleaved
+    multi-image format) keeps them where they stand, as LLaVA-NeXT does."""
+    if value.count(IMAGE_TOKEN) != 1:
         return value
-    n = value.count(IMAGE_TOKEN)
-    return (IMAGE_TOKEN * n + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+    return (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
 
 
 def render(template: str, conversations: list[dict], eos: str | None = None, tokenizer=None) -> Rendered:

@@ -2,8 +2,11 @@
 
 ``LazySupervisedDataset`` opens the records up front (with a ``cache_dir``: the shared,
 memory-mapped record store of store.py, one record decoded per access; without: a list) and does the work of a sample — render,
-tokenize + mask (labels.py), load + process its image (images.py) — only when the sample is
-asked for. ``modality_lengths`` runs the cached length pass (lengths.py) the first time the
+tokenize + mask (labels.py), load + process its images (images.py) — only when the sample is
+asked for. A multi-image record's sample carries its images' pixel values stacked
+``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator (and packing)
+concatenate every sample's images in order, as the model scatters image features into the
+image-token runs of the batch in order. ``modality_lengths`` runs the cached length pass (lengths.py) the first time the
 grouped sampler asks.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
@@ -11,7 +14,8 @@ the sample index and id and the problem; ``skip`` logs each bad sample once and 
 next good sample in its place (deterministic: index i+1, i+2, ... wrapping around). A sample
 left with nothing to train on after truncation is always replaced the same way, never handed
 to the trainer with zero loss. ``report()`` counts what was skipped (across DataLoader worker
-processes too: each skip is appended to a small JSONL file the dataset owns).
+processes too: each skip is appended to a small JSONL file the dataset owns;
+``report(all_ranks=True)``, called by every rank, also joins the other ranks' skips).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template,
 from llava_hydra.data.images import ImageError, load_image
 from llava_hydra.data.labels import (IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt,  # noqa: F401
                                      tokenize_with_labels)
-from llava_hydra.data.records import (BadSampleError, RecordError, images_of, load_records,  # noqa: F401
-                                      normalize_turns, record_id)
+from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
+                                      load_records, normalize_turns, record_id)
 from llava_hydra.data.store import open_records
 
 log = logging.getLogger(__name__)
@@ -99,12 +103,13 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """Sample i as the collator takes it; raises on any problem (no replacement)."""
         e, images = self.encode(i)
         sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
-        if images and e.num_images:
+        if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
-                sample["pixel_values"] = load_image(self.image_folder / images[0], self.image_aspect_ratio,
-                                                    self.image_processor)
+                pixels = [load_image(self.image_folder / path, self.image_aspect_ratio, self.image_processor)
+                          for path in images[:e.num_images]]
             except ImageError as err:
                 raise self._fail(i, str(err)) from None
+            sample["pixel_values"] = torch.stack(pixels) if len(images) > 1 else pixels[0]
         return sample
 
     # -- the policy ----------------------------------------------------------------------------
@@ -148,9 +153,13 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         with open(self.skip_log, "a") as f:
             f.write(json.dumps([i, kind, message]) + "\n")
 
-    def report(self) -> dict:
-        """Counts of samples replaced so far (all processes), logged once as a summary."""
+    def report(self, all_ranks: bool = False) -> dict:
+        """Counts of samples replaced so far (this process and its DataLoader workers; with
+        ``all_ranks``, every rank's: a collective call every rank must make), logged once as a
+        summary. A sample skipped by several ranks or workers counts once."""
         skipped = {**self._logged(), **self._seen}
+        if all_ranks:
+            skipped = _joined_across_ranks(skipped)
         kinds: dict[str, int] = {}
         for kind, _ in skipped.values():
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -174,7 +183,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     def length_table(self) -> lengths_mod.LengthTable:
         """The cached length pass (computed on first use)."""
         if self._table is None:
-            key = lengths_mod.cache_key(self.data_digest, self.tokenizer, self.template, self.model_max_length,
+            key = lengths_mod.cache_key(f"{self.data_digest}/checks{CHECKS_VERSION}", self.tokenizer, self.template, self.model_max_length,
                                         self.num_image_tokens)
             started = time.time()
             self._table, hit = lengths_mod.cached(
@@ -197,8 +206,9 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         for i, (kind, message) in sorted(table.problems.items()):
             self._skip(i, "bad", str(self._fail(i, message)), logged)
         for i in table.nothing_to_train(self.model_max_length).nonzero()[0].tolist():
-            self._skip(i, "nothing_to_train", str(self._fail(
-                i, f"every answer lies beyond model_max_length={self.model_max_length}")), logged)
+            problem = (f"every answer lies beyond model_max_length={self.model_max_length}"
+                       if table.first_label[i] >= 0 else "no answer token to train on")
+            self._skip(i, "nothing_to_train", str(self._fail(i, problem)), logged)
         lengths = table.modality_lengths(self.model_max_length)
         if self._known_bad:
             n = len(self)
@@ -210,6 +220,30 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                     j = (j + 1) % n
                 lengths[i] = lengths[j]
         return lengths
+
+
+def _joined_across_ranks(skipped: dict[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
+    """The union of every rank's skips (torch.distributed all_gather_object); as is without a
+    process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return skipped
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, skipped)
+    joined: dict[int, tuple[str, str]] = {}
+    for part in parts:
+        joined.update(part)
+    return dict(sorted(joined.items()))
+
+
+def stack_images(samples: list[dict]) -> torch.Tensor | None:
+    """Every sample's images, in order, as one ``(n_images, C, H, W)`` tensor (None if none):
+    what LlavaForConditionalGeneration takes for the image-token runs of a batch."""
+    images = [s["pixel_values"] for s in samples if "pixel_values" in s]
+    if not images:
+        return None
+    return torch.cat([im if im.dim() == 4 else im.unsqueeze(0) for im in images])
 
 
 @dataclass
@@ -227,7 +261,7 @@ class DataCollator:
             n = len(s["input_ids"])
             ids[row, :n], labels[row, :n], mask[row, :n] = s["input_ids"], s["labels"], 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        images = [s["pixel_values"] for s in samples if "pixel_values" in s]
-        if images:
-            batch["pixel_values"] = torch.stack(images)
+        images = stack_images(samples)
+        if images is not None:
+            batch["pixel_values"] = images
         return batch

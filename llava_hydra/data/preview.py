@@ -3,7 +3,9 @@
 Prints sample N of the run spec's dataset as the model sees it: the rendered prompt with the
 trained (labelled) text marked — green on a terminal, between ``⟦`` and ``⟧`` otherwise — and
 how many tokens it has, how many are labelled and how many are image tokens. The marks come
-from the labels themselves (each labelled token's character span), after truncation.
+from the labels themselves (each labelled token's character span), after truncation. A sample
+that training would refuse or skip prints its problem (file, index, id and what is wrong) and
+exits 1.
 """
 
 from __future__ import annotations
@@ -36,17 +38,22 @@ def marked_text(text: str, token_spans, token_trained, open_mark: str = OPEN, cl
 
 
 def preview(ds, index: int, color: bool = False) -> str:
-    from llava_hydra.data.labels import IGNORE_INDEX
+    """Sample ``index`` marked; BadSampleError (naming file, index, id) for a sample training
+    refuses or skips."""
+    from llava_hydra.data.labels import IGNORE_INDEX, NothingToTrain
     from llava_hydra.data.records import record_id
 
-    rendered, images = ds.prepare(index)
-    e, _ = ds.encode(index)
+    try:
+        e, images = ds.encode(index)  # the record's checks first: a bad record raises BadSampleError
+    except NothingToTrain as err:
+        raise ds._fail(index, f"{err} (training skips it)") from None
+    rendered, _ = ds.prepare(index)
     marks = (ANSI_OPEN, ANSI_CLOSE) if color else (OPEN, CLOSE)
     cut = e.token_spans[-1][1] if e.truncated and e.token_spans else None
     body = marked_text(rendered.text, e.token_spans, e.token_trained, *marks, cut=cut)
     n_image = e.input_ids.count(ds.image_token_id)
     lines = [f"sample {index} (id={record_id(ds.records[index])!r}) of {ds.data_path}",
-             f"template {ds.template}; image: {images[0] if images else 'none (text-only)'}",
+             f"template {ds.template}; image: {', '.join(images) if images else 'none (text-only)'}",
              f"tokens {len(e.input_ids)} (of which {n_image} image tokens, {ds.num_image_tokens} per <image>), "
              f"labelled {sum(lab != IGNORE_INDEX for lab in e.labels)}"
              + (f"; truncated from {e.full_length} at model_max_length={ds.model_max_length}" if e.truncated else ""),
@@ -65,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     from llava_hydra.data.cli import compose_spec, make_dataset
-    from llava_hydra.data.labels import NothingToTrain
     from llava_hydra.data.records import BadSampleError
 
     from llava_hydra.data.synthetic import eval_data_path
@@ -75,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         print("no data path: data.eval_data_path is not set for this data", file=sys.stderr)
         return 2
     try:
-        ds = make_dataset(cfg, eval_data_path(cfg) if args.eval else None, image_processor=False)
+        # skip: a bad JSONL line keeps its index (its preview names the problem) and the rest still show
+        ds = make_dataset(cfg, eval_data_path(cfg) if args.eval else None, image_processor=False,
+                          on_bad_sample="skip")
         if not 0 <= args.index < len(ds):
             print(f"--index {args.index} is out of range: the dataset has {len(ds)} samples", file=sys.stderr)
             return 2
         print(preview(ds, args.index, color=sys.stdout.isatty() and not args.plain))
-    except (FileNotFoundError, BadSampleError, NothingToTrain) as e:
-        print(f"sample {args.index}: {e}", file=sys.stderr)
+    except (FileNotFoundError, BadSampleError) as e:
+        print(f"FAILED: {e}")
         return 1
     return 0
 

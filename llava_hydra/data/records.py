@@ -1,9 +1,13 @@
 """LLaVA-format data files -> checked records.
 
 Owns reading a JSON list or JSONL file (with the line number of a bad line), the content
-digest that keys the length cache, and the per-record checks: a record has a non-empty
-``conversations`` list of ``{"from": "human"|"gpt", "value": str}`` turns alternating from
-human, and as many ``<image>`` tags as images (one ``image`` path, or none for text-only).
+digest that keys the length cache, and the per-record checks (:func:`normalize_turns`, the one
+validation training, the length pass, ``data.check`` and ``data.preview`` all run): a record
+has a non-empty ``conversations`` list of ``{"from": "human"|"gpt", "value": str}`` turns
+alternating from human, every answer non-empty, and as many ``<image>`` tags as images, in
+human turns only. ``image`` is one path, a list of paths (LLaVA-NeXT / OneVision interleaved
+format: the k-th tag stands for the k-th image, tags in any human turn), or absent for
+text-only; a single-image record's tag must stand in the first human turn, as LLaVA-1.5 has it.
 A failed check raises :class:`RecordError`, whose ``kind`` groups problems for reports.
 """
 
@@ -23,8 +27,11 @@ class BadSampleError(ValueError):
     """A record that cannot be trained on; the message names the file, sample and problem."""
 
 
+CHECKS_VERSION = 2  # bump when normalize_turns accepts or refuses differently (keys the length cache)
+
+
 class RecordError(ValueError):
-    """What is wrong with one record; ``kind`` is malformed | image_tags | bad_line."""
+    """What is wrong with one record; ``kind`` is one of RECORD_KINDS."""
 
     def __init__(self, message: str, kind: str = "malformed"):
         super().__init__(message)
@@ -66,18 +73,28 @@ def load_records(path: str | Path, skip_bad_lines: bool = False) -> tuple[list[d
     return records, digest
 
 
+RECORD_KINDS = {  # kind -> what a report calls it
+    "bad_line": "JSONL lines that are not JSON",
+    "malformed": "malformed records",
+    "image_tags": "<image> tag count != image count",
+    "image_in_answer": "<image> in an answer (gpt turn)",
+    "image_position": "<image> outside the first human turn",
+    "empty_answer": "empty answers",
+}
+
+
 def images_of(record) -> list[str]:
-    """The record's image paths (relative to the image folder): [] for text-only."""
+    """The record's image paths in tag order (relative to the image folder): [] for text-only."""
     if not isinstance(record, dict):
         return []
     image = record.get("image")
-    if not image:
+    if image is None or image == "" or image == []:
         return []
     if isinstance(image, str):
         return [image]
-    if isinstance(image, list) and len(image) == 1 and isinstance(image[0], str):
+    if isinstance(image, list) and all(isinstance(p, str) and p for p in image):
         return image
-    raise RecordError(f"'image' must be one path (a string), got {image!r:.80}")
+    raise RecordError(f"'image' must be a path or a list of paths (non-empty strings), got {image!r:.80}")
 
 
 def normalize_turns(record) -> list[dict]:
@@ -110,12 +127,27 @@ def normalize_turns(record) -> list[dict]:
         out.append({"from": role, "value": image_to_front(value)})
     if len(out) < 2:
         raise RecordError("no assistant ('gpt') answer to train on")
-    n_tags = sum(t["value"].count(IMAGE_TOKEN) for t in out)
-    n_images = len(images_of(record))
-    if n_tags != n_images:
-        where = "a text-only sample" if n_images == 0 else f"{n_images} image(s)"
-        raise RecordError(f"{n_tags} <image> tag(s) in {where}", kind="image_tags")
+    _check_images(turns, images_of(record))
+    for k, turn in enumerate(out):
+        if turn["from"] == GPT and not turn["value"].strip():
+            raise RecordError(f"turn {k}: empty answer (nothing to train on)", kind="empty_answer")
     return out
+
+
+def _check_images(turns: list[dict], images: list[str]) -> None:
+    """Tags only in human turns, one per image; one image's tag in the first human turn."""
+    for k, turn in enumerate(turns):
+        if turn["from"] == GPT and IMAGE_TOKEN in turn["value"]:
+            raise RecordError(f"turn {k}: <image> in an answer (gpt turn); tags belong in human turns",
+                              kind="image_in_answer")
+    n_tags = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
+    if n_tags != len(images):
+        where = "a text-only sample" if not images else f"{len(images)} image(s)"
+        raise RecordError(f"{n_tags} <image> tag(s) in {where}", kind="image_tags")
+    if len(images) == 1 and IMAGE_TOKEN not in turns[0]["value"]:
+        k = next(k for k, t in enumerate(turns) if IMAGE_TOKEN in t["value"])
+        raise RecordError(f"turn {k}: the <image> of a single-image record must stand in the first human turn "
+                          f"(turn 0)", kind="image_position")
 
 
 def record_id(record):
