@@ -1,0 +1,172 @@
+"""Record-level bad input, caught by the one check training and ``data.check`` share
+(records.normalize_turns): ``<image>`` in an answer, a single image's tag outside the first
+human turn, empty answers. Under ``raise`` the error names file, index, id and problem; under
+``skip`` the sample is replaced and counted with its own reason; ``data.check`` lists it under
+its kind with index and id, and its totals add up (bad records are a row); ``data.preview`` of
+a bad record prints the problem, not a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from llava_hydra.data import check, preview, testing
+from llava_hydra.data.dataset import LazySupervisedDataset
+from llava_hydra.data.records import BadSampleError, RecordError, normalize_turns
+from llava_hydra.data.testing import turns
+
+GOOD_TEXT = {"id": "good", "conversations": turns("Hi.", "Hello!")}
+GOOD2 = {"id": "good2", "conversations": turns("Bye.", "See you!")}
+
+BAD = {  # case -> (record, kind, problem)
+    "image_in_answer": ({"id": "x", "image": "ok.png", "conversations": turns("What is it?", "It is <image> a dog.")},
+                        "image_in_answer", "turn 1: <image> in an answer (gpt turn)"),
+    "image_in_answer_text_only": ({"id": "x", "conversations": turns("Hi", "<image>")},
+                                  "image_in_answer", "turn 1: <image> in an answer (gpt turn)"),
+    "single_image_in_second_question": ({"id": "x", "image": "ok.png",
+                                         "conversations": turns("Hi.", "Hello!", "<image>\nWhat is it?", "A dog.")},
+                                        "image_position", "turn 2: the <image> of a single-image record must stand "
+                                                          "in the first human turn"),
+    "empty_answer": ({"id": "x", "conversations": turns("Say nothing.", "")},
+                     "empty_answer", "turn 1: empty answer"),
+    "blank_second_answer": ({"id": "x", "conversations": turns("Hi.", "Hello!", "And?", "  \n ")},
+                            "empty_answer", "turn 3: empty answer"),
+}
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return testing.bpe_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=400)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGB", (24, 16), (10, 200, 10)).save(folder / "ok.png")
+    return folder
+
+
+def dataset(path, tok, folder, policy="raise"):
+    return LazySupervisedDataset(path, tok, testing.clip_processor(), "v1", image_folder=folder,
+                                 num_image_tokens=4, on_bad_sample=policy)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_raise_names_file_index_id_and_problem(case, tok, folder, tmp_path):
+    record, kind, problem = BAD[case]
+    with pytest.raises(RecordError) as e:
+        normalize_turns(record)
+    assert e.value.kind == kind
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([GOOD_TEXT, record, GOOD2]))
+    with pytest.raises(BadSampleError) as e:
+        dataset(path, tok, folder)[1]
+    assert str(e.value).startswith(f"{path}: sample 1 (id='x'): {problem}")
+    with pytest.raises(BadSampleError, match=r"sample 1 \(id='x'\): " + problem.split(":")[0]):
+        dataset(path, tok, folder).modality_lengths  # the length pass (before training) stops too
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_skip_replaces_and_counts_with_its_own_reason(case, tok, folder, tmp_path, caplog):
+    record, _, problem = BAD[case]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([GOOD_TEXT, record, GOOD2]))
+    ds = dataset(path, tok, folder, policy="skip")
+    assert ds[1]["input_ids"].tolist() == ds[2]["input_ids"].tolist()
+    report = ds.report()
+    assert report["skipped"] == 1 and problem in report["examples"][0]
+    assert "model_max_length" not in report["examples"][0]  # not the truncation reason
+    fresh = dataset(path, tok, folder, policy="skip")  # found by the length pass, before any sample is built
+    fresh.modality_lengths
+    assert fresh.report()["skipped"] == 1 and problem in fresh.report()["examples"][0]
+
+
+def test_several_images_may_stand_in_any_human_turn(tok, folder, tmp_path):
+    """Multi-image records (interleaved format) have their tags wherever the conversation needs
+    them, the first human turn included or not."""
+    Image.new("RGB", (24, 16), (200, 10, 10)).save(folder / "b.png")
+    record = {"id": "m", "image": ["ok.png", "b.png"],
+              "conversations": turns("Hi.", "Hello!", "<image>\nAnd <image>?", "Two.")}
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([record]))
+    assert dataset(path, tok, folder)[0]["pixel_values"].shape == (2, 3, 32, 32)
+
+
+# -- data.check and data.preview -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def overrides_for(tmp_path, records):
+    folder = tmp_path / "img"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (30, 20), (200, 0, 0)).save(folder / "ok.png")
+    Image.new("RGB", (20, 30), (0, 0, 200)).save(folder / "b.png")
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(records))
+    return [f"data.data_path={path}", f"data.image_folder={folder}", "data.synthetic=null", "stage=finetune",
+            "model.model_max_length=200"]
+
+
+IMAGE = {"image": "ok.png", "conversations": turns("<image>\nWhat color?", "Red.")}
+MULTI = {"image": ["ok.png", "b.png"], "conversations": turns("<image> or <image>?", "The first.")}
+
+
+def test_check_totals_add_up_and_problems_name_index_and_id(tmp_path, cache, capsys):
+    records = [{**IMAGE, "id": f"i{k}"} for k in range(11)] + [{**MULTI, "id": f"m{k}"} for k in range(2)] + \
+        [{"id": "t0", "conversations": turns("Say yes.", "Yes.")}, {**BAD["empty_answer"][0], "id": "e0"}]
+    rc = check.main([*overrides_for(tmp_path, records), f"paths.cache_dir={cache}", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["samples"], report["image_samples"], report["multi_image_samples"], report["text_only_samples"],
+            report["bad_samples"]) == (15, 13, 2, 1, 1)
+    assert report["found"]["empty_answer"] == [[14, "e0", "turn 1: empty answer (nothing to train on)"]]
+    assert report["found"]["nothing_to_train"] == []  # an empty answer is not a truncation problem
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert {"samples 15", "with image(s) 13 (2 with several)", "text-only 1", "bad (errors below) 1"} <= set(lines)
+    assert "[empty_answer] sample 14 (id='e0'): turn 1: empty answer" in out
+
+
+def test_check_counts_each_new_kind_and_missing_images_as_bad(tmp_path, cache, capsys):
+    records = [{**IMAGE, "id": "i0"}, {**MULTI, "id": "m0", "image": ["ok.png", "gone.png"]}] + \
+        [{**BAD[case][0], "id": case} for case in sorted(BAD)]
+    rc = check.main([*overrides_for(tmp_path, records), f"paths.cache_dir={cache}", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["samples"], report["image_samples"], report["text_only_samples"], report["bad_samples"]) == \
+        (7, 1, 0, 6)
+    found = {kind: [(i, rid) for i, rid, _ in items] for kind, items in report["found"].items() if items}
+    assert found == {"missing_image": [(1, "m0")],
+                     "empty_answer": [(2, "blank_second_answer"), (3, "empty_answer")],
+                     "image_in_answer": [(4, "image_in_answer"), (5, "image_in_answer_text_only")],
+                     "image_position": [(6, "single_image_in_second_question")]}
+    assert "<image> in an answer (gpt turn)" in out and "<image> outside the first human turn" in out
+
+
+@pytest.mark.parametrize("record,problem", [
+    (BAD["image_in_answer"][0], "turn 1: <image> in an answer (gpt turn)"),
+    ({"id": "x", "conversations": []}, "'conversations' is empty"),
+    ({"id": "x", "conversations": turns("Repeat: " + "apple " * 300, "apple")}, "beyond model_max_length"),
+])
+def test_preview_of_a_bad_record_prints_the_problem(tmp_path, cache, capsys, record, problem):
+    overrides = overrides_for(tmp_path, [{**IMAGE, "id": "i0"}, record])
+    assert preview.main([*overrides, f"paths.cache_dir={cache}", "--index", "1"]) == 1
+    captured = capsys.readouterr()
+    assert f"FAILED: {tmp_path / 'd.json'}: sample 1 (id='x'): " in captured.out and problem in captured.out
+    assert "Traceback" not in captured.out + captured.err
+    assert preview.main([*overrides, f"paths.cache_dir={cache}", "--index", "0"]) == 0  # the good one still shows
+
+
+def test_preview_of_a_bad_jsonl_line(tmp_path, cache, capsys):
+    overrides = overrides_for(tmp_path, [])
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({**IMAGE, "id": "i0"}) + "\n{oops\n")
+    assert preview.main([*overrides, f"data.data_path={path}", f"paths.cache_dir={cache}", "--index", "1"]) == 1
+    assert "line 2 is not valid JSON" in capsys.readouterr().out
