@@ -214,3 +214,55 @@ def test_a_run_on_multi_image_records(compose_spec, cache, tmp_path):
     metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
     assert metrics["train_steps"] == 2 and metrics["skipped_samples"] == 0
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["train_loss_mean"])
+
+
+# -- the saved model's chat template prompts as training did -----------------------------------
+
+INTERLEAVED = [{"from": "human", "value": "Compare <image> with <image>."}, {"from": "gpt", "value": "Same."},
+               {"from": "human", "value": "And <image>\nthis?"}, {"from": "gpt", "value": "Red."}]
+
+
+@pytest.fixture(scope="module")
+def chat_toks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat_tok")
+    return {"vicuna": testing.vicuna_tokenizer(root / "v0", legacy=False),
+            "vicuna_legacy": testing.vicuna_tokenizer(root / "v1", legacy=True), "bpe": testing.bpe_tokenizer(root / "b")}
+
+
+@pytest.mark.parametrize("tok_name", ["vicuna", "vicuna_legacy", "bpe"])
+@pytest.mark.parametrize("template", ["v1", "llama_2", "mpt"])
+def test_chat_template_keeps_several_images_where_they_stand(chat_toks, tmp_path, tok_name, template):
+    """apply_chat_template + whole-string tokenization of a multi-image conversation gives the
+    training ids up to each answer: LLaVA string content, and transformers' list parts."""
+    from types import SimpleNamespace
+
+    from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    from llava_hydra.data.conversation import render
+    from llava_hydra.data.labels import IGNORE_INDEX, encode
+    from llava_hydra.data.records import normalize_turns
+    from llava_hydra.model import make_processor
+
+    tok, n_img = chat_toks[tok_name], 4
+    config = LlavaConfig(vision_config=CLIPVisionConfig(image_size=28, patch_size=14), text_config=LlamaConfig())
+    make_processor(tok, testing.clip_processor(28), SimpleNamespace(config=config), template).save_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    image_id = tok.convert_tokens_to_ids(I)
+    e = encode(render(template, normalize_turns({"image": ["a", "b", "c"], "conversations": INTERLEAVED}),
+                      tokenizer=tok), tok, image_id, n_img, 4096)
+    starts = [k for k, lab in enumerate(e.labels) if lab != IGNORE_INDEX and (k == 0 or e.labels[k - 1] == IGNORE_INDEX)]
+    for n_messages, answer in ((1, 0), (3, 1)):
+        want = e.input_ids[:starts[answer]]
+        messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+                    for t in INTERLEAVED[:n_messages]]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        ids = []
+        for t in tok(text, add_special_tokens=False)["input_ids"]:
+            ids += [t] * (n_img if t == image_id else 1)
+        assert ids == want, tok.convert_ids_to_tokens(want)
+    red = Image.new("RGB", (28, 28), "red")
+    parts = [{"type": "text", "text": "Compare "}, {"type": "image", "image": red}, {"type": "text", "text": " with "},
+             {"type": "image", "image": red}, {"type": "text", "text": "."}]
+    got = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True)
+    assert list(got["input_ids"][0]) == e.input_ids[:starts[0]] and len(got["pixel_values"]) == 2

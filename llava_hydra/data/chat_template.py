@@ -18,7 +18,9 @@ when the prompt starts with bos).
 
 Message content is LLaVA's (a string, ``<image>`` anywhere in it) or transformers' (a list of
 ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts); as LLaVA's
-preprocess_multimodal does, a message's images move to its front, followed by a newline.
+preprocess_multimodal does, a message's one image moves to its front, followed by a newline. A
+message with several images keeps them where they stand, as training does (LLaVA-NeXT's
+interleaved format): the string's tags in place, or the parts in their order, texts verbatim.
 A ``system`` message replaces the template's system text (v1, llama_2, mpt).
 """
 
@@ -59,8 +61,10 @@ def piece_prefix(tokenizer) -> str:
                      f"tokenization under whole-string tokenization")
 
 
-# Jinja pieces shared by the templates. ``content(m)``: the message text with its images moved
-# to the front (LLaVA's preprocess_multimodal), PAD after the image run.
+# Jinja pieces shared by the templates. ``content(m)``: the message text with its one image moved
+# to the front (LLaVA's preprocess_multimodal), PAD after the image run; a message with several
+# images keeps them where they stand (LLaVA-NeXT's interleaved format), PAD after each tag that
+# text follows (unless that text starts with a space, which becomes the piece's ``▁`` itself).
 _MACROS = """\
 {%- macro images(m) -%}
 {%- if m['content'] is string -%}{{ m['content'].count('<image>') }}\
@@ -71,9 +75,21 @@ _MACROS = """\
 {%- else -%}{{ m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }}\
 {%- endif -%}
 {%- endmacro -%}
+{%- macro after_image(text) -%}{%- if text and not text.startswith(' ') -%}{{ PAD }}{%- endif -%}{%- endmacro -%}
+{%- macro interleaved(m) -%}
+{%- if m['content'] is string -%}{%- for piece in m['content'].split('<image>') -%}\
+{%- if not loop.first -%}{{ '<image>' ~ after_image(piece) }}{%- endif -%}{{ piece }}{%- endfor -%}\
+{%- else -%}{%- for part in m['content'] -%}\
+{%- if part['type'] == 'image' -%}{{ '<image>' }}\
+{%- if loop.last or loop.nextitem['type'] != 'text' -%}{{ after_image('') }}{%- endif -%}\
+{%- elif part['type'] == 'text' -%}\
+{%- if not loop.first and loop.previtem['type'] == 'image' -%}{{ after_image(part['text']) }}{%- endif -%}\
+{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}
+{%- endmacro -%}
 {%- macro content(m) -%}
 {%- set n = images(m) | int -%}
-{%- if n > 0 -%}{{ '<image>' * n ~ PAD ~ ('\\n' ~ text(m).replace('<image>', '').strip()).rstrip() }}\
+{%- if n > 1 -%}{{ interleaved(m) }}\
+{%- elif n > 0 -%}{{ '<image>' * n ~ PAD ~ ('\\n' ~ text(m).replace('<image>', '').strip()).rstrip() }}\
 {%- else -%}{{ text(m) }}{%- endif -%}
 {%- endmacro -%}
 {%- set ns = namespace(system=DEFAULT_SYSTEM, turns=messages) -%}
