@@ -71,17 +71,18 @@ def test_raise_names_file_index_id_and_problem(case, tok, folder, tmp_path):
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_skip_replaces_and_counts_with_its_own_reason(case, tok, folder, tmp_path, caplog):
-    record, _, problem = BAD[case]
+    record, kind, problem = BAD[case]
     path = tmp_path / "data.json"
     path.write_text(json.dumps([GOOD_TEXT, record, GOOD2]))
     ds = dataset(path, tok, folder, policy="skip")
     assert ds[1]["input_ids"].tolist() == ds[2]["input_ids"].tolist()
     report = ds.report()
-    assert report["skipped"] == 1 and problem in report["examples"][0]
+    assert report["skipped"] == 1 and report["by_reason"] == {kind: 1} and problem in report["examples"][0]
+    assert any(f"1 of 3 samples skipped (1 {kind})" in r.message for r in caplog.records)
     assert "model_max_length" not in report["examples"][0]  # not the truncation reason
     fresh = dataset(path, tok, folder, policy="skip")  # found by the length pass, before any sample is built
     fresh.modality_lengths
-    assert fresh.report()["skipped"] == 1 and problem in fresh.report()["examples"][0]
+    assert fresh.report()["by_reason"] == {kind: 1} and problem in fresh.report()["examples"][0]
 
 
 def test_several_images_may_stand_in_any_human_turn(tok, folder, tmp_path):

@@ -70,7 +70,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
-        self._seen: dict[int, tuple[str, str]] = {}  # skips noticed in this process
+        self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
         where = Path(cache_dir) / "skips" if cache_dir else Path(tempfile.gettempdir())
         self.skip_log = where / f"skips-{os.getpid()}-{time.time_ns()}.jsonl"
 
@@ -79,8 +79,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     # -- one record ----------------------------------------------------------------------------
 
-    def _fail(self, i: int, problem: str) -> BadSampleError:
-        return BadSampleError(f"{self.data_path}: sample {i} (id={record_id(self.records[i])!r}): {problem}")
+    def _fail(self, i: int, problem: str, reason: str = "bad") -> BadSampleError:
+        return BadSampleError(f"{self.data_path}: sample {i} (id={record_id(self.records[i])!r}): {problem}", reason)
 
     def prepare(self, i: int) -> tuple[Rendered, list[str]]:
         """(rendered conversation, image paths) of record i; RecordError if it is malformed."""
@@ -97,7 +97,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         except NothingToTrain:
             raise
         except ValueError as e:  # RecordError, or a chat template that cannot be located
-            raise self._fail(i, str(e)) from None
+            raise self._fail(i, str(e), getattr(e, "kind", "malformed")) from None
 
     def build(self, i: int) -> dict:
         """Sample i as the collator takes it; raises on any problem (no replacement)."""
@@ -108,7 +108,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                 pixels = [load_image(self.image_folder / path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
-                raise self._fail(i, str(err)) from None
+                raise self._fail(i, str(err), getattr(err, "kind", "image")) from None
             sample["pixel_values"] = torch.stack(pixels) if len(images) > 1 else pixels[0]
         return sample
 
@@ -125,33 +125,34 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             except BadSampleError as e:
                 if self.on_bad_sample == "raise":
                     raise
-                self._skip(j, "bad", str(e))
+                self._skip(j, "bad", str(e), reason=e.reason)
             except NothingToTrain as e:
                 self._skip(j, "nothing_to_train", str(self._fail(j, str(e))))
         raise BadSampleError(f"{self.data_path}: no usable sample among its {n} records")
 
-    def _logged(self) -> dict[int, tuple[str, str]]:
+    def _logged(self) -> dict[int, tuple[str, str, str]]:
         out = {}
         if self.skip_log.exists():
             for line in self.skip_log.read_text().splitlines():
                 try:
-                    i, kind, msg = json.loads(line)
-                    out[int(i)] = (kind, msg)
+                    i, kind, msg, reason = json.loads(line)
+                    out[int(i)] = (kind, msg, reason)
                 except (ValueError, TypeError):
                     continue
         return out
 
-    def _skip(self, i: int, kind: str, message: str, logged: dict | None = None) -> None:
+    def _skip(self, i: int, kind: str, message: str, logged: dict | None = None, reason: str | None = None) -> None:
+        """Note sample i as replaced: ``kind`` bad | nothing_to_train, ``reason`` the problem's own kind."""
         self._known_bad.add(i)
         if i in self._seen:
             return
-        self._seen[i] = (kind, message)
+        self._seen[i] = (kind, message, reason or kind)
         if i in (self._logged() if logged is None else logged):
             return  # another worker process (or an earlier epoch's) already logged it
         log.warning("skipping sample %d (%s): %s", i, kind, message)
         self.skip_log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.skip_log, "a") as f:
-            f.write(json.dumps([i, kind, message]) + "\n")
+            f.write(json.dumps([i, kind, message, reason or kind]) + "\n")
 
     def report(self, all_ranks: bool = False) -> dict:
         """Counts of samples replaced so far (this process and its DataLoader workers; with
@@ -161,13 +162,15 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if all_ranks:
             skipped = _joined_across_ranks(skipped)
         kinds: dict[str, int] = {}
-        for kind, _ in skipped.values():
+        reasons: dict[str, int] = {}
+        for kind, _, reason in skipped.values():
             kinds[kind] = kinds.get(kind, 0) + 1
-        summary = {"samples": len(self), "skipped": len(skipped), "by_kind": kinds,
-                   "examples": [msg for _, msg in list(skipped.values())[:5]]}
+            reasons[reason] = reasons.get(reason, 0) + 1
+        summary = {"samples": len(self), "skipped": len(skipped), "by_kind": kinds, "by_reason": reasons,
+                   "examples": [msg for _, msg, _ in list(skipped.values())[:5]]}
         if skipped:
             log.warning("data: %d of %d samples skipped (%s) from %s", len(skipped), len(self),
-                        ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())), self.data_path)
+                        ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())), self.data_path)
         return summary
 
     # -- lengths -------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             raise self._fail(i, message)
         logged = self._logged()
         for i, (kind, message) in sorted(table.problems.items()):
-            self._skip(i, "bad", str(self._fail(i, message)), logged)
+            self._skip(i, "bad", str(self._fail(i, message)), logged, reason=kind)
         for i in table.nothing_to_train(self.model_max_length).nonzero()[0].tolist():
             problem = (f"every answer lies beyond model_max_length={self.model_max_length}"
                        if table.first_label[i] >= 0 else "no answer token to train on")
@@ -222,7 +225,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         return lengths
 
 
-def _joined_across_ranks(skipped: dict[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
+def _joined_across_ranks(skipped: dict[int, tuple]) -> dict[int, tuple]:
     """The union of every rank's skips (torch.distributed all_gather_object); as is without a
     process group."""
     import torch.distributed as dist
@@ -231,7 +234,7 @@ def _joined_across_ranks(skipped: dict[int, tuple[str, str]]) -> dict[int, tuple
         return skipped
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, skipped)
-    joined: dict[int, tuple[str, str]] = {}
+    joined: dict[int, tuple] = {}
     for part in parts:
         joined.update(part)
     return dict(sorted(joined.items()))
@@ -248,7 +251,8 @@ def stack_images(samples: list[dict]) -> torch.Tensor | None:
 
 @dataclass
 class DataCollator:
-    """Right-pads a batch; images of the batch's image samples are stacked (text-only have none)."""
+    """Right-pads a batch; every image of the batch, sample by sample in tag order, in one
+    ``(n_images, C, H, W)`` tensor (text-only samples have none)."""
 
     pad_token_id: int
 

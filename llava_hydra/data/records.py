@@ -24,7 +24,12 @@ NOT_OBJECT = "_not_an_object"  # key of the placeholder for a record that is not
 
 
 class BadSampleError(ValueError):
-    """A record that cannot be trained on; the message names the file, sample and problem."""
+    """A record that cannot be trained on; the message names the file, sample and problem, and
+    ``reason`` is the problem's kind (a RECORD_KINDS key, an image problem, ...) for counts."""
+
+    def __init__(self, message: str, reason: str = "bad"):
+        super().__init__(message)
+        self.reason = reason
 
 
 CHECKS_VERSION = 2  # bump when normalize_turns accepts or refuses differently (keys the length cache)

@@ -31,7 +31,7 @@ def main(data: str, images: str, out: str) -> None:
     joined = ds.report(all_ranks=True)
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "rows": rows, "main_process_seen": len(ds._seen), "local": local["skipped"], "all": joined["skipped"],
-        "examples": joined["examples"], "pid": os.getpid()}))
+        "examples": joined["examples"], "by_reason": joined["by_reason"], "pid": os.getpid()}))
     dist.barrier()
     dist.destroy_process_group()
 
