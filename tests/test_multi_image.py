@@ -172,8 +172,8 @@ def write_data(tmp_path):
     folder.mkdir(exist_ok=True)
     for name, rgb in (("red.png", (255, 0, 0)), ("blue.png", (0, 0, 255)), ("green.png", (0, 255, 0))):
         Image.new("RGB", (40, 30), rgb).save(folder / name)
-    records = [{**TWO_TURNS, "id": f"m{k}"} for k in range(4)] + [{**ONE_MESSAGE, "id": f"n{k}"} for k in range(4)] \
-        + [{**SINGLE, "id": f"s{k}"} for k in range(4)]
+    records = [{**TWO_TURNS, "id": f"m{k}"} for k in range(4)] + [{**ONE_MESSAGE, "id": f"n{k}"} for k in range(4)]
+    records += [{**SINGLE, "id": f"s{k}"} for k in range(4)]
     path = tmp_path / "multi.json"
     path.write_text(json.dumps(records))
     return path, folder
@@ -209,8 +209,8 @@ def test_a_run_on_multi_image_records(compose_spec, cache, tmp_path):
     path, folder = write_data(tmp_path)
     run(compose_spec(f"paths.output_root={tmp_path / 'out'}", f"paths.cache_dir={cache}", "stage=finetune",
                      "stage.pretrain_mm_mlp_adapter=null", f"data.data_path={path}", f"data.image_folder={folder}",
-                     "data.synthetic=null", "training.max_steps=2", "training.per_device_train_batch_size=4", "training.logging_steps=1",
-                     "eval.enable=false"))
+                     "data.synthetic=null", "training.max_steps=2", "training.per_device_train_batch_size=4",
+                     "training.logging_steps=1", "eval.enable=false"))
     metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
     assert metrics["train_steps"] == 2 and metrics["skipped_samples"] == 0
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["train_loss_mean"])
@@ -226,7 +226,8 @@ INTERLEAVED = [{"from": "human", "value": "Compare <image> with <image>."}, {"fr
 def chat_toks(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat_tok")
     return {"vicuna": testing.vicuna_tokenizer(root / "v0", legacy=False),
-            "vicuna_legacy": testing.vicuna_tokenizer(root / "v1", legacy=True), "bpe": testing.bpe_tokenizer(root / "b")}
+            "vicuna_legacy": testing.vicuna_tokenizer(root / "v1", legacy=True),
+            "bpe": testing.bpe_tokenizer(root / "b")}
 
 
 @pytest.mark.parametrize("tok_name", ["vicuna", "vicuna_legacy", "bpe"])
@@ -250,7 +251,8 @@ def test_chat_template_keeps_several_images_where_they_stand(chat_toks, tmp_path
     image_id = tok.convert_tokens_to_ids(I)
     e = encode(render(template, normalize_turns({"image": ["a", "b", "c"], "conversations": INTERLEAVED}),
                       tokenizer=tok), tok, image_id, n_img, 4096)
-    starts = [k for k, lab in enumerate(e.labels) if lab != IGNORE_INDEX and (k == 0 or e.labels[k - 1] == IGNORE_INDEX)]
+    starts = [k for k, lab in enumerate(e.labels)
+              if lab != IGNORE_INDEX and (k == 0 or e.labels[k - 1] == IGNORE_INDEX)]
     for n_messages, answer in ((1, 0), (3, 1)):
         want = e.input_ids[:starts[answer]]
         messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}

@@ -7,7 +7,8 @@ tag count mismatches, tags in answers or, for one image, outside the first human
 answers), missing images of every record (``--images``: also unreadable ones, each decoded by
 PIL's verify), samples longer than model.model_max_length (truncated) and samples whose answers
 all lie beyond it (skipped in training). Each problem names the sample's index and id.
-Errors — anything ``data.on_bad_sample=raise`` would stop on — make it exit 1; the length pass it runs is the cached one training reuses.
+Errors — anything ``data.on_bad_sample=raise`` would stop on — make it exit 1; the length pass
+it runs is the cached one training reuses.
 """
 
 from __future__ import annotations

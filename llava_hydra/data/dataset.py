@@ -186,7 +186,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     def length_table(self) -> lengths_mod.LengthTable:
         """The cached length pass (computed on first use)."""
         if self._table is None:
-            key = lengths_mod.cache_key(f"{self.data_digest}/checks{CHECKS_VERSION}", self.tokenizer, self.template, self.model_max_length,
+            digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
+            key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
                                         self.num_image_tokens)
             started = time.time()
             self._table, hit = lengths_mod.cached(
