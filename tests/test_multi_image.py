@@ -203,14 +203,15 @@ def test_tiny_model_trains_on_multi_image_batches(compose_spec, cache, tmp_path)
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_a_run_on_multi_image_records(compose_spec, cache, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_a_run_on_multi_image_records(compose_spec, cache, tmp_path, packing):
     from llava_hydra.runner import run
 
     path, folder = write_data(tmp_path)
     run(compose_spec(f"paths.output_root={tmp_path / 'out'}", f"paths.cache_dir={cache}", "stage=finetune",
                      "stage.pretrain_mm_mlp_adapter=null", f"data.data_path={path}", f"data.image_folder={folder}",
                      "data.synthetic=null", "training.max_steps=2", "training.per_device_train_batch_size=4",
-                     "training.logging_steps=1", "eval.enable=false"))
+                     "training.logging_steps=1", "eval.enable=false", f"training.packing={str(packing).lower()}"))
     metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
     assert metrics["train_steps"] == 2 and metrics["skipped_samples"] == 0
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["train_loss_mean"])
