@@ -3,11 +3,11 @@
 ``LazySupervisedDataset`` opens the records up front (with a ``cache_dir``: the shared,
 memory-mapped record store of store.py, one record decoded per access; without: a list) and does the work of a sample — render,
 tokenize + mask (labels.py), load + process its images (images.py) — only when the sample is
-asked for. A multi-image record's sample carries its images' pixel values stacked
-``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator (and packing)
-concatenate every sample's images in order, as the model scatters image features into the
-image-token runs of the batch in order. ``modality_lengths`` runs the cached length pass (lengths.py) the first time the
-grouped sampler asks.
+asked for. ``modality_lengths`` runs the cached length pass (lengths.py) the first time the
+grouped sampler asks. A multi-image record's sample carries its images' pixel values stacked
+``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator and packing
+concatenate every sample's images in order (``stack_images``), as the model fills the batch's
+image-token runs in order.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out the
