@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from llava_hydra.config import register_configs
-from llava_hydra.validate import SpecError, validate
+from llava_hydra.validate import SpecError, group_option_problems, validate
 
 register_configs()
 
@@ -60,6 +60,9 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *quiet_non_zero_rank(take_local_rank(sys.argv[1:]))]
+    unknown = group_option_problems(sys.argv[1:])  # model=vicuna14b: with a "did you mean"
+    if unknown:
+        raise SystemExit("error: " + "\n".join(unknown))
     try:
         main()
     finally:  # after every job of the app (a sweep's too): torch is loaded only if a run started

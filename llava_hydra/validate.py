@@ -7,7 +7,8 @@ code branches on (``config.CHOICES``, and transformers' own names for ``lr_sched
 ``optim``, ``save_strategy``, ``eval_strategy``, ``report_to``); numbers lie in their range
 (``config.RANGES``) and a run trains at least one step; a ``+training.<key>`` is a
 ``TrainingArguments`` field; a model or projector path that looks local exists; each tracker in
-``report_to`` is installed. All problems are reported at once, each naming its key, with the
+``report_to`` is installed. Before Hydra composes, ``group_option_problems`` refuses a
+``group=option`` whose option is no file of ``conf/<group>/``. All problems are reported at once, each naming its key, with the
 valid values and a "did you mean" for a near miss::
 
     the run spec has 1 problem:
@@ -95,7 +96,7 @@ def number_problems(cfg: DictConfig) -> list[str]:
     for key, rule in RANGES.items():
         value = _select(cfg, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not in_range(value, rule):
-            out.append(f"{key}={value}: must be {rule}")
+            out.append(f"{key}={value}: must be {rule if rule[0] == '>' else 'in ' + rule}")
     t = cfg.training
     if t.max_steps <= 0 and t.num_train_epochs <= 0:  # would save an untrained model
         out.append(f"training.num_train_epochs={t.num_train_epochs} (with training.max_steps={t.max_steps}) "
@@ -144,4 +145,40 @@ def path_problems(cfg: DictConfig) -> list[str]:
             problem += (f"\n    stage 1 writes it: python -m llava_hydra stage=pretrain model={cfg.model.name}{also}"
                         f"\n    (or stage.pretrain_mm_mlp_adapter=null to start from a new projector)")
         out.append(problem)
+    return out
+
+
+# Groups a user types whose options are all files of this package (hydra/launcher also takes Hydra's
+# and plugins' own: Hydra's error lists them). Options from --config-dir or hydra.searchpath are not
+# seen here, so with either on the command line this check stands aside.
+TYPED_GROUPS = ("stage", "model", "data", "deepspeed", "lora", "experiment", "hparams_search")
+
+
+def group_option_problems(argv: list[str]) -> list[str]:
+    """``group=option`` words of a command line whose option is not a file of ``conf/<group>/``,
+    with the options and a "did you mean" (Hydra's own error lists the options without one)."""
+    from importlib.resources import files
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith(("-cd", "--config-dir", "-cp", "--config-path")) or "searchpath" in a for a in argv):
+        return []
+    out = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg or arg.split("=", 1)[0].lstrip("+~") not in TYPED_GROUPS:
+            continue
+        try:
+            override = OverridesParser.create().parse_overrides([arg])[0]
+        except Exception:  # noqa: BLE001 - Hydra reports the syntax error itself
+            continue
+        if override.package is not None or override.is_delete():
+            continue
+        group = override.key_or_group
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        options = sorted(p.name[:-5] for p in files("llava_hydra.conf").joinpath(group).iterdir()
+                         if p.name.endswith(".yaml"))
+        for value in values:
+            if value is not None and str(value) not in options:
+                out.append(f"{group}={value}: no such option; the options are {', '.join(options)}"
+                           f"{did_you_mean(value, options)}")
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_hydra.validate import SpecError, did_you_mean, validate
+from llava_hydra.validate import SpecError, did_you_mean, group_option_problems, validate
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -189,6 +189,23 @@ def test_a_bad_value_stops_the_command_in_one_clear_line():
                            "  data.on_bad_sample='skp': not one of raise, skip (did you mean 'skip'?)\n"
                            "heavy []\n"), done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_unknown_group_option_gets_a_suggestion():
+    assert group_option_problems(["model=vicuna14b", "stage=finetune", "training.learning_rate=1e-4"]) == [
+        "model=vicuna14b: no such option; the options are llama2_7b_chat, llama3_8b_instruct, qwen2_7b_instruct, "
+        "tiny, vicuna13b, vicuna7b, vicuna7b_v1_linear (did you mean 'vicuna13b'?)"]
+    assert group_option_problems(["lora=lora,qlor"]) == [  # each value of a sweep
+        "lora=qlor: no such option; the options are lora, none, qlora (did you mean 'qlora'?)"]
+    assert group_option_problems(["+experiment=llava15_7b_pretrain", "deepspeed=zero3", "lora=null"]) == []
+    assert group_option_problems(["--config-dir", "/mine", "model=my_mistral"]) == []  # options we cannot see
+
+
+def test_unknown_group_option_stops_the_command_before_hydra_composes():
+    done = subprocess.run([sys.executable, "-m", "llava_hydra", "deepspeed=zero4"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == ("error: deepspeed=zero4: no such option; the options are none, zero2, zero3, "
+                           "zero3_offload (did you mean 'zero3'?)\n")
 
 
 # -- --help ------------------------------------------------------------------------------------
