@@ -15,6 +15,8 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from llava_hydra.config import register_configs
@@ -52,6 +54,8 @@ def main(cfg: DictConfig):
     try:  # every value a typo can break, before torch is imported (llava_hydra.validate)
         validate(cfg)
     except SpecError as e:  # the message names every bad key; a traceback would add nothing
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep marks this job failed (summary.json) and runs the others
         raise SystemExit(f"error: {e}") from None
     from llava_hydra.runner import run
 
