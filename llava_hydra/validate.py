@@ -46,7 +46,7 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
 
 
 def did_you_mean(value, valid) -> str:
-    """" (did you mean 'X'?)" for the nearest valid value: one it begins (adamw -> adamw_torch), else
+    """The suffix " (did you mean 'X'?)" for the nearest valid value: one it begins (adamw -> adamw_torch), else
     the closest spelling (v2 -> v1, learnig_rate -> learning_rate); "" when none is near."""
     names = [str(v) for v in valid]
     close = [n for n in names if n.startswith(str(value))] if str(value) else []
