@@ -1,8 +1,9 @@
 """Command-line entry: ``python -m llava_hydra [overrides]``.
 
-Only Hydra and the config schema are imported here, so ``--cfg job``, ``--help`` and
-config errors answer in about a second; the runner (torch, transformers) is imported
-inside the task function.
+Only Hydra, the config schema and its check are imported here, so ``--cfg job``, ``--help``
+and config errors answer in about a second: the task function first validates the spec
+(llava_hydra.validate: bad choices, numbers, ``+training`` keys, missing local model paths,
+each by key name), then imports the runner (torch, transformers).
 
 Under a multi-process launcher (torchrun, ``deepspeed --module``) every rank composes the
 same spec into the same run directory (it has no timestamp); only rank 0 writes Hydra's
@@ -14,9 +15,12 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from llava_hydra.config import check_resolves, register_configs
+from llava_hydra.config import register_configs
+from llava_hydra.validate import SpecError, group_option_problems, validate
 
 register_configs()
 
@@ -47,7 +51,12 @@ def quiet_non_zero_rank(argv: list[str]) -> list[str]:
 # The configs are the package llava_hydra.conf (conf/ at the repository top, shipped in the wheel).
 @hydra.main(version_base="1.3", config_path="pkg://llava_hydra.conf", config_name="config")
 def main(cfg: DictConfig):
-    check_resolves(cfg)
+    try:  # every value a typo can break, before torch is imported (llava_hydra.validate)
+        validate(cfg)
+    except SpecError as e:  # the message names every bad key; a traceback would add nothing
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep marks this job failed (summary.json) and runs the others
+        raise SystemExit(f"error: {e}") from None
     from llava_hydra.runner import run
 
     return run(cfg)
@@ -55,6 +64,9 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *quiet_non_zero_rank(take_local_rank(sys.argv[1:]))]
+    unknown = group_option_problems(sys.argv[1:])  # model=vicuna14b: with a "did you mean"
+    if unknown:
+        raise SystemExit("error: " + "\n".join(unknown))
     try:
         main()
     finally:  # after every job of the app (a sweep's too): torch is loaded only if a run started

@@ -176,6 +176,64 @@ class LlavaHydraConfig:
     run_dir: str = MISSING
 
 
+# -- the values a key accepts (checked by llava_hydra.validate before anything heavy is imported) ---
+# Each is the list of strings the code branches on: keep it equal to the code's own table (named beside
+# it; tests/test_validation.py compares them). A key in a list node (stage.trainable) checks every item.
+# training.lr_scheduler_type / optim / save_strategy / eval_strategy / report_to are checked against
+# transformers' own names, read from its source (llava_hydra.hf_source).
+TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")  # data.conversation.TEMPLATES
+CHOICES: Dict[str, tuple] = {
+    "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.trainable_modules
+    "model.template": TEMPLATES,
+    "model.mm_projector_type": ("mlp2x_gelu", "linear"),  # model.PROJECTOR_ACT
+    "model.mm_vision_select_feature": ("patch", "cls_patch"),  # model.SELECT_FEATURES
+    # transformers' attention functions; a hub kernel ("org/kernel") or "paged|..." passes unchecked
+    "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                                  "flash_attention_4", "flex_attention"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),  # model.DTYPES
+    "data.template": TEMPLATES,
+    "data.image_aspect_ratio": ("square", "pad"),  # data.images
+    "data.on_bad_sample": ("raise", "skip"),
+    "lora.bias": ("none", "all", "lora_only"),  # peft's
+    "lora.bits": (16, 8, 4),
+    "lora.quant_type": ("nf4", "fp4"),  # bitsandbytes'
+    "training.length_grouping": ("random_steps", "llava", "sorted_steps"),  # sampler.MODES
+    "deepspeed.zero_optimization.stage": (0, 1, 2, 3),
+    "deepspeed.zero_optimization.offload_optimizer.device": ("none", "cpu", "nvme"),
+    "deepspeed.zero_optimization.offload_param.device": ("none", "cpu", "nvme"),
+}
+
+# Numbers: "> x", ">= x" or "[a, b)". A null (where the key allows one) is not checked.
+RANGES: Dict[str, str] = {
+    "model.model_max_length": ">= 1",
+    "training.learning_rate": "> 0",
+    "training.mm_projector_lr": "> 0",
+    "training.vision_tower_lr": "> 0",
+    "training.per_device_train_batch_size": ">= 1",
+    "training.per_device_eval_batch_size": ">= 1",
+    "training.gradient_accumulation_steps": ">= 1",
+    "training.warmup_ratio": "[0, 1)",
+    "training.warmup_steps": ">= 0",
+    "training.weight_decay": ">= 0",
+    "training.adam_beta1": "[0, 1)",
+    "training.adam_beta2": "[0, 1)",
+    "training.max_grad_norm": ">= 0",
+    "training.dataloader_num_workers": ">= 0",
+    "training.logging_steps": "> 0",
+    "training.save_steps": "> 0",
+    "training.length_grouping_pool": ">= 1",
+    "lora.r": ">= 1",
+    "lora.alpha": "> 0",
+    "lora.dropout": "[0, 1)",
+    "eval.max_new_tokens": ">= 1",
+    "eval.max_samples": ">= 1",
+    "eval.steps": ">= 1",
+    "launcher.nproc_per_node": ">= 1",
+}
+
+# Keys that name a model or weights file: hub id, builtin://NAME, or a local path that must exist.
+LOCAL_PATH_KEYS = ("model.llm", "model.vision_tower", "model.pretrained_llava", "stage.pretrain_mm_mlp_adapter")
+
 # training.report_to value -> (module transformers imports for it, pip package, our install extra)
 TRACKERS = {
     "wandb": ("wandb", "wandb", "wandb"),

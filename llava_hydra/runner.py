@@ -49,14 +49,6 @@ def training_arguments(cfg: DictConfig):
         raise ValueError(f"training: {e}") from None
 
 
-def check_steps(training: DictConfig) -> None:
-    """A run that would train zero steps is refused (it would save an untrained model)."""
-    if training.max_steps <= 0 and training.num_train_epochs <= 0:
-        raise ValueError(f"training.num_train_epochs={training.num_train_epochs} (with training.max_steps="
-                         f"{training.max_steps}) trains nothing: set training.num_train_epochs > 0 or "
-                         f"training.max_steps > 0")
-
-
 def cpu_process_group(deepspeed: bool) -> bool:
     """Several processes and no GPU (torchrun on CPU): start accelerate's state on gloo
     ourselves, as transformers would pick a backend the CPU cannot run. True if it did."""
@@ -129,12 +121,11 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    from llava_hydra.config import check_trackers
+    from llava_hydra.validate import validate
 
-    check_trackers(cfg.training.report_to)  # before torch, data or weights
+    validate(cfg)  # choices, numbers, keys, local paths, trackers: before torch, data or weights
     from transformers import set_seed
 
-    from llava_hydra.data.conversation import check_template
     from llava_hydra.data.synthetic import eval_data_path, prepare as prepare_synthetic, synthetic_root
     from llava_hydra.model import build_model, make_processor
     from llava_hydra.tiny import resolve
@@ -153,11 +144,9 @@ def run(cfg: DictConfig) -> float | None:
         return spawn(cfg, str(out_dir))
     log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
 
-    # 1. Check the spec's choices that Hydra's schema cannot. Claim the run directory: locked,
+    # 1. (The spec's values were checked above.) Claim the run directory: locked,
     #    refused if another run's checkpoints are there, the checkpoint to resume chosen and
     #    checked against this spec (llava_hydra.checkpoints), all before any weights load.
-    check_template(cfg.data.template)
-    check_steps(cfg.training)
     args = training_arguments(cfg)
     set_seed(args.seed)
     spec = OmegaConf.to_container(cfg, resolve=True)

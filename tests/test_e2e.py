@@ -64,7 +64,9 @@ def test_stage1_saves_projector_only_and_stage2_loads_it(compose_spec, tmp_path,
 
 def test_missing_projector_names_the_command_that_makes_it(compose_spec, tmp_path, cache_dir):
     spec = compose_spec("stage=finetune", f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", *SMALL)
-    with pytest.raises(FileNotFoundError) as e:
+    from llava_hydra.validate import SpecError
+
+    with pytest.raises(SpecError) as e:  # refused by the spec's check, before anything loads
         run(spec)
     message = str(e.value)
     assert str(tmp_path / "tiny" / "pretrain" / "mm_projector.safetensors") in message
