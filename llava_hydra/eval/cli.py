@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger("llava_hydra.eval")
@@ -105,4 +105,10 @@ def main() -> None:
         logging.getLogger().setLevel(logging.INFO)
         return run(cfg)
 
-    _main()
+    try:
+        _main()
+    finally:  # under torchrun: leave the process group the answers were gathered in
+        if "torch" in sys.modules:
+            from llava_hydra.runner import end_process_group
+
+            end_process_group()
