@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger("llava_hydra.eval")
@@ -64,6 +64,7 @@ def run(cfg) -> dict | None:
     from llava_hydra.eval.benchmarks import load_items
     from llava_hydra.eval.generation import generation_kwargs
     from llava_hydra.eval.loading import load_for_inference
+    from llava_hydra.eval.sharding import start
 
     bench = cfg.benchmark
     out_dir = Path(cfg.output_dir)
@@ -73,7 +74,10 @@ def run(cfg) -> dict | None:
     items = load_items(bench.format, bench.question_file, bench.image_folder, bench.prompt_suffix)
     if cfg.max_samples:
         items = items[:cfg.max_samples]
-    model, processor, aspect = load_for_inference(cfg.model_dir, cfg.dtype, cfg.device)
+    import torch
+
+    rank_device = start(cpu=cfg.device == "cpu" or not torch.cuda.is_available())  # under torchrun
+    model, processor, aspect = load_for_inference(cfg.model_dir, cfg.dtype, cfg.device or rank_device)
     model_id = cfg.model_id or Path(cfg.model_dir).resolve().name
     answers = answer_benchmark(model, processor, cfg.image_aspect_ratio or aspect, items,
                                out_dir / "answers.jsonl", model_id, cfg.batch_size,
@@ -101,4 +105,10 @@ def main() -> None:
         logging.getLogger().setLevel(logging.INFO)
         return run(cfg)
 
-    _main()
+    try:
+        _main()
+    finally:  # under torchrun: leave the process group the answers were gathered in
+        if "torch" in sys.modules:
+            from llava_hydra.runner import end_process_group
+
+            end_process_group()
