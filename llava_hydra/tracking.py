@@ -7,7 +7,8 @@ held-out accuracy during training). This module adds what they do not know:
   overrides; the project ``tracking.project``; a sweep's jobs grouped under the sweep
   directory's name (wandb ``group``, an MLflow tag);
 - the resolved spec as the run's config, with the learning rate of each trained part;
-- files under the run directory: ``<run dir>/wandb``, ``<run dir>/tensorboard``, ``<run dir>/mlruns``
+- files under the run directory: ``<run dir>/wandb``, ``<run dir>/tensorboard``, ``<run dir>/mlflow.db``
+  and ``mlartifacts``
   (unless ``WANDB_DIR`` / ``TENSORBOARD_LOGGING_DIR`` / ``MLFLOW_TRACKING_URI`` say otherwise);
 - at the end, the final metrics (the run's summary) and ``metrics.json`` itself.
 
@@ -118,8 +119,11 @@ class Trackers(TrainerCallback):
 
             if mlflow.active_run() is not None:
                 mlflow.end_run(status="FAILED")
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
-                mlflow.set_tracking_uri((self.out_dir / "mlruns").as_uri())
+            if not os.environ.get("MLFLOW_TRACKING_URI"):  # a database of this run, its artifacts beside it
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                mlflow.set_tracking_uri(f"sqlite:///{self.out_dir / 'mlflow.db'}")
+                if mlflow.get_experiment_by_name(self.project) is None:
+                    mlflow.create_experiment(self.project, artifact_location=(self.out_dir / "mlartifacts").as_uri())
             mlflow.set_experiment(self.project)
             mlflow.start_run(run_name=self.name, tags={"group": self.group} if self.group else None)
             mlflow.log_dict(self.spec, "spec.json")
@@ -154,7 +158,6 @@ class Trackers(TrainerCallback):
             import mlflow
 
             if mlflow.active_run() is not None:
-                mlflow.log_metrics({k.replace("eval_", "eval/"): v for k, v in numbers.items()},
-                                   step=trainer.state.global_step)
+                mlflow.log_metrics(numbers, step=trainer.state.global_step)
                 mlflow.log_artifact(str(metrics_file))
                 mlflow.end_run()
