@@ -63,10 +63,12 @@ def accelerator_present() -> bool:
 
 
 def log_to_run_file(cfg: DictConfig, out_dir: Path) -> None:
-    """Outside a Hydra job (a worker of launcher.nproc_per_node), rank 0 appends its log to the
-    run's log file, named as Hydra names it (hydra.job.name: <model>_<stage>)."""
+    """A worker of launcher.nproc_per_node (under torchrun, outside a Hydra job): rank 0 appends
+    its log to the run's log file, named as Hydra names it (hydra.job.name: <model>_<stage>)."""
+    from llava_hydra.launch import under_launcher
+
     root = logging.getLogger()
-    if HydraConfig.initialized() or int(os.environ.get("RANK", "0")) != 0 or any(
+    if HydraConfig.initialized() or not under_launcher() or int(os.environ.get("RANK", "0")) != 0 or any(
             isinstance(h, logging.FileHandler) for h in root.handlers):
         return
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -112,3 +112,21 @@ def test_own_data_with_readmes_overrides_exits_0(tmp_path):
     metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
     assert metrics["train_samples"] == 6 and "eval_accuracy" not in metrics
     assert "no evaluation: data.eval_data_path is the synthetic held-out set" in done.stdout
+
+
+def test_every_trained_part_finds_its_optimizer_group(compose_spec, tmp_path):
+    from llava_hydra.model import build_model
+    from llava_hydra.trainer import parameter_groups, part_groups
+
+    model, _, _ = build_model(compose_spec(f"paths.cache_dir={tmp_path}", "stage=finetune",
+                                           "stage.pretrain_mm_mlp_adapter=null",
+                                           "stage.trainable=[mm_projector,llm,vision_tower]"))
+    decay = {n for n, p in model.named_parameters() if p.ndim >= 2}
+    groups = parameter_groups(model, decay, 0.0, vision_tower_lr=2e-6)
+    names = {part: groups[i]["name"] for part, i in part_groups(model, groups).items()}
+    # each part -> the first group holding one of its tensors (the vision tower's: class_embedding, no decay)
+    assert names == {"llm": "base_decay", "mm_projector": "base_decay", "vision_tower": "vision_tower_no_decay"}
+    projector_only = compose_spec(f"paths.cache_dir={tmp_path}")  # stage 1: the projector alone, at the base rate
+    model, _, _ = build_model(projector_only)
+    groups = parameter_groups(model, decay, 0.0)
+    assert {part: groups[i]["name"] for part, i in part_groups(model, groups).items()} == {"mm_projector": "base_decay"}
