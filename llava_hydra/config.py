@@ -163,6 +163,15 @@ class PathsConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where training.report_to's trackers file the run (llava_hydra.tracking)."""
+
+    # wandb project, MLflow experiment. The run's name is training.run_name, or else model/stage plus
+    # a sweep job's swept overrides; a sweep's jobs are grouped under the sweep directory's name.
+    project: str = "llava_hydra"
+
+
+@dataclass
 class LlavaHydraConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -173,6 +182,7 @@ class LlavaHydraConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_dir: str = MISSING
 
 

@@ -39,6 +39,12 @@ def training_arguments(cfg: DictConfig):
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval.steps)
         if cfg.eval.keep_best:
             kwargs.update(metric_for_best_model="eval_accuracy", greater_is_better=True)
+    # pinned memory only helps a GPU (on CPU torch warns, every run); the tokens seen give tokens/s
+    kwargs.setdefault("dataloader_pin_memory", accelerator_present())
+    kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
+    from llava_hydra.tracking import run_name
+
+    kwargs["run_name"] = run_name(cfg)
     if cfg.deepspeed is not None:
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
     if cpu_process_group(cfg.deepspeed is not None):
@@ -47,6 +53,28 @@ def training_arguments(cfg: DictConfig):
         return LlavaTrainingArguments(**kwargs)
     except TypeError as e:  # a key added with +training.X that TrainingArguments does not know
         raise ValueError(f"training: {e}") from None
+
+
+def accelerator_present() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def log_to_run_file(cfg: DictConfig, out_dir: Path) -> None:
+    """A worker of launcher.nproc_per_node (under torchrun, outside a Hydra job): rank 0 appends
+    its log to the run's log file, named as Hydra names it (hydra.job.name: <model>_<stage>)."""
+    from llava_hydra.launch import under_launcher
+
+    root = logging.getLogger()
+    if HydraConfig.initialized() or not under_launcher() or int(os.environ.get("RANK", "0")) != 0 or any(
+            isinstance(h, logging.FileHandler) for h in root.handlers):
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / f"{cfg.model.name}_{cfg.stage.name}.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(handler)
 
 
 def cpu_process_group(deepspeed: bool) -> bool:
@@ -74,12 +102,6 @@ def end_process_group() -> None:
         dist.destroy_process_group()
 
 
-def in_multirun() -> bool:
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, model):
     from llava_hydra.data.dataset import LazySupervisedDataset
 
@@ -97,29 +119,6 @@ def length_pass_once(samples, args) -> None:
         samples.length_table()
 
 
-def final_loss(log_history: list[dict]) -> float | None:
-    losses = [e["loss"] for e in log_history if "loss" in e]
-    return losses[-1] if losses else None
-
-
-def plot_loss(log_history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    if not points:
-        return
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(*zip(*points))
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run(cfg: DictConfig) -> float | None:
     from llava_hydra.validate import validate
 
@@ -132,6 +131,9 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.checkpoints import claim_run_dir
     from llava_hydra.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
+    from llava_hydra.progress import final_loss, plot_loss
+    from llava_hydra.sweep import in_multirun
+    from llava_hydra.tracking import Trackers
 
     started = time.time()
     if in_multirun():  # every job of a sweep trains in its own job directory
@@ -142,6 +144,7 @@ def run(cfg: DictConfig) -> float | None:
     adopt_slurm_ranks()
     if cfg.launcher.nproc_per_node > 1 and not under_launcher():  # start the workers, then wait
         return spawn(cfg, str(out_dir))
+    log_to_run_file(cfg, out_dir)
     log.info("run %s/%s -> %s", cfg.model.name, cfg.stage.name, out_dir)
 
     # 1. (The spec's values were checked above.) Claim the run directory: locked,
@@ -211,6 +214,8 @@ def run(cfg: DictConfig) -> float | None:
     # 6. Train, resuming from the checkpoint chosen in step 1; every checkpoint records the run's
     #    id and spec.
     trainer.run_id, trainer.run_spec = run_id, spec
+    trackers = Trackers(cfg, spec, out_dir, run_id)  # wandb / TensorBoard / MLflow: name, spec, run dir
+    trackers.start(trainer)
     result = trainer.train(resume_from_checkpoint=resume)
     data_report = samples.report(all_ranks=True)  # skips of every rank and worker (every rank calls it)
 
@@ -223,7 +228,7 @@ def run(cfg: DictConfig) -> float | None:
 
     # 8. Evaluate and write metrics.json (+ loss.png).
     metrics = {"model": cfg.model.name, "stage": cfg.stage.name,
-               "train_loss": final_loss(trainer.state.log_history),
+               "train_loss": final_loss(trainer.state.log_history),  # RunLog logs the last step
                "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step,
                "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
     #    Sharded across ranks; under bf16/fp16 in the Trainer's autocast (trainable parts are fp32).
@@ -232,6 +237,7 @@ def run(cfg: DictConfig) -> float | None:
 
         with trainer.accelerator.autocast():
             metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
+        trainer.log({k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))})
     elif cfg.eval.enable and cfg.data.eval_data_path:
         log.info("no evaluation: data.eval_data_path is the synthetic held-out set and data.data_path is not "
                  "the synthetic data; set data.eval_data_path to a held-out file of your data")
@@ -242,5 +248,6 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_world_process_zero():
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         plot_loss(trainer.state.log_history, out_dir / "loss.png")
+    trackers.finish(trainer, metrics, out_dir / "metrics.json")
     log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "eval_examples"})
     return metrics.get("eval_accuracy")

@@ -6,10 +6,15 @@ eval metric, wall time, error) and rebuilds ``summary.{md,csv,json}`` from every
 directory under the sweep root. Rows live on disk rather than in memory, so the summary is
 right whether jobs run in this process (the basic launcher) or elsewhere (submitit), and a
 failed job is a row marked ``failed``, not a hole: Hydra only raises after every job ran.
+
+At the start of a multirun it notes the swept keys for the jobs' tracker run names
+(``llava_hydra.tracking``); at the end it prints the table and where it is (also when a job
+failed, where Hydra raises before its end-of-multirun callback).
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -19,9 +24,10 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 ROW_FILE = "job_summary.json"
+SWEEP_KEYS_ENV = "LLAVA_HYDRA_SWEEP_KEYS"  # the swept keys, for the jobs' tracker run names
 COLUMNS = ("job", "overrides", "status", "train_loss", "eval_accuracy", "wall_time_s", "error")
 
 
@@ -87,8 +93,42 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: its command-line sweeps (a=1,2 / range / choice ...) and an
+    Optuna sweeper's search space."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element().lstrip("+~") for o in overrides if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return [*keys, *(k for k in params if k not in keys)]
+
+
+def print_summary(sweep_dir: Path) -> None:
+    table = sweep_dir / "summary.md"
+    if table.exists():
+        print(f"\nsweep summary ({sweep_dir}/summary.{{md,csv,json}}):\n{table.read_text()}", flush=True)
+
+
 class SweepSummary(Callback):
-    """Writes the sweep summary after every multirun job (single runs are left alone)."""
+    """Writes the sweep summary after every multirun job (single runs are left alone) and
+    prints it when the multirun ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(config))
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        atexit.register(print_summary, self.sweep_dir)  # a failed job: Hydra raises before on_multirun_end
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.unregister(print_summary)
+        print_summary(self.sweep_dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = job_return.hydra_cfg.hydra if job_return.hydra_cfg is not None else None

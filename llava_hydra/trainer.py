@@ -7,6 +7,10 @@
    under DeepSpeed from engine state saved without the frozen weights).
 4. Checkpoints land atomically with a run record and a manifest (``llava_hydra.checkpoints``);
    the reported train loss is the mean over the whole run, across resumes.
+5. Every logged step carries the learning rate of each trained part (``learning_rate/llm``,
+   ``/mm_projector``, ``/vision_tower``); ``learning_rate`` is the rate of ``training.learning_rate``'s
+   group (the Trainer's would be the first group's: the projector's when it has its own rate).
+   Progress is shown by ``llava_hydra.progress.RunLog`` (bar + log lines) instead of printed dicts.
 """
 
 from __future__ import annotations
@@ -80,6 +84,22 @@ def parameter_groups(model, decay_names: set[str], weight_decay: float,
     return list(groups.values())
 
 
+PARTS = ("llm", "mm_projector", "vision_tower")
+
+
+def part_groups(model, groups: list[dict]) -> dict[str, int]:
+    """Each trained part (llm, mm_projector, vision_tower) -> the index of an optimizer group
+    that trains it (its own group, or a base one); parts with nothing trainable are left out."""
+    core = llava_core(model)
+    own = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
+    own.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
+    where = {}
+    for i, group in enumerate(groups):
+        for p in group["params"]:
+            where.setdefault(own.get(id(p), "llm"), i)
+    return {part: where[part] for part in PARTS if part in where}
+
+
 class LLaVATrainer(Trainer):
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
@@ -89,6 +109,30 @@ class LLaVATrainer(Trainer):
         self.run_id = run_id  # recorded in every checkpoint with the spec (llava_hydra.checkpoints)
         self.run_spec = run_spec
         self.resumed_loss_sum = 0.0
+        self.part_groups: dict[str, int] = {}  # set by create_optimizer
+        self.base_group: int | None = None  # the group at training.learning_rate
+        self.logged_rates: dict[str, float] = {}
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        from llava_hydra.progress import RunLog
+
+        self.remove_callback(PrinterCallback)
+        self.remove_callback(ProgressCallback)
+        self.add_callback(RunLog(bar=not self.args.disable_tqdm))
+
+    def _get_learning_rate(self) -> float:
+        """The rate of training.learning_rate's group, noting every part's rate for ``log``."""
+        first = super()._get_learning_rate()
+        if not self.part_groups:  # an optimizer not made by create_optimizer (DeepSpeed's own)
+            return first
+        groups = self.optimizer.param_groups
+        self.logged_rates = {part: float(groups[i]["lr"]) for part, i in self.part_groups.items()}
+        return first if self.base_group is None else float(groups[self.base_group]["lr"])
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "learning_rate" in logs:
+            logs.update({f"learning_rate/{part}": lr for part, lr in self.logged_rates.items()})
+        super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """With ``held_out_eval`` (eval.steps): greedy answers to the held-out questions, logged to
@@ -132,6 +176,8 @@ class LLaVATrainer(Trainer):
             for g in groups:
                 log.info("optimizer group %s: %d tensors, lr %s, weight decay %s", g["name"], len(g["params"]),
                          g.get("lr", self.args.learning_rate), g["weight_decay"])
+            self.part_groups = part_groups(opt_model, groups)
+            self.base_group = next((i for i, g in enumerate(groups) if g["name"].startswith("base_")), None)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer

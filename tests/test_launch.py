@@ -73,11 +73,13 @@ def test_two_processes_one_run_directory(tmp_path, cache, launch):
     assert one_hydra_dir(tmp_path) == [run_dir]
     assert (run_dir / "model.safetensors").exists() and (run_dir / "metrics.json").exists()
     if launch.startswith("torchrun"):
-        log = (run_dir / "__main__.log").read_text()
+        log = (run_dir / "tiny_finetune.log").read_text()
         assert log.count("metrics:") == 1, "only rank 0 writes the run's log file"
     else:
         assert (run_dir / "launch_spec.yaml").exists()
-        assert "launching 2 workers" in (run_dir / "__main__.log").read_text()
+        log = (run_dir / "tiny_finetune.log").read_text()
+        assert "launching 2 workers" in log
+        assert log.count("metrics:") == 1 and "| loss " in log, "rank 0 of the workers appends to the run's log"
 
 
 def test_deepspeed_launcher_local_rank_is_taken_off_hydras_command_line(tmp_path, cache):

@@ -217,4 +217,4 @@ def test_rerunning_the_default_command_says_how_to_resume(tmp_path, cache):
     assert done.returncode != 0
     assert "already holds another run (run run-a" in done.stderr
     assert "training.resume_from_checkpoint=auto" in done.stderr
-    assert "train data:" not in done.stderr + (run_dir / "__main__.log").read_text()  # refused before loading
+    assert "train data:" not in done.stderr + (run_dir / "tiny_pretrain.log").read_text()  # refused before loading

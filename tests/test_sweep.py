@@ -47,6 +47,8 @@ def test_a_failing_job_is_marked_and_the_others_still_report(tmp_path):
     rows = json.loads((sweep / "summary.json").read_text())
     assert [r["status"] for r in rows] == ["failed", "ok"]
     assert "warmup_ratio" in rows[0]["error"]
+    assert f"sweep summary ({sweep}/summary.{{md,csv,json}})" in done.stdout  # printed although Hydra raised
+    assert "| 0 | training.warmup_ratio=2.0 | failed |" in done.stdout
     assert (Path(rows[1]["dir"]) / "mm_projector.safetensors").exists()
 
 
