@@ -173,7 +173,7 @@ def _pack_runs(idx: list[int], sizes, capacity: int, ks: list[int], generator) -
     steps: list[list[list[int]]] = []
     starts: list[int] = []
     start = 0
-    for g, k in enumerate(ks):
+    for k in ks:
         rows_after = rows_left - k
         if rows_after == 0:
             end = n
