@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from llava_hydra.packing_rows import bin_lengths, pack_lengths, pack_rows, packed_epoch
@@ -102,3 +103,9 @@ def test_packed_epoch_of_a_665k_like_mix_is_fast_per_step_and_fair():
     assert stats["step_efficiency"] >= 0.85, stats
     assert stats["rank_imbalance_mean"] < 1.05, stats
     assert stats["fairness_image"] < 1.2 and stats["fairness_text"] < 1.2, stats
+
+
+def test_a_fill_outside_0_1_is_refused_by_name():
+    for fill in (0, 1.5):
+        with pytest.raises(ValueError, match=r"training.packing_fill.*\(0, 1\]"):
+            pack_rows([10, 20, -5], 64, fill=fill)
