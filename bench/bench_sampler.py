@@ -25,7 +25,8 @@ Packing rows (``training.packing``): ``llava_hydra.packing_rows.packed_epoch``, 
 --capacity-token rows, dealt to ranks by real tokens. A per-device batch is that many rows:
 about as many tokens as --batch-size samples, or one row. Pad waste, step efficiency and rank
 imbalance are then over rows; fairness over the samples in the rows. Its seconds are one
-epoch's, as the sampler spends them; the row count (``pack_rows``, once per run) is timed apart.
+epoch's, as the sampler spends them; the row counts (``pack_rows``, ``step_counts``: once per
+run) are timed apart.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from llava_hydra.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch
+from llava_hydra.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
 from llava_hydra.sampler import LengthGroupedSampler
 
 
@@ -135,8 +136,8 @@ def main() -> None:
     }
     rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
     start = time.perf_counter()
-    _, counts = pack_rows(as_list, cap, 0, args.fill)  # once per run: the epoch's fixed row count
-    count_seconds = time.perf_counter() - start
+    _, fill_counts = pack_rows(as_list, cap, 0, args.fill)  # once per run (PackedDataset)
+    count_seconds = {"pack_rows": time.perf_counter() - start}
     packed = {}  # name -> (bins, rows per device), filled by the timed function
 
     def packing(name, rows, fill, counts):
@@ -148,6 +149,9 @@ def main() -> None:
 
     for rows_ in (rows_per_device, 1):
         name = f"packing, {rows_} row{'s' if rows_ > 1 else ''}"
+        start = time.perf_counter()
+        counts = step_counts(as_list, cap, rows_ * ws, 0, fill_counts)  # once per run (PackedSampler)
+        count_seconds[name] = time.perf_counter() - start
         methods[name] = packing(name, rows_, args.fill, counts)
     results = []
     for name, order_fn in methods.items():
@@ -170,8 +174,7 @@ def main() -> None:
         results.append(row)
 
     print(f"{len(lengths)} samples ({int((lengths < 0).sum())} text-only), "
-          f"{ws} ranks x batch {bs}, torch threads 1; packing into {cap}-token rows, fill {args.fill} "
-          f"({sum(counts)} rows, counted in {count_seconds:.1f} s once per run)")
+          f"{ws} ranks x batch {bs}, torch threads 1; packing into {cap}-token rows, fill {args.fill}")
     header = (f"{'method':<24}{'batch':>6}{'seconds':>9}{'pad waste':>11}{'step eff.':>11}{'rank imbal.':>13}"
               f"{'worst step':>12}{'fair img':>10}{'fair txt':>10}{'mixed':>7}")
     print(header + "\n" + "-" * len(header))
@@ -181,7 +184,8 @@ def main() -> None:
               f"{r['fairness_image']:>10.2f}{r['fairness_text']:>10.2f}{r['mixed_batches']:>7d}")
     for r in results:
         if "fill" in r:
-            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled")
+            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled; counted once "
+                  f"per run in {count_seconds['pack_rows']:.1f} + {count_seconds[r['method']]:.1f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"samples": len(lengths), "text_only": int((lengths < 0).sum()),

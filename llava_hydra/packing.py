@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import torch
 
-from llava_hydra.packing_rows import FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats
+from llava_hydra.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
+                                      step_counts)
 
 __all__ = ["IGNORE_INDEX", "PackedCollator", "PackedDataset", "PackedSampler", "bin_lengths", "block_causal_mask",
            "pack_lengths", "pack_rows", "pack_samples", "packed_epoch", "packed_training", "padding_stats",
@@ -72,9 +73,9 @@ class PackedDataset(torch.utils.data.Dataset):
     """Packed rows of a tokenized dataset. ``dataset[(i, j, ...)]`` packs samples i, j, ... into
     one row (``pack_samples``): what ``PackedSampler`` hands out. ``dataset[k]`` is row ``k`` of
     the epoch-free packing (``pack_rows``: best-fit decreasing over each whole modality; for
-    inspection and for samplers other than ``PackedSampler``). ``dataset`` needs
-    ``modality_lengths`` (as ``LazySupervisedDataset``). ``len`` -- the number of rows of every
-    epoch -- and ``modality_lengths`` (tokens per row, negative for a text-only row) are fixed.
+    inspection and for samplers other than ``PackedSampler``, which may use a few more rows:
+    ``counts_for``). ``dataset`` needs ``modality_lengths`` (as ``LazySupervisedDataset``).
+    ``len`` and ``modality_lengths`` (tokens per row, negative for a text-only row) are fixed.
     ``fill``: the target share of real tokens in a row (``llava_hydra.packing_rows``)."""
 
     def __init__(self, dataset, capacity: int, seed: int = 0, group_by_modality: bool = True, fill: float = FILL):
@@ -83,6 +84,15 @@ class PackedDataset(torch.utils.data.Dataset):
         self.sample_lengths = list(dataset.modality_lengths)
         self.bins, self.counts = pack_rows(self.sample_lengths, capacity, seed, fill, group_by_modality)
         self._bin_lengths = bin_lengths(self.sample_lengths, self.bins, capacity)
+        self._step_counts: dict[int, list[int]] = {}
+
+    def counts_for(self, per_step: int) -> list[int]:
+        """Rows per modality of every epoch in steps of ``per_step`` rows (``step_counts``: at
+        least ``len(self)``'s, more where packing a step reaches less than ``fill``)."""
+        if per_step not in self._step_counts:
+            self._step_counts[per_step] = step_counts(self.sample_lengths, self.capacity, per_step, self.seed,
+                                                      self.counts, self.group_by_modality)
+        return self._step_counts[per_step]
 
     def __len__(self) -> int:
         return len(self.bins)
@@ -105,22 +115,23 @@ class PackedSampler(torch.utils.data.Sampler):
     its rows), as tuples of sample indices, in the global step order (accelerate shards it per
     rank). ``batch_size`` counts rows per device; ``world_size`` is ranks x gradient accumulation
     steps. Epoch ``e`` draws with ``seed + e``: a pure function of the epoch, so every rank and
-    worker agrees. The number of rows is the dataset's, every epoch."""
+    worker agrees. The number of rows is the same every epoch (``PackedDataset.counts_for``)."""
 
     def __init__(self, dataset: PackedDataset, batch_size: int, world_size: int):
         self.dataset, self.batch_size, self.world_size = dataset, batch_size, world_size
+        self.counts = dataset.counts_for(batch_size * world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return sum(self.counts)
 
     def rows(self) -> list[tuple[int, ...]]:
         d = self.dataset
         bins, order = packed_epoch(d.sample_lengths, d.capacity, self.batch_size, self.world_size,
-                                   d.seed + self.epoch, d.group_by_modality, d.fill, d.counts)
+                                   d.seed + self.epoch, d.group_by_modality, d.fill, self.counts)
         return [tuple(bins[i]) for i in order.tolist()]
 
     def __iter__(self):

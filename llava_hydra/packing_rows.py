@@ -11,22 +11,25 @@ A step is ``world_size * batch_size`` rows (``world_size``: ranks x gradient acc
 steps). An epoch of one modality:
 
 1. the draw: a random permutation of its samples (``seed + epoch``), as LLaVA's;
-2. the permutation is cut into consecutive chunks, one per step: a chunk is as long as the step's
-   share of the remaining tokens (remaining tokens x rows of the step / remaining rows), then cut
-   back from its end, one sample at a time, until best-fit decreasing packs it into the step's
-   rows. A step's samples are thus a contiguous run of a random permutation -- a random draw of
-   the modality, as an unpacked step's -- whose size is set by a token budget; what does not fit
-   is not set aside by length but simply starts the next step's run;
+2. the permutation is cut into consecutive runs, one per step: a run is as long as the step's
+   share of the remaining tokens (remaining tokens x rows of the step / remaining rows, times
+   ``AHEAD`` so that steps that can take more do, and the schedule stays ahead), then cut back
+   from its end, one sample at a time, until best-fit decreasing packs it into the step's rows.
+   A step's samples are thus a contiguous run of a random permutation -- a random draw of the
+   modality, as an unpacked step's -- whose size is set by a token budget; what does not fit is
+   not set aside by length but simply starts the next step's run;
 3. if the last step's run does not fit its rows, the runs of the last 2, 4, ... steps are packed
    together into their rows (rows then shuffled among those steps); at worst the whole modality,
    which fits by construction of ``pack_rows``;
 4. every step's rows are sorted by real tokens and dealt greedily to the ranks (LLaVA's deal);
    full steps of both modalities are shuffled together, the partial ones go last.
 
-The number of rows per modality is fixed (``pack_rows``: tokens / (``fill`` x capacity), at least
-what best-fit decreasing needs for the whole modality, at most one row per sample), so the
-Trainer's step count holds every epoch. ``fill`` is the target share of a row's tokens that are
-real; below what packing inside a step reaches, so that the token budget nearly always fits.
+The number of rows per modality is fixed, so the Trainer's step count holds every epoch:
+``pack_rows`` counts tokens / (``fill`` x capacity), at least what best-fit decreasing needs for
+the whole modality, at most one row per sample; ``step_counts`` (what ``PackedSampler`` uses)
+adds rows where a trial epoch, every step taking as long a run as it packs, needs more (1%
+slack): ``fill`` above what packing a step reaches (few rows a step, long samples) then costs
+efficiency, not a pile-up of samples at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import math
 import torch
 
 FILL = 0.86  # default target fill of a row (real tokens / capacity)
+AHEAD = 1.25  # a run's token budget over its share of what is left: steps that can take more do
 
 
 def _best_fit_decreasing(order: list[int], sizes, capacity: int, max_bins: int | None = None):
@@ -163,6 +167,53 @@ def pack_rows(lengths, capacity: int, seed: int = 0, fill: float = FILL,
     return bins, counts
 
 
+def _longest_run(drawn: list[int], cum: list[int], start: int, sizes, capacity: int, k: int) -> int:
+    """End of (about) the longest run of ``drawn`` from ``start`` that best-fit decreasing packs
+    into ``k`` rows: at most ``k`` rows' tokens, then a binary search (``k`` samples always fit)."""
+    n = len(drawn)
+    lo = min(start + k, n)
+    hi = max(lo, bisect.bisect_right(cum, cum[start] + k * capacity) - 1)
+
+    def fits(end):
+        order = sorted(drawn[start:end], key=lambda i: -sizes[i])
+        return _best_fit_decreasing(order, sizes, capacity, max_bins=k) is not None
+
+    if fits(hi):
+        return hi
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def step_counts(lengths, capacity: int, per_step: int, seed: int, counts: list[int],
+                group_by_modality: bool = True, slack: float = 0.01) -> list[int]:
+    """Rows per modality for steps of ``per_step`` rows: at least ``counts`` (``pack_rows``'), and
+    ``slack`` more than a trial epoch (the draw of ``seed``) needs when every step takes as long a
+    run of the draw as packs into its rows -- so that the epochs' token budgets are reachable and
+    runs are rarely cut back (``fill`` may be above what packing a step reaches: fewer rows a
+    step, longer samples)."""
+    lens, sizes_t = _sizes(lengths, capacity)
+    sizes = sizes_t.tolist()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for idx, count in zip(_groups(lens, group_by_modality), counts, strict=True):
+        drawn = idx[torch.randperm(len(idx), generator=g)].tolist()
+        cum = [0]
+        for i in drawn:
+            cum.append(cum[-1] + sizes[i])
+        start, needed = 0, 0
+        while start < len(drawn):
+            end = _longest_run(drawn, cum, start, sizes, capacity, per_step)
+            if end == len(drawn):
+                needed += len(_best_fit_decreasing(sorted(drawn[start:], key=lambda i: -sizes[i]), sizes, capacity))
+            else:
+                needed += per_step
+            start = end
+        out.append(min(len(idx), max(count, math.ceil(needed * (1 + slack)))))
+    return out
+
+
 def _pack_runs(idx: list[int], sizes, capacity: int, ks: list[int], generator) -> list[list[list[int]]]:
     """One modality's drawn samples ``idx`` (in draw order) cut into consecutive runs, run g packed
     into exactly ``ks[g]`` rows (module docstring, steps 2-3)."""
@@ -178,7 +229,7 @@ def _pack_runs(idx: list[int], sizes, capacity: int, ks: list[int], generator) -
         if rows_after == 0:
             end = n
         else:
-            share = (cum[n] - cum[start]) * k / rows_left  # over k rows' capacity if runs were cut back
+            share = (cum[n] - cum[start]) * k / rows_left * AHEAD  # a little ahead of the schedule
             target = cum[start] + min(share, k * capacity)
             end = min(max(bisect.bisect_right(cum, target) - 1, start + k), n - rows_after)
         rows = _fit(idx[start:end], sizes, capacity, k)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava_hydra.packing_rows import bin_lengths, pack_lengths, pack_rows, packed_epoch
+from llava_hydra.packing_rows import bin_lengths, pack_lengths, pack_rows, packed_epoch, step_counts
 
 
 def skewed(n=30_000, seed=21):
@@ -54,11 +54,10 @@ def test_packed_steps_spread_like_random_draws_unlike_random_steps_of_prepacked_
     assert old_means.std().item() > 1.4 * random_spread(lengths, old_counts)
 
 
-def test_a_step_is_a_contiguous_run_of_the_epochs_draw():
-    lengths = skewed(4000, seed=5)
-    per_step = 2 * 4
-    bins, order = packed_epoch(lengths, 2048, 2, 4, seed=9)
-    drawn = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(9))  # the draw, as documented
+def contiguous_steps(lengths, bins, order, per_step, seed):
+    """How many full steps hold a contiguous run of the epoch's draw (one modality: the draw is
+    ``randperm`` of the sample count from ``seed``, as documented), and how many full steps."""
+    drawn = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed))
     place = torch.empty_like(drawn)
     place[drawn] = torch.arange(len(drawn))
     rows = [bins[i] for i in order.tolist()]
@@ -67,7 +66,32 @@ def test_a_step_is_a_contiguous_run_of_the_epochs_draw():
     for s in range(full):
         spots = sorted(place[j].item() for row in rows[s * per_step:(s + 1) * per_step] for j in row)
         contiguous += spots == list(range(spots[0], spots[0] + len(spots)))
+    return contiguous, full
+
+
+def test_a_step_is_a_contiguous_run_of_the_epochs_draw():
+    lengths = skewed(4000, seed=5)
+    bins, order = packed_epoch(lengths, 2048, 2, 4, seed=9)
+    contiguous, full = contiguous_steps(lengths, bins, order, 2 * 4, seed=9)
     assert contiguous >= full - 2  # all but the last runs, if they had to be packed together
+
+
+def test_a_fill_above_what_a_step_packs_adds_rows_rather_than_piling_up_at_the_end():
+    """Image-like samples (~600-1500 tokens) in steps of 2 ranks x 2 rows of 2048 cannot fill rows
+    to 99%: the sampler's count adds rows (a trial epoch) and every step stays a run of the draw;
+    with the plain fill count the runs fall behind and the steps are packed together at the end."""
+    g = torch.Generator().manual_seed(4)
+    lengths = (576 + torch.randint(8, 900, (3000,), generator=g)).tolist()
+    _, counts = pack_rows(lengths, 2048, seed=0, fill=0.99)
+    more = step_counts(lengths, 2048, 4, seed=0, counts=counts)
+    assert more[0] > counts[0]
+    bins, order = packed_epoch(lengths, 2048, 2, 2, seed=0, counts=more)
+    assert len(bins) == more[0] and sorted(j for b in bins for j in b) == list(range(3000))
+    contiguous, full = contiguous_steps(lengths, bins, order, 4, seed=0)
+    assert contiguous >= full - 2
+    bins, order = packed_epoch(lengths, 2048, 2, 2, seed=0, counts=counts)  # too few rows: a pile-up
+    contiguous, full = contiguous_steps(lengths, bins, order, 4, seed=0)
+    assert contiguous < full / 2
 
 
 def test_every_epoch_the_same_number_of_rows_every_sample_once_one_modality_per_step():
