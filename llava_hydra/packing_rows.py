@@ -14,7 +14,7 @@ steps). An epoch of one modality:
 2. the permutation is cut into consecutive runs, one per step: a run is as long as the step's
    share of the remaining tokens (remaining tokens x rows of the step / remaining rows, times
    ``AHEAD`` so that steps that can take more do, and the schedule stays ahead), then cut back
-   from its end, one sample at a time, until best-fit decreasing packs it into the step's rows.
+   from its end (a binary search) until best-fit decreasing packs it into the step's rows.
    A step's samples are thus a contiguous run of a random permutation -- a random draw of the
    modality, as an unpacked step's -- whose size is set by a token budget; what does not fit is
    not set aside by length but simply starts the next step's run;
@@ -167,19 +167,18 @@ def pack_rows(lengths, capacity: int, seed: int = 0, fill: float = FILL,
     return bins, counts
 
 
-def _longest_run(drawn: list[int], cum: list[int], start: int, sizes, capacity: int, k: int) -> int:
-    """End of (about) the longest run of ``drawn`` from ``start`` that best-fit decreasing packs
-    into ``k`` rows: at most ``k`` rows' tokens, then a binary search (``k`` samples always fit)."""
-    n = len(drawn)
-    lo = min(start + k, n)
-    hi = max(lo, bisect.bisect_right(cum, cum[start] + k * capacity) - 1)
+def _longest_run(drawn: list[int], start: int, end: int, sizes, capacity: int, k: int) -> int:
+    """End of (about) the longest run ``drawn[start:e]``, ``e <= end``, that best-fit decreasing
+    packs into ``k`` rows: ``end`` if it fits, else a binary search (``k`` samples always fit)."""
+    lo = min(start + k, end)
 
-    def fits(end):
-        order = sorted(drawn[start:end], key=lambda i: -sizes[i])
+    def fits(e):
+        order = sorted(drawn[start:e], key=lambda i: -sizes[i])
         return _best_fit_decreasing(order, sizes, capacity, max_bins=k) is not None
 
-    if fits(hi):
-        return hi
+    if fits(end):
+        return end
+    hi = end
     while hi - lo > 1:  # fits(lo), not fits(hi)
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
@@ -204,7 +203,9 @@ def step_counts(lengths, capacity: int, per_step: int, seed: int, counts: list[i
             cum.append(cum[-1] + sizes[i])
         start, needed = 0, 0
         while start < len(drawn):
-            end = _longest_run(drawn, cum, start, sizes, capacity, per_step)
+            most = max(min(start + per_step, len(drawn)),
+                       bisect.bisect_right(cum, cum[start] + per_step * capacity) - 1)
+            end = _longest_run(drawn, start, most, sizes, capacity, per_step)
             if end == len(drawn):
                 needed += len(_best_fit_decreasing(sorted(drawn[start:], key=lambda i: -sizes[i]), sizes, capacity))
             else:
@@ -232,10 +233,9 @@ def _pack_runs(idx: list[int], sizes, capacity: int, ks: list[int], generator) -
             share = (cum[n] - cum[start]) * k / rows_left * AHEAD  # a little ahead of the schedule
             target = cum[start] + min(share, k * capacity)
             end = min(max(bisect.bisect_right(cum, target) - 1, start + k), n - rows_after)
+        if rows_after:  # cut the run back from its end until it fits
+            end = _longest_run(idx, start, end, sizes, capacity, k)
         rows = _fit(idx[start:end], sizes, capacity, k)
-        while rows is None and rows_after:  # cut the run back from its end
-            end -= 1
-            rows = _fit(idx[start:end], sizes, capacity, k)
         starts.append(start)
         if rows is None:  # the last run does not fit: pack the last 2, 4, ... runs together
             back = 2
