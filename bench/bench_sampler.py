@@ -14,16 +14,19 @@ A step is ``--world-size`` ranks x one per-device batch (no gradient accumulatio
 - step eff.: real tokens of a step / (ranks x padded tokens of the slowest rank), summed over
   full steps: the share of a synchronous step's wall-clock doing useful work;
 - rank imbal.: per step, the slowest rank's padded tokens over the ranks' mean (mean, worst);
-- fairness img / txt: per modality, the std over steps of a step's mean sample length, over
-  the same std for random steps of that modality with as many samples (1.0: a random draw;
-  packing's steps hold a varying number of samples, compared at their mean count);
+- fairness img / txt: per modality, the std over steps of a step's mean sample length (all the
+  samples of the step's batches, across ranks), over the same std for random steps of that
+  modality holding the same numbers of samples (step s of the reference has as many as step s
+  measured; packing's steps hold a varying number): 1.0 is a random draw, LLaVA's objective;
 - mixed: per-device batches holding both modalities.
 
-Packing rows (``training.packing``): ``llava_hydra.packing.packed_epoch``, what
-``PackedSampler`` yields: samples bin-packed into --capacity-token rows, the rows visited in
-LLaVA's order (random steps of rows dealt to ranks by real tokens). A per-device batch is that
-many rows: about as many tokens as --batch-size samples, or one row. Pad waste, step
-efficiency and rank imbalance are then over rows; fairness over the samples in the rows.
+Packing rows (``training.packing``): ``llava_hydra.packing_rows.packed_epoch``, what
+``PackedSampler`` yields: every step a random draw of samples packed into that step's
+--capacity-token rows, dealt to ranks by real tokens. A per-device batch is that many rows:
+about as many tokens as --batch-size samples, or one row. Pad waste, step efficiency and rank
+imbalance are then over rows; fairness over the samples in the rows. Its seconds are one
+epoch's, as the sampler spends them; the row counts (``pack_rows``, ``step_counts``: once per
+run) are timed apart.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from llava_hydra.packing import bin_lengths, packed_epoch
+from llava_hydra.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
 from llava_hydra.sampler import LengthGroupedSampler
 
 
@@ -54,12 +57,18 @@ def step_mean_std(tokens: torch.Tensor, counts: torch.Tensor) -> float:
     return (tokens.double() / counts.double()).std().item()
 
 
-def random_step_std(lengths: torch.Tensor, modality: int, samples_per_step: int, seed: int = 123) -> float:
-    """The reference: random steps of ``samples_per_step`` samples of one modality."""
-    pool = lengths[(lengths > 0) if modality > 0 else (lengths < 0)].abs()
-    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
-    steps = pool[:len(pool) // samples_per_step * samples_per_step].view(-1, samples_per_step)
-    return steps.double().mean(dim=1).std().item()
+def random_step_std(lengths: torch.Tensor, modality: int, counts: torch.Tensor, seeds=range(123, 128)) -> float:
+    """The reference: random steps of one modality holding ``counts[s]`` samples each (step s of the
+    measured order has as many samples as reference step s: a std of a mean shrinks with more
+    samples). The std over steps of their mean sample length, averaged over ``seeds``."""
+    pool = lengths[(lengths > 0) if modality > 0 else (lengths < 0)].abs().double()
+    step_of = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    stds = []
+    for seed in seeds:
+        drawn = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:len(step_of)]]
+        sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, step_of, drawn)
+        stds.append((sums / counts).std().item())
+    return sum(stds) / len(stds)
 
 
 def measure(order: torch.Tensor, units: torch.Tensor, batch_size: int, world_size: int,
@@ -92,8 +101,8 @@ def measure(order: torch.Tensor, units: torch.Tensor, batch_size: int, world_siz
         if keep.sum() < 20:  # a plain shuffle has almost no single-modality steps
             fairness[name] = float("nan")
             continue
-        n = round(step_count[keep].double().mean().item())
-        fairness[name] = step_mean_std(step_tokens[keep], step_count[keep]) / random_step_std(lengths, sign, n)
+        fairness[name] = step_mean_std(step_tokens[keep], step_count[keep]) / random_step_std(lengths, sign,
+                                                                                             step_count[keep])
     return {"pad_waste": pad_waste, "step_efficiency": efficiency, "rank_imbalance_mean": imbalance.mean().item(),
             "rank_imbalance_worst": imbalance.max().item(), "fairness_image": fairness["image"],
             "fairness_text": fairness["text"], "mixed_batches": mixed}
@@ -106,6 +115,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--capacity", type=int, default=2048, help="packing: model_max_length")
+    ap.add_argument("--fill", type=float, default=FILL, help="packing: target real share of a row")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampler.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared machine; and what one dataloader process gets
@@ -125,18 +135,24 @@ def main() -> None:
         "sorted_steps, pool=64": grouped("sorted_steps", pool=64),
     }
     rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
+    start = time.perf_counter()
+    _, fill_counts = pack_rows(as_list, cap, 0, args.fill)  # once per run (PackedDataset)
+    count_seconds = {"pack_rows": time.perf_counter() - start}
     packed = {}  # name -> (bins, rows per device), filled by the timed function
 
-    def packing(name, rows):
+    def packing(name, rows, fill, counts):
         def order_fn():
-            bins, order = packed_epoch(as_list, cap, rows, ws, seed=1)
+            bins, order = packed_epoch(as_list, cap, rows, ws, seed=1, fill=fill, counts=counts)
             packed[name] = (bins, rows)
             return order
         return order_fn
 
     for rows_ in (rows_per_device, 1):
         name = f"packing, {rows_} row{'s' if rows_ > 1 else ''}"
-        methods[name] = packing(name, rows_)
+        start = time.perf_counter()
+        counts = step_counts(as_list, cap, rows_ * ws, 0, fill_counts)  # once per run (PackedSampler)
+        count_seconds[name] = time.perf_counter() - start
+        methods[name] = packing(name, rows_, args.fill, counts)
     results = []
     for name, order_fn in methods.items():
         seconds = []
@@ -158,7 +174,7 @@ def main() -> None:
         results.append(row)
 
     print(f"{len(lengths)} samples ({int((lengths < 0).sum())} text-only), "
-          f"{ws} ranks x batch {bs}, torch threads 1; packing into {cap}-token rows")
+          f"{ws} ranks x batch {bs}, torch threads 1; packing into {cap}-token rows, fill {args.fill}")
     header = (f"{'method':<24}{'batch':>6}{'seconds':>9}{'pad waste':>11}{'step eff.':>11}{'rank imbal.':>13}"
               f"{'worst step':>12}{'fair img':>10}{'fair txt':>10}{'mixed':>7}")
     print(header + "\n" + "-" * len(header))
@@ -168,11 +184,13 @@ def main() -> None:
               f"{r['fairness_image']:>10.2f}{r['fairness_text']:>10.2f}{r['mixed_batches']:>7d}")
     for r in results:
         if "fill" in r:
-            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled")
+            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled; counted once "
+                  f"per run in {count_seconds['pack_rows']:.1f} + {count_seconds[r['method']]:.1f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"samples": len(lengths), "text_only": int((lengths < 0).sum()),
-                               "world_size": ws, "batch_size": bs, "capacity": cap, "torch_threads": 1,
+                               "world_size": ws, "batch_size": bs, "capacity": cap, "fill": args.fill,
+                               "row_count_seconds": count_seconds, "torch_threads": 1,
                                "rows": results}, indent=1))
     print(f"wrote {out}")
 

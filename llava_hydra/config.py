@@ -95,9 +95,11 @@ class TrainingConfig:
     # one length -- changes what each step averages, not LLaVA's objective)
     length_grouping: str = "random_steps"
     length_grouping_pool: Optional[int] = None  # sorted_steps only: sort within pools of this many steps
-    # several samples per sequence of model.model_max_length, each attending to itself; rows re-packed every
-    # epoch, steps of random rows balanced across ranks by real tokens; batch size then counts rows
+    # several samples per sequence of model.model_max_length, each attending to itself; every step a random
+    # draw of samples packed into its rows (re-drawn every epoch), rows balanced across ranks by real tokens;
+    # batch size then counts rows
     packing: bool = False
+    packing_fill: float = 0.86  # packing: target share of real tokens in a row (rows = tokens / fill / length)
     # Hugging Face TrainingArguments, by their own names
     learning_rate: float = 2e-5
     per_device_train_batch_size: int = 16

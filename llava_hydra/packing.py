@@ -17,20 +17,18 @@ token of one sample never learns to predict the first of the next (the model shi
 by one internally). Image features are scattered into ``<image>`` positions in order, so the
 images of a packed batch are stacked row by row, sample by sample.
 
-Rows: best-fit decreasing per modality (``pack_lengths``; image and text-only samples never
-share a row), ties between equal lengths broken by a permutation drawn from ``seed + epoch``:
-the rows' number and length profile are the same every epoch (as the Trainer's step count
-needs) while which samples share a row changes every epoch.
+Rows (``llava_hydra.packing_rows``): every step is a random draw of samples of one modality
+(a contiguous run of a random permutation, as long as the step's token budget allows) packed
+best-fit decreasing into that step's rows, which are dealt to the ranks by real tokens. The
+number of rows is the same every epoch (as the Trainer's step count needs); which samples share
+a step and a row changes every epoch.
 
 Who decides the rows in training: ``PackedSampler``, not the dataset. Each epoch it packs
 afresh (``packed_epoch`` with ``seed + epoch``) and yields every row as the *tuple of its
 sample indices*; ``PackedDataset`` packs whatever tuple it is handed. So the rows are re-drawn
 wherever the sampler's epoch is set -- by the Trainer through accelerate, which forwards
 ``set_epoch`` to the sampler under any number of processes (to a dataset only when the sampler
-has none) -- identically on every rank and in every dataloader worker, persistent or not. Its
-step order is LLaVA's over rows: a step is a random draw of rows (not of samples: a row's
-samples are chosen by length, so a step's mean sample length spreads somewhat more than a
-random draw's; see BENCHMARKS.md), dealt to ranks by real tokens.
+has none) -- identically on every rank and in every dataloader worker, persistent or not.
 
 Loss: with the model's ``num_items_in_batch`` (passed by the Trainer over all gradient
 accumulation micro-batches), the loss is the sum over real answer tokens divided by their
@@ -40,88 +38,17 @@ same step.
 
 from __future__ import annotations
 
-import bisect
-
 import torch
 
 from llava_hydra.data.dataset import stack_images
+from llava_hydra.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
+                                      step_counts)
+
+__all__ = ["IGNORE_INDEX", "PackedCollator", "PackedDataset", "PackedSampler", "bin_lengths", "block_causal_mask",
+           "pack_lengths", "pack_rows", "pack_samples", "packed_epoch", "packed_training", "padding_stats",
+           "prepare_model_for_packing"]
 
 IGNORE_INDEX = -100
-
-
-# -- bins -----------------------------------------------------------------------------------------
-
-def _best_fit_decreasing(order: list[int], sizes: list[int], capacity: int) -> list[list[int]]:
-    """Pack ``order`` (indices, longest first) into bins of ``capacity``: each item goes to the
-    fullest bin it still fits in (the most recently filled one on ties), else a new bin."""
-    bins: list[list[int]] = []
-    by_room: dict[int, list[int]] = {}  # free room -> bins with that much room (a stack)
-    rooms: list[int] = []  # sorted free-room values that have bins
-    for i in order:
-        size = sizes[i]
-        k = bisect.bisect_left(rooms, size)
-        if k < len(rooms):
-            room = rooms[k]
-            stack = by_room[room]
-            b = stack.pop()
-            if not stack:
-                del by_room[room]
-                rooms.pop(k)
-            bins[b].append(i)
-            room -= size
-        else:
-            b = len(bins)
-            bins.append([i])
-            room = capacity - size
-        if room > 0:
-            if room not in by_room:
-                by_room[room] = []
-                bisect.insort(rooms, room)
-            by_room[room].append(b)
-    return bins
-
-
-def pack_lengths(lengths, capacity: int, seed: int = 0, group_by_modality: bool = True) -> list[list[int]]:
-    """Bins of sample indices, each bin's total ``|length|`` at most ``capacity``.
-
-    ``lengths`` as the dataset's ``modality_lengths`` (negative: text-only); a length above the
-    capacity counts as the capacity (the dataset truncates at ``model_max_length``). With
-    ``group_by_modality`` no bin mixes image and text-only samples. Image bins come first, then
-    text-only ones; the order the bins are visited in is the sampler's business.
-    Deterministic for a given ``seed``; a different seed changes which of the equal-length
-    samples share a bin but not the bins' sizes."""
-    if capacity < 1:
-        raise ValueError(f"packing capacity must be >= 1, got {capacity}")
-    lens = torch.as_tensor(lengths, dtype=torch.int64)
-    if group_by_modality and (lens == 0).any():
-        raise ValueError("a length of 0 has no modality (images are > 0, text-only < 0)")
-    sizes_t = lens.abs().clamp(max=capacity)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(lens), generator=g)
-    groups = [torch.nonzero(lens > 0).view(-1), torch.nonzero(lens < 0).view(-1)] if group_by_modality \
-        else [torch.arange(len(lens))]
-    rank = torch.empty_like(perm)
-    rank[perm] = torch.arange(len(perm))  # a sample's place in the random permutation
-    sizes = sizes_t.tolist()
-    bins: list[list[int]] = []
-    for idx in groups:
-        if len(idx) == 0:
-            continue
-        idx = idx[torch.sort(rank[idx]).indices]  # random order within the modality ...
-        idx = idx[torch.sort(sizes_t[idx], descending=True, stable=True).indices]  # ... longest first
-        bins += _best_fit_decreasing(idx.tolist(), sizes, capacity)
-    return bins
-
-
-def padding_stats(bin_lengths, batch_size: int) -> dict:
-    """Pad tokens when consecutive bins form batches of ``batch_size`` rows, each padded to its
-    longest row; and how full the bins are (``fill``: tokens / (bins x capacity) is the caller's)."""
-    t = torch.as_tensor(bin_lengths, dtype=torch.int64).abs()
-    full = len(t) // batch_size * batch_size
-    rows = t[:full].view(-1, batch_size)
-    padded = rows.max(dim=1).values.sum().item() * batch_size
-    real = rows.sum().item()
-    return {"pad_waste": 1 - real / padded if padded else 0.0, "real_tokens": real, "padded_tokens": padded}
 
 
 # -- dataset and collator -------------------------------------------------------------------------
@@ -145,20 +72,28 @@ def pack_samples(samples: list[dict]) -> dict:
 
 class PackedDataset(torch.utils.data.Dataset):
     """Packed rows of a tokenized dataset. ``dataset[(i, j, ...)]`` packs samples i, j, ... into
-    one row (``pack_samples``): what ``PackedSampler`` hands out. ``dataset[k]`` is bin ``k`` of
-    epoch 0 (for inspection). ``dataset`` needs ``modality_lengths`` (as
-    ``LazySupervisedDataset``). ``len`` and ``modality_lengths`` (tokens per bin, negative for a
-    text-only bin) are the same every epoch."""
+    one row (``pack_samples``): what ``PackedSampler`` hands out. ``dataset[k]`` is row ``k`` of
+    the epoch-free packing (``pack_rows``: best-fit decreasing over each whole modality; for
+    inspection and for samplers other than ``PackedSampler``, which may use a few more rows:
+    ``counts_for``). ``dataset`` needs ``modality_lengths`` (as ``LazySupervisedDataset``).
+    ``len`` and ``modality_lengths`` (tokens per row, negative for a text-only row) are fixed.
+    ``fill``: the target share of real tokens in a row (``llava_hydra.packing_rows``)."""
 
-    def __init__(self, dataset, capacity: int, seed: int = 0, group_by_modality: bool = True):
-        self.dataset, self.capacity, self.seed = dataset, capacity, seed
+    def __init__(self, dataset, capacity: int, seed: int = 0, group_by_modality: bool = True, fill: float = FILL):
+        self.dataset, self.capacity, self.seed, self.fill = dataset, capacity, seed, fill
         self.group_by_modality = group_by_modality
         self.sample_lengths = list(dataset.modality_lengths)
-        self.bins = self.bins_for_epoch(0)
+        self.bins, self.counts = pack_rows(self.sample_lengths, capacity, seed, fill, group_by_modality)
         self._bin_lengths = bin_lengths(self.sample_lengths, self.bins, capacity)
+        self._step_counts: dict[int, list[int]] = {}
 
-    def bins_for_epoch(self, epoch: int) -> list[list[int]]:
-        return pack_lengths(self.sample_lengths, self.capacity, self.seed + epoch, self.group_by_modality)
+    def counts_for(self, per_step: int) -> list[int]:
+        """Rows per modality of every epoch in steps of ``per_step`` rows (``step_counts``: at
+        least ``len(self)``'s, more where packing a step reaches less than ``fill``)."""
+        if per_step not in self._step_counts:
+            self._step_counts[per_step] = step_counts(self.sample_lengths, self.capacity, per_step, self.seed,
+                                                      self.counts, self.group_by_modality)
+        return self._step_counts[per_step]
 
     def __len__(self) -> int:
         return len(self.bins)
@@ -176,45 +111,28 @@ class PackedDataset(torch.utils.data.Dataset):
         return PackedSampler(self, batch_size, world_size)
 
 
-def bin_lengths(sample_lengths, bins, capacity: int) -> list[int]:
-    """Real tokens per bin, signed as the bin's modality (negative: text-only)."""
-    return [(1 if sample_lengths[b[0]] > 0 else -1) * sum(min(abs(sample_lengths[i]), capacity) for i in b)
-            for b in bins]
-
-
-def packed_epoch(sample_lengths, capacity: int, batch_size: int, world_size: int, seed: int,
-                 group_by_modality: bool = True) -> tuple[list[list[int]], torch.Tensor]:
-    """One epoch of packed rows (``pack_lengths`` with ``seed``) and the global order to visit
-    them in: LLaVA's (random megabatches of ``world_size * batch_size`` rows, each sorted and
-    dealt greedily into per-device batches of near-equal real tokens)."""
-    from llava_hydra.sampler import LengthGroupedSampler
-
-    bins = pack_lengths(sample_lengths, capacity, seed, group_by_modality)
-    order = LengthGroupedSampler(batch_size, world_size, bin_lengths(sample_lengths, bins, capacity),
-                                 group_by_modality=group_by_modality, mode="llava", seed=seed).order()
-    return bins, order
-
-
 class PackedSampler(torch.utils.data.Sampler):
-    """The rows of one epoch (``packed_epoch``), as tuples of sample indices, in the global step
-    order (accelerate shards it per rank). ``batch_size`` counts rows per device; ``world_size``
-    is ranks x gradient accumulation steps. Epoch ``e`` packs with ``seed + e``: a pure function
-    of the epoch, so every rank and worker agrees. The number of rows is the same every epoch."""
+    """The rows of one epoch (``packed_epoch``: every step a random draw of samples packed into
+    its rows), as tuples of sample indices, in the global step order (accelerate shards it per
+    rank). ``batch_size`` counts rows per device; ``world_size`` is ranks x gradient accumulation
+    steps. Epoch ``e`` draws with ``seed + e``: a pure function of the epoch, so every rank and
+    worker agrees. The number of rows is the same every epoch (``PackedDataset.counts_for``)."""
 
     def __init__(self, dataset: PackedDataset, batch_size: int, world_size: int):
         self.dataset, self.batch_size, self.world_size = dataset, batch_size, world_size
+        self.counts = dataset.counts_for(batch_size * world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.dataset)  # pack_lengths' bin count is the same for every seed
+        return sum(self.counts)
 
     def rows(self) -> list[tuple[int, ...]]:
         d = self.dataset
         bins, order = packed_epoch(d.sample_lengths, d.capacity, self.batch_size, self.world_size,
-                                   d.seed + self.epoch, d.group_by_modality)
+                                   d.seed + self.epoch, d.group_by_modality, d.fill, self.counts)
         return [tuple(bins[i]) for i in order.tolist()]
 
     def __iter__(self):
@@ -304,7 +222,7 @@ def prepare_model_for_packing(model) -> None:
 
 
 def packed_training(dataset, pad_token_id: int, model_max_length: int, attn_implementation: str = "sdpa",
-                    seed: int = 0, group_by_modality: bool = True, explicit_mask: bool = False):
+                    seed: int = 0, group_by_modality: bool = True, explicit_mask: bool = False, fill: float = FILL):
     """What the runner swaps in for ``training.packing=true``: (PackedDataset, PackedCollator)."""
-    return (PackedDataset(dataset, model_max_length, seed=seed, group_by_modality=group_by_modality),
+    return (PackedDataset(dataset, model_max_length, seed=seed, group_by_modality=group_by_modality, fill=fill),
             PackedCollator(pad_token_id, attn_implementation, explicit_mask=explicit_mask))

@@ -24,7 +24,8 @@ def training_arguments(cfg: DictConfig):
     kwargs = OmegaConf.to_container(cfg.training, resolve=True)
     for key in ("resume_from_checkpoint", "overwrite_output_dir", "resume_allow_spec_change"):
         kwargs.pop(key)  # run-directory choices (llava_hydra.checkpoints), not the Trainer's
-    kwargs.pop("packing")  # shapes the dataset and collator, not the Trainer
+    for key in ("packing", "packing_fill"):
+        kwargs.pop(key)  # shape the dataset and collator, not the Trainer
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio)
     ratio = kwargs.pop("warmup_ratio")
     if ratio and kwargs["warmup_steps"]:
@@ -188,7 +189,8 @@ def run(cfg: DictConfig) -> float | None:
         from llava_hydra.packing import packed_training, prepare_model_for_packing
 
         train_set, collator = packed_training(samples, tokenizer.pad_token_id, cfg.model.model_max_length,
-                                              model.config.text_config._attn_implementation, seed=args.seed)
+                                              model.config.text_config._attn_implementation, seed=args.seed,
+                                              fill=cfg.training.packing_fill)
         prepare_model_for_packing(model)
         log.info("packing: %d samples in %d rows of at most %d tokens (batch size counts rows)",
                  len(samples), len(train_set), cfg.model.model_max_length)
