@@ -19,7 +19,7 @@ import torch
 
 from llava_hydra.data.conversation import render
 from llava_hydra.data.dataset import LazySupervisedDataset, encode_prompt, normalize_turns
-from llava_hydra.model import llava_core
+from llava_hydra.model.llava import find_llava_model
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
     per_rank = -(-n // world)  # every rank the same number of generate calls
     counted = [True] * len(shard) + [False] * (per_rank - len(shard))
     shard += [shard[-1] if shard else 0] * (per_rank - len(shard))
-    pixel_dtype = next(llava_core(model).vision_tower.parameters()).dtype
+    pixel_dtype = next(find_llava_model(model).vision_tower.parameters()).dtype
     model.eval()
     results = []  # (index, reference, answer, correct) of this rank's questions
     for start in range(0, per_rank, batch_size):

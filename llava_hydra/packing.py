@@ -44,7 +44,7 @@ import bisect
 
 import torch
 
-IGNORE_INDEX = -100
+from llava_hydra.data.labels import IGNORE_INDEX
 
 
 # -- bins -----------------------------------------------------------------------------------------

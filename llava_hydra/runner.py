@@ -15,6 +15,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from llava_hydra.distributed import is_main_process, under_launcher, world_size
+
 log = logging.getLogger("llava_hydra")
 
 
@@ -62,7 +64,7 @@ def cpu_process_group(deepspeed: bool) -> bool:
     ourselves, as transformers would pick a backend the CPU cannot run. True if it did."""
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+    if world_size() <= 1 or torch.cuda.is_available():
         return False
     from accelerate import PartialState
 
@@ -86,16 +88,6 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, model):
-    from llava_hydra.data.dataset import LazySupervisedDataset
-
-    return LazySupervisedDataset(
-        data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
-        image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
-        image_token_id=model.config.image_token_index, num_image_tokens=model.config.image_seq_length,
-        on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
 
 
 def length_pass_once(samples, args) -> None:
@@ -137,7 +129,8 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.conversation import check_template
     from llava_hydra.data.synthetic import eval_data_path, prepare as prepare_synthetic, synthetic_root
     from llava_hydra.model import build_model, make_processor
-    from llava_hydra.tiny import resolve
+    from llava_hydra.tiny import pretrained_path
+    from llava_hydra.data.spec import spec_dataset
     from llava_hydra.checkpoints import claim_run_dir
     from llava_hydra.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
@@ -146,7 +139,7 @@ def run(cfg: DictConfig) -> float | None:
     if in_multirun():  # every job of a sweep trains in its own job directory
         cfg.training.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.training.output_dir)
-    from llava_hydra.launch import adopt_slurm_ranks, resume_request, spawn, under_launcher
+    from llava_hydra.launch import adopt_slurm_ranks, resume_request, spawn
 
     adopt_slurm_ranks()
     if cfg.launcher.nproc_per_node > 1 and not under_launcher():  # start the workers, then wait
@@ -162,7 +155,7 @@ def run(cfg: DictConfig) -> float | None:
     set_seed(args.seed)
     spec = OmegaConf.to_container(cfg, resolve=True)
     resume, run_id = claim_run_dir(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
-                                   is_main=int(os.environ.get("RANK", "0")) == 0,
+                                   is_main=is_main_process(),
                                    overwrite=cfg.training.overwrite_output_dir,
                                    allow_spec_change=cfg.training.resume_allow_spec_change)
 
@@ -173,18 +166,19 @@ def run(cfg: DictConfig) -> float | None:
         if prepare_synthetic(cfg):
             log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
-            resolve(name, cfg.paths.cache_dir)
+            pretrained_path(name, cfg.paths.cache_dir)
 
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
     #    together: under ZeRO-3 loading is a collective).
     model, tokenizer, image_processor = build_model(cfg)
     if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
-        from llava_hydra.lora import write_spec
+        from llava_hydra.run_spec import write_spec
 
         write_spec(cfg, out_dir)
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
-    samples = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    image_tokens = (model.config.image_seq_length, model.config.image_token_index)
+    samples = spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, *image_tokens)
     if cfg.training.group_by_modality_length or cfg.training.packing:
         length_pass_once(samples, args)
     image_samples = sum(1 for r in samples.records if r.get("image"))
@@ -204,7 +198,7 @@ def run(cfg: DictConfig) -> float | None:
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
     eval_path = eval_data_path(cfg)  # not the synthetic held-out set when training on a user's data
-    eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model) if eval_path and (
+    eval_set = spec_dataset(cfg, eval_path, tokenizer, image_processor, *image_tokens) if eval_path and (
         cfg.eval.enable or cfg.eval.steps) else None
     held_out = {}
     if cfg.eval.steps:

@@ -29,8 +29,7 @@ import torch
 from llava_hydra.data import lengths as lengths_mod
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import ImageError, load_image
-from llava_hydra.data.labels import (IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt,  # noqa: F401
-                                     tokenize_with_labels)
+from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt  # noqa: F401
 from llava_hydra.data.records import (BadSampleError, RecordError, images_of, load_records,  # noqa: F401
                                       normalize_turns, record_id)
 from llava_hydra.data.store import open_records

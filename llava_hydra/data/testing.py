@@ -41,7 +41,7 @@ def corpus(n: int = 3000, seed: int = 0) -> list[str]:
 
 
 def _finish(tok, path: Path, model_max_length: int):
-    from llava_hydra.model import load_tokenizer
+    from llava_hydra.data.tokenizer import load_tokenizer
 
     tok.save_pretrained(path)
     return load_tokenizer(str(path), model_max_length)
@@ -90,7 +90,7 @@ def vicuna_tokenizer(path: str | Path, legacy: bool = False, vocab_size: int = 6
 
     import sentencepiece as spm
 
-    from llava_hydra.model import load_tokenizer
+    from llava_hydra.data.tokenizer import load_tokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

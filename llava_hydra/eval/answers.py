@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
+from llava_hydra.distributed import rank as process_rank, world_size
 from llava_hydra.eval.benchmarks import Item
 from llava_hydra.eval.generation import answer, render, user_message
 
@@ -93,7 +93,7 @@ def write_answers(path: Path, rows: list[dict]) -> None:
 def answer_benchmark(model, processor, aspect: str, items: list[Item], path: Path, model_id: str,
                      batch_size: int, gen: dict) -> list[dict] | None:
     """All answers in question order (rank 0; other ranks get None), written to ``path``."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    world, rank = world_size(), process_rank()
     if world == 1:
         rows = answer_items(model, processor, aspect, items, path, model_id, batch_size, gen)
         write_answers(path, rows)

@@ -21,7 +21,7 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     from llava_hydra.evaluate import exact_match
     from llava_hydra.model import build_model
     from llava_hydra.runner import end_process_group, length_pass_once, make_dataset, training_arguments
-    from llava_hydra.tiny import resolve
+    from llava_hydra.tiny import pretrained_path
 
     messages = []
     handler = logging.Handler()
@@ -36,7 +36,7 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     with args.main_process_first(local=False):  # as the runner's step 2
         prepare(cfg)
         for name in (cfg.model.llm, cfg.model.vision_tower):
-            resolve(name, cache)
+            pretrained_path(name, cache)
     set_seed(0)
     model, tokenizer, image_processor = build_model(cfg)
     length_pass_once(make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model), args)
