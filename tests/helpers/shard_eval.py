@@ -20,7 +20,8 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     from llava_hydra.data.synthetic import prepare
     from llava_hydra.evaluate import exact_match
     from llava_hydra.model import build_model
-    from llava_hydra.runner import end_process_group, length_pass_once, make_dataset, training_arguments
+    from llava_hydra.data.spec import spec_dataset
+    from llava_hydra.runner import end_process_group, length_pass_once, training_arguments
     from llava_hydra.tiny import pretrained_path
 
     messages = []
@@ -39,8 +40,9 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
             pretrained_path(name, cache)
     set_seed(0)
     model, tokenizer, image_processor = build_model(cfg)
-    length_pass_once(make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model), args)
-    eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model)
+    image_tokens = (model.config.image_seq_length, model.config.image_token_index)
+    length_pass_once(spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, *image_tokens), args)
+    eval_set = spec_dataset(cfg, eval_path, tokenizer, image_processor, *image_tokens)
     generate, rows = model.generate, []
 
     def counting_generate(**kwargs):  # how many questions this rank answers
