@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llava_hydra.data import testing
-from llava_hydra.data.testing import turns
+import stand_ins as testing
+from stand_ins import turns
 from llava_hydra.data.conversation import render
 from llava_hydra.data.labels import IGNORE_INDEX, encode
 from llava_hydra.data.records import normalize_turns

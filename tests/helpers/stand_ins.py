@@ -1,4 +1,5 @@
-"""Local stand-ins for hub tokenizers and processors, for tests and benchmarks (no download).
+"""Local stand-ins for hub tokenizers and processors, for tests and benchmarks (no download; not shipped:
+tests/helpers is on sys.path through conftest.py, bench scripts add it themselves).
 
 ``vicuna_tokenizer``: a Llama/Vicuna-v1.5-style SentencePiece model (byte fallback, split
 digits, dummy prefix, ``<unk>``=0 ``<s>``=1 ``</s>``=2) saved in Vicuna's folder layout —
