@@ -6,7 +6,7 @@ downloaded. Two stacks are measured, both with CLIP ViT-L/14-336 (24 layers, hid
 576 image tokens, features from layer -2) and an mlp2x_gelu projector:
 
 - ``7b-lora``: a 7B-shaped Llama (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32064).
-  LoRA r=128, alpha=256 on the LLM's linear layers (``llava_hydra.lora.apply_lora``), with
+  LoRA r=128, alpha=256 on the LLM's linear layers (``llava_hydra.model.lora.apply_lora``), with
   the projector trained whole.
 - ``1b-full``: a ~1B-shaped Llama (hidden 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632).
   The LLM and the projector are fully trained.
@@ -30,7 +30,7 @@ Run on a GPU from the repository root (the run time on a GPU is not yet known):
     .venv/bin/python bench/bench_gpu.py --tiny --steps 3 --warmup 1   # CPU smoke test -> gpu_tiny.json
 
 ``--input-grads llm`` (default) is what ``build_model`` does for a frozen vision tower
-(``model.input_grads_from_text_only``): only the LLM's token embeddings get the require-grad
+(``model.freezing.hook_input_grads_on_text_only``): only the LLM's token embeddings get the require-grad
 hook that gradient checkpointing and PEFT need. ``--input-grads all`` is transformers' own
 ``enable_input_require_grads``, which hooks CLIP's patch embedding too: the frozen tower then
 keeps its activations, is recomputed and runs a backward pass nothing uses. Run both to see
@@ -114,8 +114,8 @@ def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.d
     checkpointing on, KV cache off (``prepare_model_for_packing``)."""
     from transformers import LlavaForConditionalGeneration
 
-    from llava_hydra.lora import apply_lora
-    from llava_hydra.model import freeze_all_but, input_grads_from_text_only
+    from llava_hydra.model.lora import apply_lora
+    from llava_hydra.model.freezing import freeze_all_but, hook_input_grads_on_text_only
     from llava_hydra.packing import prepare_model_for_packing
 
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.d
                                                            attn_implementation=attn)
     parts = ["llm", "mm_projector"]
     if input_grads == "llm":
-        input_grads_from_text_only(model)
+        hook_input_grads_on_text_only(model)
     if name.endswith("lora"):  # as build_model: LoRA on the LLM, the projector trained whole, the rest frozen
         model = apply_lora(model, TINY_LORA if tiny else LORA, parts, gradient_checkpointing=True)
     else:
@@ -138,9 +138,9 @@ def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.d
 
 def flops_per_sample(model, n_tokens: int) -> float:
     """Model FLOPs for one training sample of ``n_tokens`` tokens (formula: module docstring)."""
-    from llava_hydra.model import llava_core
+    from llava_hydra.model.llava import find_llava_model
 
-    core = llava_core(model)
+    core = find_llava_model(model)
     tc, vc = core.config.text_config, core.config.vision_config
     modules = list(core.language_model.named_modules()) + [
         (n, m) for n, m in model.named_modules() if n.endswith("lm_head")]

@@ -43,7 +43,8 @@ def main() -> None:
     from llava_hydra.data.dataset import DataCollator
     from llava_hydra.data.synthetic import ensure_generated
     from llava_hydra.model import build_model
-    from llava_hydra.runner import make_dataset, training_arguments
+    from llava_hydra.data.spec import spec_dataset
+    from llava_hydra.runner import training_arguments
     from llava_hydra.trainer import LLaVATrainer
 
     torch.set_num_threads(args.threads)
@@ -61,7 +62,8 @@ def main() -> None:
     ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
     model, tokenizer, image_processor = build_model(cfg)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    train_set = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    train_set = spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model.config.image_seq_length,
+                             model.config.image_token_index)
 
     class StepTimer(TrainerCallback):
         def __init__(self):

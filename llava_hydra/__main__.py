@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from llava_hydra.config import register_configs
+from llava_hydra.distributed import is_main_process
 from llava_hydra.validate import SpecError, group_option_problems, validate
 
 register_configs()
@@ -43,7 +44,7 @@ def take_local_rank(argv: list[str]) -> list[str]:
 
 def quiet_non_zero_rank(argv: list[str]) -> list[str]:
     """Ranks other than 0 neither write ``.hydra/`` nor share rank 0's log file."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         return argv
     return [*argv, "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 

@@ -17,7 +17,7 @@ import torch
 
 from llava_hydra.data.conversation import render
 from llava_hydra.data.dataset import LazySupervisedDataset, encode_prompt, normalize_turns
-from llava_hydra.model import llava_core
+from llava_hydra.model.llava import find_llava_model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
 
     tok = dataset.tokenizer
     n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    pixel_dtype = next(llava_core(model).vision_tower.parameters()).dtype
+    pixel_dtype = next(find_llava_model(model).vision_tower.parameters()).dtype
     model.eval()
 
     def answer_batch(questions: list[int]) -> list[tuple[str, str]]:

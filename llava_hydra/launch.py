@@ -1,10 +1,11 @@
 """One command, several processes: ``launcher.nproc_per_node=N`` composes the spec once (in
 the Hydra job), writes it resolved to ``<run dir>/launch_spec.yaml`` and starts N workers
-with torchrun; each worker reads that file and runs it. Nothing is composed twice, so
-``${now:}`` and every other interpolation mean the same on every rank.
+with torchrun; each worker (llava_hydra.worker) reads that file and runs it. Nothing is
+composed twice, so ``${now:}`` and every other interpolation mean the same on every rank.
+Also what a job started by a cluster launcher adopts: SLURM ranks, and resuming after a requeue.
 
     python -m llava_hydra stage=finetune model=vicuna13b launcher.nproc_per_node=8
-    python -m llava_hydra.launch <run dir>/launch_spec.yaml      # what each worker runs
+    python -m llava_hydra.worker <run dir>/launch_spec.yaml      # what each worker runs
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("llava_hydra")
-SPEC_FILE = "launch_spec.yaml"
-
-
-def under_launcher() -> bool:
-    return "LOCAL_RANK" in os.environ or "RANK" in os.environ
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+WORKER_SPEC_FILE = "launch_spec.yaml"
 
 
 def adopt_slurm_ranks() -> None:
@@ -57,29 +47,16 @@ def spawn(cfg: DictConfig, output_dir: str) -> float | None:
     spec["launcher"]["nproc_per_node"] = 1  # the workers run, they do not launch again
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec_file = out / SPEC_FILE
+    spec_file = out / WORKER_SPEC_FILE
     OmegaConf.save(OmegaConf.create(spec), spec_file)
-    n, port = cfg.launcher.nproc_per_node, cfg.launcher.master_port or _free_port()
+    from torch.distributed.elastic.utils.distributed import get_free_port
+
+    n, port = cfg.launcher.nproc_per_node, cfg.launcher.master_port or get_free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
-           "-m", "llava_hydra.launch", str(spec_file)]
+           "-m", "llava_hydra.worker", str(spec_file)]
     log.info("launching %d workers: %s", n, " ".join(cmd))
     done = subprocess.run(cmd)
     if done.returncode != 0:
         raise RuntimeError(f"{n} workers launched from {spec_file} failed with exit code {done.returncode}")
     metrics = out / "metrics.json"
     return json.loads(metrics.read_text()).get("eval_accuracy") if metrics.exists() else None
-
-
-def main(spec_file: str) -> None:
-    """A worker: run the resolved spec the launching job wrote."""
-    from llava_hydra.runner import run
-
-    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
-                        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    run(OmegaConf.load(spec_file))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m llava_hydra.launch <run dir>/launch_spec.yaml")
-    main(sys.argv[1])

@@ -21,7 +21,7 @@ log = logging.getLogger("llava_hydra.merge")
 
 def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
     from llava_hydra.eval.loading import adapted_base
-    from llava_hydra.model import make_processor
+    from llava_hydra.model.processor import make_processor
 
     out_dir = Path(out_dir)
     adapted, tokenizer, image_processor, cfg = adapted_base(adapter_dir, dtype)

@@ -41,14 +41,13 @@ from __future__ import annotations
 import torch
 
 from llava_hydra.data.dataset import stack_images
+from llava_hydra.data.labels import IGNORE_INDEX
 from llava_hydra.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
                                       step_counts)
 
 __all__ = ["IGNORE_INDEX", "PackedCollator", "PackedDataset", "PackedSampler", "bin_lengths", "block_causal_mask",
            "pack_lengths", "pack_rows", "pack_samples", "packed_epoch", "packed_training", "padding_stats",
            "prepare_model_for_packing"]
-
-IGNORE_INDEX = -100
 
 
 # -- dataset and collator -------------------------------------------------------------------------

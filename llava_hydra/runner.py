@@ -15,6 +15,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from llava_hydra.distributed import is_main_process, under_launcher, world_size
+
 log = logging.getLogger("llava_hydra")
 
 
@@ -66,10 +68,9 @@ def accelerator_present() -> bool:
 def log_to_run_file(cfg: DictConfig, out_dir: Path) -> None:
     """A worker of launcher.nproc_per_node (under torchrun, outside a Hydra job): rank 0 appends
     its log to the run's log file, named as Hydra names it (hydra.job.name: <model>_<stage>)."""
-    from llava_hydra.launch import under_launcher
 
     root = logging.getLogger()
-    if HydraConfig.initialized() or not under_launcher() or int(os.environ.get("RANK", "0")) != 0 or any(
+    if HydraConfig.initialized() or not under_launcher() or not is_main_process() or any(
             isinstance(h, logging.FileHandler) for h in root.handlers):
         return
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def cpu_process_group(deepspeed: bool) -> bool:
     ourselves, as transformers would pick a backend the CPU cannot run. True if it did."""
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+    if world_size() <= 1 or torch.cuda.is_available():
         return False
     from accelerate import PartialState
 
@@ -103,14 +104,6 @@ def end_process_group() -> None:
         dist.destroy_process_group()
 
 
-def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, model):
-    from llava_hydra.data.dataset import LazySupervisedDataset
-
-    return LazySupervisedDataset(
-        data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
-        image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
-        image_token_id=model.config.image_token_index, num_image_tokens=model.config.image_seq_length,
-        on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
 
 
 def length_pass_once(samples, args) -> None:
@@ -128,7 +121,8 @@ def run(cfg: DictConfig) -> float | None:
 
     from llava_hydra.data.synthetic import eval_data_path, prepare as prepare_synthetic, synthetic_root
     from llava_hydra.model import build_model, make_processor
-    from llava_hydra.tiny import resolve
+    from llava_hydra.tiny import pretrained_path
+    from llava_hydra.data.spec import spec_dataset
     from llava_hydra.checkpoints import claim_run_dir
     from llava_hydra.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
@@ -140,7 +134,7 @@ def run(cfg: DictConfig) -> float | None:
     if in_multirun():  # every job of a sweep trains in its own job directory
         cfg.training.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.training.output_dir)
-    from llava_hydra.launch import adopt_slurm_ranks, resume_request, spawn, under_launcher
+    from llava_hydra.launch import adopt_slurm_ranks, resume_request, spawn
 
     adopt_slurm_ranks()
     if cfg.launcher.nproc_per_node > 1 and not under_launcher():  # start the workers, then wait
@@ -155,7 +149,7 @@ def run(cfg: DictConfig) -> float | None:
     set_seed(args.seed)
     spec = OmegaConf.to_container(cfg, resolve=True)
     resume, run_id = claim_run_dir(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
-                                   is_main=int(os.environ.get("RANK", "0")) == 0,
+                                   is_main=is_main_process(),
                                    overwrite=cfg.training.overwrite_output_dir,
                                    allow_spec_change=cfg.training.resume_allow_spec_change)
 
@@ -166,18 +160,19 @@ def run(cfg: DictConfig) -> float | None:
         if prepare_synthetic(cfg):
             log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
-            resolve(name, cfg.paths.cache_dir)
+            pretrained_path(name, cfg.paths.cache_dir)
 
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
     #    together: under ZeRO-3 loading is a collective).
     model, tokenizer, image_processor = build_model(cfg)
     if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
-        from llava_hydra.lora import write_spec
+        from llava_hydra.run_spec import write_spec
 
         write_spec(cfg, out_dir)
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
-    samples = make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model)
+    image_tokens = (model.config.image_seq_length, model.config.image_token_index)
+    samples = spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, *image_tokens)
     if cfg.training.group_by_modality_length or cfg.training.packing:
         length_pass_once(samples, args)
     image_samples = sum(1 for r in samples.records if r.get("image"))
@@ -198,7 +193,7 @@ def run(cfg: DictConfig) -> float | None:
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]
     eval_path = eval_data_path(cfg)  # not the synthetic held-out set when training on a user's data
-    eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model) if eval_path and (
+    eval_set = spec_dataset(cfg, eval_path, tokenizer, image_processor, *image_tokens) if eval_path and (
         cfg.eval.enable or cfg.eval.steps) else None
     held_out = {}
     if cfg.eval.steps:

@@ -26,6 +26,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from llava_hydra.distributed import is_main_process
+
 ROW_FILE = "job_summary.json"
 SWEEP_KEYS_ENV = "LLAVA_HYDRA_SWEEP_KEYS"  # the swept keys, for the jobs' tracker run names
 COLUMNS = ("job", "overrides", "status", "train_loss", "eval_accuracy", "wall_time_s", "error")
@@ -134,7 +136,7 @@ class SweepSummary(Callback):
         hydra_cfg = job_return.hydra_cfg.hydra if job_return.hydra_cfg is not None else None
         if hydra_cfg is None or str(hydra_cfg.mode) != "RunMode.MULTIRUN":
             return
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not is_main_process():
             return
         row = job_row(job_return)
         Path(row["dir"]).mkdir(parents=True, exist_ok=True)

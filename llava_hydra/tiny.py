@@ -83,8 +83,9 @@ def build_siglip(path: Path) -> None:
 BUILDERS = {"tiny-llama": build_llm, "tiny-clip": build_clip, "tiny-siglip": build_siglip}
 
 
-def resolve(name_or_path: str, cache_dir: str | Path) -> str:
-    """Local path for ``builtin://NAME`` (built on first use); anything else is returned as is."""
+def pretrained_path(name_or_path: str, cache_dir: str | Path) -> str:
+    """What ``from_pretrained`` loads for a ``model.*`` value: the local directory of
+    ``builtin://NAME`` (built on first use under ``cache_dir``); a hub id or path as given."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
     name = name_or_path[len(BUILTIN_PREFIX):]

@@ -25,7 +25,8 @@ import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
 from llava_hydra.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
-from llava_hydra.model import PROJECTOR_FILE, llava_core, projector_state
+from llava_hydra.model.llava import find_llava_model
+from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.sampler import LengthGroupedSampler, check_mode
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def parameter_groups(model, decay_names: set[str], weight_decay: float,
 
     Parts with no learning rate of their own join the "base" groups at the base rate. Empty
     groups are dropped; frozen parameters appear in none."""
-    core = llava_core(model)
+    core = find_llava_model(model)
     part_of = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
     part_of.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
     own_lr = {"mm_projector": mm_projector_lr, "vision_tower": vision_tower_lr}
@@ -90,7 +91,7 @@ PARTS = ("llm", "mm_projector", "vision_tower")
 def part_groups(model, groups: list[dict]) -> dict[str, int]:
     """Each trained part (llm, mm_projector, vision_tower) -> the index of an optimizer group
     that trains it (its own group, or a base one); parts with nothing trainable are left out."""
-    core = llava_core(model)
+    core = find_llava_model(model)
     own = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
     own.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
     where = {}
@@ -301,7 +302,7 @@ class LLaVATrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if self.save_projector_only:
-            from llava_hydra.model import load_projector
+            from llava_hydra.model.projector import load_projector
 
             return load_projector(target, os.path.join(resume_from_checkpoint, PROJECTOR_FILE))
         if not isinstance(target, LlavaForConditionalGeneration):  # PEFT-wrapped: adapter checkpoints

@@ -12,10 +12,11 @@ import json
 import pytest
 from PIL import Image
 
-from llava_hydra.data import check, preview, testing
+import stand_ins as testing
+from llava_hydra.data import check, preview
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.records import BadSampleError, RecordError, normalize_turns
-from llava_hydra.data.testing import turns
+from stand_ins import turns
 
 GOOD_TEXT = {"id": "good", "conversations": turns("Hi.", "Hello!")}
 GOOD2 = {"id": "good2", "conversations": turns("Bye.", "See you!")}

@@ -9,8 +9,8 @@ import json
 import pytest
 from PIL import Image
 
-from llava_hydra.data import testing
-from llava_hydra.data.testing import turns
+import stand_ins as testing
+from stand_ins import turns
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.records import BadSampleError
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.chat_template import chat_template_for, piece_prefix
 from llava_hydra.data.conversation import render
 from llava_hydra.data.labels import IGNORE_INDEX, encode

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from llava_hydra.data import check, preview
-from llava_hydra.data.testing import turns
+from stand_ins import turns
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.images import ImageError, expand2square, load_image, mean_colour, open_rgb, probe
 
 

@@ -9,8 +9,9 @@ import json
 import pytest
 from PIL import Image
 
-from llava_hydra.data import lengths, testing
-from llava_hydra.data.testing import turns
+import stand_ins as testing
+from llava_hydra.data import lengths
+from stand_ins import turns
 from llava_hydra.data.dataset import LazySupervisedDataset
 
 N_IMG = 7

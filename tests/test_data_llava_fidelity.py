@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llava_hydra.data import testing
-from llava_hydra.data.testing import turns
+import stand_ins as testing
+from stand_ins import turns
 from llava_hydra.data.conversation import render
 from llava_hydra.data.labels import IGNORE_INDEX, encode
 from llava_hydra.data.records import normalize_turns
@@ -62,7 +62,7 @@ def test_vicuna_layout_folder_loads_as_a_llama_tokenizer(vicuna, tmp_path, legac
 
 
 def test_a_saved_legacy_tokenizer_reloads_with_the_same_tokens(vicuna, tmp_path):
-    from llava_hydra.model import load_tokenizer
+    from llava_hydra.data.tokenizer import load_tokenizer
 
     text = "a</s>USER: <image>\nHi"
     for legacy, tok in vicuna.items():

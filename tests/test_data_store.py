@@ -9,7 +9,8 @@ import multiprocessing as mp
 
 import pytest
 
-from llava_hydra.data import store, testing
+import stand_ins as testing
+from llava_hydra.data import store
 from llava_hydra.data.dataset import BadSampleError, LazySupervisedDataset
 from llava_hydra.data.records import load_records
 

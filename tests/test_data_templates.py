@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from llava_hydra.data import testing
-from llava_hydra.data.testing import turns
+import stand_ins as testing
+from stand_ins import turns
 from llava_hydra.data.conversation import render, render_prompt
 
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "

@@ -40,7 +40,8 @@ def test_stage1_saves_projector_only_and_stage2_loads_it(compose_spec, tmp_path,
 
     # stage 2's default stage.pretrain_mm_mlp_adapter is that file: the model starts from it
     spec = compose_spec("stage=finetune", *paths, *SMALL)
-    from llava_hydra.model import build_model, projector_state
+    from llava_hydra.model import build_model
+    from llava_hydra.model.projector import projector_state
 
     model, _, _ = build_model(spec)
     for key, value in projector_state(model).items():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.labels import IGNORE_INDEX
 from llava_hydra.evaluate import normalize_answer, prompt_and_reference

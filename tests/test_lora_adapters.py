@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from local_parts import IMAGE_SIZE, NUM_PATCHES, spec_overrides  # noqa: E402
 
-from llava_hydra.lora import lora_targets  # noqa: E402
+from llava_hydra.model.lora import lora_targets  # noqa: E402
 from llava_hydra.model import build_model  # noqa: E402
 from llava_hydra.trainer import parameter_groups  # noqa: E402
 
@@ -142,7 +142,7 @@ def test_lora_run_checkpoints_merge_into_a_model_that_generates(compose_spec, pa
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from llava_hydra.merge import merge
-    from llava_hydra.model import assemble
+    from llava_hydra.model.assemble import assemble
     from llava_hydra.runner import run
 
     cache = tmp_path / "cache"

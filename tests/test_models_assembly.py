@@ -15,7 +15,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from local_parts import NUM_PATCHES, IMAGE_SIZE, spec_overrides  # noqa: E402
 
-from llava_hydra.model import build_model, load_projector, make_processor, pick_attention, projector_state  # noqa: E402
+from llava_hydra.model import build_model, make_processor  # noqa: E402
+from llava_hydra.model.precision import pick_attention  # noqa: E402
+from llava_hydra.model.projector import load_projector, projector_state  # noqa: E402
 
 
 @pytest.fixture

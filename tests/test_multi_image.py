@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.dataset import DataCollator, LazySupervisedDataset
 from llava_hydra.data.records import BadSampleError
-from llava_hydra.data.testing import turns
+from stand_ins import turns
 from llava_hydra.packing import PackedCollator, pack_samples
 
 N_IMG = 4
@@ -183,13 +183,14 @@ def test_tiny_model_trains_on_multi_image_batches(compose_spec, cache, tmp_path)
     """Unpacked and packed batches of multi-image samples: the model takes every image for its
     run (it refuses a count mismatch), the loss is finite and reaches the projector."""
     from llava_hydra.model import build_model
-    from llava_hydra.runner import make_dataset
+    from llava_hydra.data.spec import spec_dataset
 
     path, folder = write_data(tmp_path)
     spec = compose_spec(f"paths.cache_dir={cache}", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
                         f"data.data_path={path}", f"data.image_folder={folder}", "data.synthetic=null")
     model, tokenizer, processor = build_model(spec)
-    ds = make_dataset(spec, str(path), tokenizer, processor, model)
+    ds = spec_dataset(spec, str(path), tokenizer, processor, model.config.image_seq_length,
+                      model.config.image_token_index)
     model.train()
     for batch in (DataCollator(tokenizer.pad_token_id)([ds[0], ds[4], ds[8]]),
                   PackedCollator(tokenizer.pad_token_id)([pack_samples([ds[0], ds[8]]), pack_samples([ds[4]])])):

@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from local_parts import IMAGE_SIZE, NUM_PATCHES, spec_overrides  # noqa: E402
 
-from llava_hydra.model import build_model, part_dtypes  # noqa: E402
+from llava_hydra.model import build_model  # noqa: E402
+from llava_hydra.model.precision import part_dtypes  # noqa: E402
 
 BF16, FP32 = "bfloat16 frozen", "float32 trained"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llava_hydra.data.testing import turns
+from stand_ins import turns
 
 HELPER = Path(__file__).parent / "helpers" / "skips_across_ranks.py"
 

@@ -33,8 +33,7 @@ import torch
 from llava_hydra.data import lengths as lengths_mod
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import ImageError, load_image
-from llava_hydra.data.labels import (IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt,  # noqa: F401
-                                     tokenize_with_labels)
+from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt  # noqa: F401
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
 from llava_hydra.data.store import open_records

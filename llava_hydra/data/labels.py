@@ -118,13 +118,6 @@ def encode(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens:
     return Encoded(ids, labels, n_images, full, offsets[:kept], trained[:kept])
 
 
-def tokenize_with_labels(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens: int,
-                         max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels: answer-span tokens keep their id, all else is IGNORE_INDEX."""
-    e = encode(rendered, tokenizer, image_token_id, num_image_tokens, max_length)
-    return e.input_ids, e.labels
-
-
 def encode_prompt(text: str, tokenizer, image_token_id: int, num_image_tokens: int,
                   add_special_tokens: bool = True) -> list[int]:
     """Token ids of a generation prompt (tokenized as training tokenizes), each image token

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 def _spec_aspect(path: Path) -> str | None:
     from omegaconf import OmegaConf
 
-    for candidate in (path / "llava_hydra_spec.yaml", path.parent / "llava_hydra_spec.yaml",
+    from llava_hydra.run_spec import SPEC_FILE
+
+    for candidate in (path / SPEC_FILE, path.parent / SPEC_FILE,
                       path / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
         if candidate.exists():
             return OmegaConf.load(candidate).get("data", {}).get("image_aspect_ratio")
@@ -35,9 +37,10 @@ def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
     from omegaconf import OmegaConf
     from peft import PeftModel
 
-    from llava_hydra.lora import find_spec
-    from llava_hydra.model import (DTYPES, assemble, load_pretrained_llava, load_projector, pick_attention,
-                                   pick_dtype)
+    from llava_hydra.model.assemble import build_base, set_special_token_ids
+    from llava_hydra.model.precision import DTYPES, pick_attention, pick_dtype
+    from llava_hydra.model.projector import load_projector
+    from llava_hydra.run_spec import find_spec
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
@@ -46,15 +49,12 @@ def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
     cfg = OmegaConf.load(spec_file)
     cfg.lora.bits = 16  # the base at full precision
     torch_dtype = DTYPES[dtype] if dtype else pick_dtype(cfg.model.dtype, cfg.training.bf16, cfg.training.fp16)
-    build = load_pretrained_llava if cfg.model.get("pretrained_llava") else assemble
-    base, tokenizer, image_processor = build(cfg, torch_dtype, pick_attention(cfg.model.attn_implementation))
+    base, tokenizer, image_processor = build_base(cfg, torch_dtype, pick_attention(cfg.model.attn_implementation))
     if cfg.stage.pretrain_mm_mlp_adapter and "mm_projector" not in cfg.stage.trainable:
         load_projector(base, cfg.stage.pretrain_mm_mlp_adapter, cfg.model.name)  # frozen: not in the adapter
     log.info("base rebuilt from %s; loading the adapter from %s", spec_file, adapter_dir)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
+    set_special_token_ids(model, tokenizer)
     return model, tokenizer, image_processor, cfg
 
 
@@ -63,7 +63,8 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from llava_hydra.model import DTYPES, make_processor
+    from llava_hydra.model.precision import DTYPES
+    from llava_hydra.model.processor import make_processor
 
     path = Path(path)
     if not path.is_dir():

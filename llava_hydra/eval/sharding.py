@@ -31,9 +31,9 @@ def start(cpu: bool) -> str | None:
     """Under a launcher (torchrun: WORLD_SIZE > 1), join the process group through accelerate's
     state: gloo on CPU, else NCCL with each rank on its own GPU, whose name is returned. A single
     process starts nothing (None: the caller's default device)."""
-    import os
+    from llava_hydra.distributed import world_size
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         return None
     from accelerate import PartialState
 

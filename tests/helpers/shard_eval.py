@@ -20,8 +20,9 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     from llava_hydra.data.synthetic import prepare
     from llava_hydra.evaluate import exact_match
     from llava_hydra.model import build_model
-    from llava_hydra.runner import end_process_group, length_pass_once, make_dataset, training_arguments
-    from llava_hydra.tiny import resolve
+    from llava_hydra.data.spec import spec_dataset
+    from llava_hydra.runner import end_process_group, length_pass_once, training_arguments
+    from llava_hydra.tiny import pretrained_path
 
     messages = []
     handler = logging.Handler()
@@ -36,11 +37,12 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
     with args.main_process_first(local=False):  # as the runner's step 2
         prepare(cfg)
         for name in (cfg.model.llm, cfg.model.vision_tower):
-            resolve(name, cache)
+            pretrained_path(name, cache)
     set_seed(0)
     model, tokenizer, image_processor = build_model(cfg)
-    length_pass_once(make_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model), args)
-    eval_set = make_dataset(cfg, eval_path, tokenizer, image_processor, model)
+    image_tokens = (model.config.image_seq_length, model.config.image_token_index)
+    length_pass_once(spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, *image_tokens), args)
+    eval_set = spec_dataset(cfg, eval_path, tokenizer, image_processor, *image_tokens)
     generate, rows = model.generate, []
 
     def counting_generate(**kwargs):  # how many questions this rank answers

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.dataset import DataCollator, LazySupervisedDataset
 
 

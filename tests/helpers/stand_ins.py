@@ -1,4 +1,5 @@
-"""Local stand-ins for hub tokenizers and processors, for tests and benchmarks (no download).
+"""Local stand-ins for hub tokenizers and processors, for tests and benchmarks (no download; not shipped:
+tests/helpers is on sys.path through conftest.py, bench scripts add it themselves).
 
 ``vicuna_tokenizer``: a Llama/Vicuna-v1.5-style SentencePiece model (byte fallback, split
 digits, dummy prefix, ``<unk>``=0 ``<s>``=1 ``</s>``=2) saved in Vicuna's folder layout —
@@ -41,7 +42,7 @@ def corpus(n: int = 3000, seed: int = 0) -> list[str]:
 
 
 def _finish(tok, path: Path, model_max_length: int):
-    from llava_hydra.model import load_tokenizer
+    from llava_hydra.data.tokenizer import load_tokenizer
 
     tok.save_pretrained(path)
     return load_tokenizer(str(path), model_max_length)
@@ -90,7 +91,7 @@ def vicuna_tokenizer(path: str | Path, legacy: bool = False, vocab_size: int = 6
 
     import sentencepiece as spm
 
-    from llava_hydra.model import load_tokenizer
+    from llava_hydra.data.tokenizer import load_tokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

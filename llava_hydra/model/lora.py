@@ -10,7 +10,7 @@
   it under ``multi_modal_projector`` (its own ``mm_projector_lr``), and every checkpoint's
   ``adapter_model.safetensors`` holds it next to the adapter: any checkpoint can be resumed,
   loaded or merged (``python -m llava_hydra.merge``);
-- with ``lora.bits`` 4 or 8 the LLM was loaded quantized (see ``model.quantization_config``);
+- with ``lora.bits`` 4 or 8 the LLM was loaded quantized (see ``model.assemble.quantization_config``);
   vision tower and projector never are.
 
 Precision under QLoRA: the frozen parts that are not quantized (vision tower, embeddings,
@@ -19,11 +19,13 @@ Precision under QLoRA: the frozen parts that are not quantized (vision tower, em
 stream with them: twice the activation memory), is not used. fp32 are only the weights that
 are trained: the LoRA adapters (peft's ``autocast_adapter_dtype``; a bf16 adapter loses
 updates smaller than its ulp) and, without DeepSpeed, the parts trained whole
-(``model.hold_trainable_in_fp32``). Norms need no fp32 weights: Llama's RMSNorm computes its
+(``model.precision.hold_trainable_in_fp32``). Norms need no fp32 weights: Llama's RMSNorm computes its
 statistics in fp32 itself, and LayerNorm runs in fp32 under autocast.
 
-The run spec is written beside the adapter (``llava_hydra_spec.yaml``) so the merge command
-can rebuild the exact base model the adapter was trained on.
+The adapter's ``base_model_name_or_path`` is the base it was trained on, as plain peft reads it:
+``model.pretrained_llava``, or for an assembled base the LLM (LLaVA's convention for its LoRA
+checkpoints); the exact base (LLM + vision tower + projector) is rebuilt by the merge command
+from the run spec written beside the adapter (``llava_hydra.run_spec``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from pathlib import Path
 
 import torch
 
+from llava_hydra.model.freezing import freeze_fixed_parts
+from llava_hydra.model.llava import find_llava_model
+from llava_hydra.tiny import pretrained_path
+
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "llava_hydra_spec.yaml"
 WHOLE_PARTS = {"mm_projector": "multi_modal_projector", "vision_tower": "vision_tower"}
 
 
@@ -47,9 +52,7 @@ def _is_linear(module) -> bool:
 
 def lora_target_pattern(model) -> str:
     """A regex over full module names that matches exactly the LLM decoder's linear layers."""
-    from llava_hydra.model import llava_core
-
-    core = llava_core(model)
+    core = find_llava_model(model)
     prefix = next(name for name, module in model.named_modules() if module is core.language_model)
     leaves = sorted({name.rsplit(".", 1)[-1] for name, module in core.language_model.named_modules()
                      if _is_linear(module)})
@@ -58,11 +61,17 @@ def lora_target_pattern(model) -> str:
     return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
 
 
-def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = False):
-    """The PEFT model for ``lora.*``: LoRA on the LLM, ``parts`` other than llm trained whole."""
-    from peft import LoraConfig, get_peft_model
+def lora_base_name(cfg) -> str:
+    """The adapter's ``base_model_name_or_path``: ``model.pretrained_llava`` or else ``model.llm``,
+    as a hub id, or an absolute local path (a ``builtin://`` part: where it was built)."""
+    name = pretrained_path(cfg.model.get("pretrained_llava") or cfg.model.llm, cfg.paths.cache_dir)
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
-    from llava_hydra.model import freeze_fixed_parts
+
+def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = False, base_name: str | None = None):
+    """The PEFT model for ``lora.*``: LoRA on the LLM, ``parts`` other than llm trained whole;
+    ``base_name`` is recorded as the adapter's ``base_model_name_or_path``."""
+    from peft import LoraConfig, get_peft_model
 
     if "llm" not in parts:
         raise ValueError(f"lora.enable=true puts LoRA adapters on the LLM, but stage.trainable={parts} does not "
@@ -76,6 +85,7 @@ def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = Fal
                         target_modules=lora_target_pattern(model),
                         modules_to_save=[WHOLE_PARTS[p] for p in parts if p != "llm"] or None)
     model = get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters in fp32
+    model.peft_config["default"].base_model_name_or_path = base_name  # peft finds none on an assembled Llava
     freeze_fixed_parts(model)
     log.info("LoRA r=%d alpha=%d dropout=%s bias=%s on %d LLM linear layers%s; trained whole: %s",
              lora.r, lora.alpha, lora.dropout, lora.bias, len(lora_targets(model)),
@@ -88,26 +98,3 @@ def lora_targets(model) -> list[str]:
     from peft.tuners.lora import LoraLayer
 
     return [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
-
-
-def write_spec(cfg, out_dir: str | Path) -> None:
-    """Save the resolved run spec beside the adapter (rank 0), for the merge command."""
-    import os
-
-    from omegaconf import OmegaConf
-
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SPEC_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def find_spec(path: str | Path) -> Path:
-    """The spec of the run that wrote ``path`` (a run directory or one of its checkpoints)."""
-    path = Path(path)
-    for candidate in (path / SPEC_FILE, path.parent / SPEC_FILE):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{path}: no {SPEC_FILE} here or in its parent; is this a LoRA run directory "
-                            f"or one of its checkpoint-N directories?")

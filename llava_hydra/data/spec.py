@@ -1,0 +1,55 @@
+"""The data side of a run, built from its spec: the tokenizer, the image processor, the image
+token count and the dataset. The runner takes the count from the model it built; the data
+commands (check, preview) count from the configs alone (``image_tokens_per_image``) and never
+build a model. ``builtin://`` parts and the synthetic data are made on first use, as in a run.
+"""
+
+from __future__ import annotations
+
+
+def image_tokens_per_image(cfg) -> int:
+    """Image tokens per image, as the assembled model will have them (configs only, no weights)."""
+    from transformers import AutoConfig
+
+    from llava_hydra.data.image_tokens import has_cls_token, image_token_count, select_strategy
+    from llava_hydra.tiny import pretrained_path
+
+    m = cfg.model
+    if m.pretrained_llava:
+        return AutoConfig.from_pretrained(pretrained_path(m.pretrained_llava, cfg.paths.cache_dir)).image_seq_length
+    vc = AutoConfig.from_pretrained(pretrained_path(m.vision_tower, cfg.paths.cache_dir))
+    vc = getattr(vc, "vision_config", vc)
+    return image_token_count(vc, select_strategy(m.mm_vision_select_feature, has_cls_token(vc)))
+
+
+def data_parts(cfg, image_processor: bool = True):
+    """(tokenizer, image processor or None, image tokens per image) without the model; the
+    synthetic data is generated first when the spec reads it."""
+    from llava_hydra.data.synthetic import prepare
+    from llava_hydra.data.tokenizer import load_tokenizer
+    from llava_hydra.tiny import pretrained_path
+
+    prepare(cfg)  # only under paths.cache_dir, and only when the spec reads the synthetic data
+    m = cfg.model
+    source = m.pretrained_llava or m.llm
+    tokenizer = load_tokenizer(pretrained_path(source, cfg.paths.cache_dir), m.model_max_length,
+                               m.trust_remote_code)
+    processor = None
+    if image_processor:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(pretrained_path(m.pretrained_llava or m.vision_tower,
+                                                                       cfg.paths.cache_dir))
+    return tokenizer, processor, image_tokens_per_image(cfg)
+
+
+def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_tokens: int,
+                 image_token_id: int | None = None, on_bad_sample: str | None = None):
+    """The dataset of ``data_path`` under the spec's ``data.*`` and ``model.model_max_length``."""
+    from llava_hydra.data.dataset import LazySupervisedDataset
+
+    return LazySupervisedDataset(
+        data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
+        image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
+        image_token_id=image_token_id, num_image_tokens=num_image_tokens,
+        on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)

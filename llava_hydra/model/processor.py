@@ -1,0 +1,30 @@
+"""The ``AutoProcessor`` saved beside a trained model, so it reloads Hugging Face-natively
+(``AutoProcessor.from_pretrained``) and prompts as training did: transformers'
+``LlavaProcessor`` with the run's image processor, tokenizer and chat template."""
+
+from __future__ import annotations
+
+from llava_hydra.data.conversation import IMAGE_TOKEN
+from llava_hydra.data.image_tokens import has_cls_token
+
+
+def make_processor(tokenizer, image_processor, model, template: str | None = None):
+    """The processor for ``model``, carrying the chat template of the training ``template``
+    (data/chat_template.py; a ``chat_template`` tokenizer keeps its own)."""
+    import copy
+
+    from transformers import LlavaProcessor
+
+    from llava_hydra.data.chat_template import chat_template_for
+
+    chat_template = chat_template_for(template, tokenizer) if template else None
+    if chat_template:
+        tokenizer = copy.deepcopy(tokenizer)  # the run's own tokenizer is left as it was
+        tokenizer.chat_template = chat_template
+    config = model.config
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          chat_template=getattr(tokenizer, "chat_template", None),
+                          patch_size=config.vision_config.patch_size,
+                          vision_feature_select_strategy=config.vision_feature_select_strategy,
+                          image_token=IMAGE_TOKEN,
+                          num_additional_image_tokens=1 if has_cls_token(config.vision_config) else 0)
