@@ -25,8 +25,8 @@ import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
 from llava_hydra.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
-from llava_hydra.model.llava import find_llava_model
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
+from llava_hydra.param_groups import parameter_groups, part_groups
 from llava_hydra.sampler import LengthGroupedSampler, check_mode
 
 log = logging.getLogger(__name__)
@@ -57,48 +57,6 @@ class LlavaTrainingArguments(TrainingArguments):
                 f"rate and silently drop {', '.join(f'training.{k}={v}' for k, v in own_rates.items())}; remove "
                 f"its 'optimizer' block (our deepspeed=zero3_offload has none) or unset those rates")
         super().__post_init__()
-
-
-def parameter_groups(model, decay_names: set[str], weight_decay: float,
-                     mm_projector_lr: float | None = None, vision_tower_lr: float | None = None) -> list[dict]:
-    """Optimizer groups: (part, decay) for each trainable part with its own learning rate.
-
-    Parts with no learning rate of their own join the "base" groups at the base rate. Empty
-    groups are dropped; frozen parameters appear in none."""
-    core = find_llava_model(model)
-    part_of = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
-    part_of.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
-    own_lr = {"mm_projector": mm_projector_lr, "vision_tower": vision_tower_lr}
-    groups: dict[tuple[str, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        part = part_of.get(id(p), "base")
-        if own_lr.get(part) is None:
-            part = "base"
-        decay = name in decay_names
-        group = groups.setdefault((part, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0,
-                                                  "name": f"{part}_{'decay' if decay else 'no_decay'}"})
-        if part != "base":
-            group["lr"] = own_lr[part]
-        group["params"].append(p)
-    return list(groups.values())
-
-
-PARTS = ("llm", "mm_projector", "vision_tower")
-
-
-def part_groups(model, groups: list[dict]) -> dict[str, int]:
-    """Each trained part (llm, mm_projector, vision_tower) -> the index of an optimizer group
-    that trains it (its own group, or a base one); parts with nothing trainable are left out."""
-    core = find_llava_model(model)
-    own = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
-    own.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
-    where = {}
-    for i, group in enumerate(groups):
-        for p in group["params"]:
-            where.setdefault(own.get(id(p), "llm"), i)
-    return {part: where[part] for part in PARTS if part in where}
 
 
 class LLaVATrainer(Trainer):

@@ -12,12 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llava_hydra"
 MAX_LINES = 320  # the brief's "about 300"; packing.py, the largest, has ~310
 # Layers in the order data flows; a module belongs to the layer of its longest matching prefix.
 LAYERS = [
-    ("config", ["llava_hydra.config", "llava_hydra.distributed"]),
+    ("config", ["llava_hydra.config", "llava_hydra.distributed", "llava_hydra.validate", "llava_hydra.hf_source"]),
     # the data side; tiny: the embedded default's parts, its tokenizer trained on the synthetic data's words
     ("data", ["llava_hydra.data", "llava_hydra.tiny"]),
-    ("sampling", ["llava_hydra.sampler", "llava_hydra.packing"]),
+    ("sampling", ["llava_hydra.sampler", "llava_hydra.packing", "llava_hydra.packing_rows"]),
     ("model", ["llava_hydra.model"]),
-    ("trainer", ["llava_hydra.trainer", "llava_hydra.checkpoints", "llava_hydra.evaluate"]),
+    ("trainer", ["llava_hydra.trainer", "llava_hydra.param_groups", "llava_hydra.checkpoints", "llava_hydra.evaluate", "llava_hydra.progress",
+                 "llava_hydra.tracking", "llava_hydra.eval.sharding"]),
     ("commands", ["llava_hydra.runner", "llava_hydra.launch", "llava_hydra.worker", "llava_hydra.run_spec",
                   "llava_hydra.sweep", "llava_hydra.merge", "llava_hydra.chat", "llava_hydra.eval",
                   "llava_hydra.__main__", "llava_hydra"]),

@@ -17,7 +17,7 @@ from local_parts import IMAGE_SIZE, NUM_PATCHES, spec_overrides  # noqa: E402
 
 from llava_hydra.model.lora import lora_targets  # noqa: E402
 from llava_hydra.model import build_model  # noqa: E402
-from llava_hydra.trainer import parameter_groups  # noqa: E402
+from llava_hydra.param_groups import parameter_groups  # noqa: E402
 
 LLM_LINEAR = [f"layers.{i}.{m}" for i in range(2) for m in
               ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -116,7 +116,7 @@ def test_own_data_with_readmes_overrides_exits_0(tmp_path):
 
 def test_every_trained_part_finds_its_optimizer_group(compose_spec, tmp_path):
     from llava_hydra.model import build_model
-    from llava_hydra.trainer import parameter_groups, part_groups
+    from llava_hydra.param_groups import parameter_groups, part_groups
 
     model, _, _ = build_model(compose_spec(f"paths.cache_dir={tmp_path}", "stage=finetune",
                                            "stage.pretrain_mm_mlp_adapter=null",
