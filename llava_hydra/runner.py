@@ -95,7 +95,8 @@ def make_dataset(cfg: DictConfig, data_path: str, tokenizer, image_processor, mo
         data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
         image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
         image_token_id=model.config.image_token_index, num_image_tokens=model.config.image_seq_length,
-        on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
+        on_bad_sample=cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir,
+        allow_images_outside_folder=cfg.data.allow_images_outside_folder, max_image_pixels=cfg.data.max_image_pixels)
 
 
 def length_pass_once(samples, args) -> None:

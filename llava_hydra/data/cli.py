@@ -66,4 +66,5 @@ def make_dataset(cfg, data_path: str | None = None, image_processor: bool = True
         data_path or cfg.data.data_path, tokenizer, processor, template=cfg.data.template,
         image_folder=cfg.data.image_folder, image_aspect_ratio=cfg.data.image_aspect_ratio,
         model_max_length=cfg.model.model_max_length, num_image_tokens=n_tokens,
-        on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
+        on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir,
+        allow_images_outside_folder=cfg.data.allow_images_outside_folder, max_image_pixels=cfg.data.max_image_pixels)
