@@ -85,7 +85,7 @@ def test_processors_the_torch_path_cannot_mirror_are_called_as_they_are(tmp_path
 
 def test_a_torch_path_that_disagrees_falls_back_to_the_processor(clip336, tmp_path, caplog):
     p = Pipeline(clip336)
-    p.plan["rescale"] = 2 / 255  # a broken plan: the first image's check catches it
+    p.plan["scale"] = p.plan["scale"] * 2  # a broken plan: the first image's check catches it
     img = photo(400, 400, 5)
     with caplog.at_level(logging.WARNING, logger="llava_hydra.data.pixels"):
         out = p(img, "square")

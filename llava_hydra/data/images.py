@@ -85,7 +85,7 @@ def open_rgb(path: str | Path, max_pixels: int | None = None,
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft(w, h))
             img.load()  # decodes to the end now: a truncated or corrupt file fails here, not in collate
-            img = ImageOps.exif_transpose(img)
+            img = ImageOps.exif_transpose(img, in_place=False) if img.getexif().get(0x0112, 1) != 1 else img
             return to_rgb(img)
     except ImageError:
         raise

@@ -51,7 +51,7 @@ class Pipeline:
         check_aspect(aspect)
         if self.plan is None:
             return process(img, aspect, self.processor)
-        out = self._torch(img, aspect)
+        out = self._one_thread(img, aspect)
         if not self._verified:
             self._verified = True
             ref = process(img, aspect, self.processor)
@@ -75,6 +75,20 @@ class Pipeline:
             side = max(w, h) if aspect == "pad" else min(w, h)  # pad: the square's side is the longer one
             return math.ceil(w * edge * DRAFT_GAP / side), math.ceil(h * edge * DRAFT_GAP / side)
         return least
+
+    def _one_thread(self, img, aspect: str):
+        """The torch path on one intra-op thread: a few-ms op on one image gains nothing from more,
+        and where cores are shared (or busy with training) OpenMP's threads made it 10x slower."""
+        import torch
+
+        threads = torch.get_num_threads()
+        if threads == 1:  # DataLoader workers
+            return self._torch(img, aspect)
+        torch.set_num_threads(1)
+        try:
+            return self._torch(img, aspect)
+        finally:
+            torch.set_num_threads(threads)
 
     def _torch(self, img, aspect: str):
         import torch
@@ -102,12 +116,8 @@ class Pipeline:
                 return process(img, "square", self.processor)
             top, left = (h - ch) // 2, (w - cw) // 2
             x = x[..., top:top + ch, left:left + cw]
-        x = x[0].to(torch.float32)
-        if p["rescale"]:
-            x = x * p["rescale"]
-        if p["mean"] is not None:
-            x = (x - p["mean"]) / p["std"]
-        return x.contiguous()
+        x = x[0].to(torch.float32)  # a new contiguous tensor: scaled in place, one pass each
+        return x.mul_(p["scale"]).add_(p["shift"])
 
 
 def _plan(proc) -> dict | None:
@@ -121,7 +131,7 @@ def _plan(proc) -> dict | None:
         return None
     size, crop = g("size"), g("crop_size")
     plan = {"resize": bool(g("do_resize")), "shortest_edge": None, "hw": None, "mode": None, "crop": None,
-            "rescale": g("rescale_factor") if g("do_rescale") else None, "mean": None, "std": None}
+            "rescale": g("rescale_factor") if g("do_rescale") else None}
     if plan["resize"]:
         if size is None or g("resample") not in _MODES or getattr(size, "longest_edge", None):
             return None
@@ -136,9 +146,12 @@ def _plan(proc) -> dict | None:
         if crop is None or not getattr(crop, "height", None) or not getattr(crop, "width", None):
             return None
         plan["crop"] = (int(crop.height), int(crop.width))
-    if g("do_normalize"):
-        plan["mean"] = torch.tensor(g("image_mean"), dtype=torch.float32)[:, None, None]
-        plan["std"] = torch.tensor(g("image_std"), dtype=torch.float32)[:, None, None]
+    # rescale + normalize fused: x * rescale / std - mean / std (what the torchvision backend fuses too)
+    rescale = float(plan.pop("rescale") or 1.0)
+    mean, std = (g("image_mean"), g("image_std")) if g("do_normalize") else ([0.0] * 3, [1.0] * 3)
+    std64 = torch.tensor(std, dtype=torch.float64)[:, None, None]
+    plan["scale"] = (rescale / std64).float()
+    plan["shift"] = (-torch.tensor(mean, dtype=torch.float64)[:, None, None] / std64).float()
     return plan
 
 
