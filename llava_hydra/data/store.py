@@ -86,10 +86,13 @@ class RecordStore:
     """Sequence of records (dicts) read from the store by index."""
 
     def __init__(self, folder: str | Path):
-        import datasets
+        import pyarrow as pa
 
         self.folder = Path(folder)
-        table = datasets.load_from_disk(str(self.folder)).data  # memory-mapped Arrow table
+        # the Arrow files datasets' save_to_disk wrote, memory-mapped as datasets' load_from_disk maps
+        # them (read with pyarrow alone: importing datasets costs seconds on every start)
+        files = [f["filename"] for f in json.loads((self.folder / "state.json").read_text())["_data_files"]]
+        table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(self.folder / f))).read_all() for f in files])
         self._n = table.num_rows
         self._table = table
         # per chunk: record offsets (a numpy view) and the bytes they index, both in the mapped file
@@ -105,7 +108,10 @@ class RecordStore:
 
     @property
     def has_image(self) -> np.ndarray:
-        return self._table.column(IMAGE_COLUMN).to_numpy()
+        # int8 in the file: read as numpy views of the mapped buffers (pyarrow's own conversion imports pandas)
+        parts = [np.frombuffer(c.buffers()[1], dtype=np.int8, count=len(c), offset=c.offset)
+                 for c in self._table.column(IMAGE_COLUMN).chunks]
+        return np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
 
     def __len__(self) -> int:
         return self._n
@@ -129,7 +135,7 @@ def _build(path: Path, skip_bad_lines: bool, final: Path) -> None:
 
     records, _ = load_records(path, skip_bad_lines=skip_bad_lines)
     rows = [json.dumps(r, ensure_ascii=False) for r in records]
-    images = [bool(r.get("image")) for r in records]
+    images = np.array([bool(r.get("image")) for r in records], dtype=np.int8)
     del records
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
