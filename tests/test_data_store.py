@@ -136,15 +136,20 @@ def test_warm_open_reads_the_remembered_digest_and_a_changed_stat_rehashes(tmp_p
     hashed = []
     real = store._hash_file
     monkeypatch.setattr(store, "_hash_file", lambda p: (hashed.append(p), real(p))[1])
+    store.open_records(path, tmp_path / "cache")
+    store.open_records(path, tmp_path / "cache")
+    assert len(hashed) == 2  # just written (ctime now): not remembered, a same-size rewrite could follow
+    monkeypatch.setattr(store, "RACY_NS", -10**12)  # as if the file had been written a while ago
     _, first = store.open_records(path, tmp_path / "cache")
     _, again = store.open_records(path, tmp_path / "cache")
-    assert first == again == hashlib.sha256(path.read_bytes()).hexdigest() and len(hashed) == 1
-    same_size = json.dumps(GOOD).replace('"a"', '"z"')  # same length, other content, another mtime
+    assert first == again == hashlib.sha256(path.read_bytes()).hexdigest() and len(hashed) == 3
+    before = path.stat()
+    same_size = json.dumps(GOOD).replace('"a"', '"z"')  # same length, other content
     path.write_text(same_size)
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with the old mtime back: ctime moved
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == before.st_size
     got, digest = store.open_records(path, tmp_path / "cache")
-    assert len(hashed) == 2 and digest == hashlib.sha256(same_size.encode()).hexdigest() and got[0]["id"] == "z"
+    assert len(hashed) == 4 and digest == hashlib.sha256(same_size.encode()).hexdigest() and got[0]["id"] == "z"
 
 
 def test_has_image_column_counts_modalities_without_decoding(tmp_path, monkeypatch):

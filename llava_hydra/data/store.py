@@ -13,7 +13,9 @@ pages are shared through the page cache instead of copied per process.
 The store lives at ``<cache_dir>/records/<key>`` where the key is the sha256 of the file's
 bytes plus whether bad lines are kept (``on_bad_sample=skip``). The sha256 is computed once per
 file version: it is remembered under ``<cache_dir>/digests/`` beside the file's path, size,
-inode and mtime_ns, and a later run whose stat matches reads it instead of hashing again. One process builds it under
+inode, mtime_ns and ctime_ns, and a later run whose stat matches reads it instead of hashing
+again (not for a file changed within 2 s of hashing: a same-size rewrite within the clock's
+granularity would leave its stat unchanged). One process builds it under
 a file lock into a temporary folder and renames it into place; others wait on the lock and
 then open the finished store, so processes starting at once build it once.
 """
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 FORMAT = 2  # bump when what is stored changes
 COLUMN = "record"
 IMAGE_COLUMN = "has_image"
+RACY_NS = 2_000_000_000  # digests of files changed less than 2 s before hashing are not remembered
 
 
 def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
@@ -47,7 +50,7 @@ def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     st = path.stat()
-    stamp = [os.path.realpath(path), st.st_size, st.st_ino, st.st_mtime_ns]
+    stamp = [os.path.realpath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
     memo = None
     if cache_dir is not None:
         memo = Path(cache_dir) / "digests" / f"{hashlib.sha256(stamp[0].encode()).hexdigest()[:32]}.json"
@@ -57,8 +60,11 @@ def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
                 return saved["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
+    hashed_at = time.time_ns()
     digest = _hash_file(path)
-    if memo is not None:
+    # a file modified within RACY_NS of hashing may change again within the filesystem's timestamp
+    # granularity without its stat changing (git's "racy" case): such a digest is not remembered
+    if memo is not None and st.st_mtime_ns < hashed_at - RACY_NS and st.st_ctime_ns < hashed_at - RACY_NS:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"stat": stamp, "sha256": digest}))
