@@ -153,7 +153,8 @@ def test_warm_open_reads_the_remembered_digest_and_a_changed_stat_rehashes(tmp_p
 
 
 def test_has_image_column_counts_modalities_without_decoding(tmp_path, monkeypatch):
-    recs = [{**GOOD[0], "image": "a.jpg"}, GOOD[1], 5, {**GOOD[1], "image": ["x.jpg", "y.jpg"]}, {**GOOD[0], "image": ""}]
+    recs = [{**GOOD[0], "image": "a.jpg"}, GOOD[1], 5, {**GOOD[1], "image": ["x.jpg", "y.jpg"]},
+            {**GOOD[0], "image": ""}]
     path = tmp_path / "d.json"
     path.write_text(json.dumps(recs))
     got, _ = store.open_records(path, tmp_path / "cache")

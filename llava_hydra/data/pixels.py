@@ -50,8 +50,8 @@ class Pipeline:
     def __call__(self, img, aspect: str):
         check_aspect(aspect)
         if self.plan is None:
-            return process(img, aspect, self.processor)
-        out = self._one_thread(img, aspect)
+            return _one_thread(process, img, aspect, self.processor)
+        out = _one_thread(self._torch, img, aspect)
         if not self._verified:
             self._verified = True
             ref = process(img, aspect, self.processor)
@@ -75,20 +75,6 @@ class Pipeline:
             side = max(w, h) if aspect == "pad" else min(w, h)  # pad: the square's side is the longer one
             return math.ceil(w * edge * DRAFT_GAP / side), math.ceil(h * edge * DRAFT_GAP / side)
         return least
-
-    def _one_thread(self, img, aspect: str):
-        """The torch path on one intra-op thread: a few-ms op on one image gains nothing from more,
-        and where cores are shared (or busy with training) OpenMP's threads made it 10x slower."""
-        import torch
-
-        threads = torch.get_num_threads()
-        if threads == 1:  # DataLoader workers
-            return self._torch(img, aspect)
-        torch.set_num_threads(1)
-        try:
-            return self._torch(img, aspect)
-        finally:
-            torch.set_num_threads(threads)
 
     def _torch(self, img, aspect: str):
         import torch
@@ -118,6 +104,21 @@ class Pipeline:
             x = x[..., top:top + ch, left:left + cw]
         x = x[0].to(torch.float32)  # a new contiguous tensor: scaled in place, one pass each
         return x.mul_(p["scale"]).add_(p["shift"])
+
+
+def _one_thread(fn, *args):
+    """``fn(*args)`` on one intra-op thread: a few-ms op on one image gains nothing from more, and
+    where cores are shared (or busy with training) OpenMP's threads made the torch path 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:  # DataLoader workers
+        return fn(*args)
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _plan(proc) -> dict | None:
