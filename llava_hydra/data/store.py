@@ -37,7 +37,7 @@ from llava_hydra.data.records import load_records
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when what is stored changes
+FORMAT = 3  # bump when what is stored changes (3: has_image as int8)
 COLUMN = "record"
 IMAGE_COLUMN = "has_image"
 RACY_NS = 2_000_000_000  # digests of files changed less than 2 s before hashing are not remembered
