@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers in the memory row")
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--template", default="v1")
+    parser.add_argument("--big", type=Path, help="the --records file: generated here if missing, else reused")
+    parser.add_argument("--only-images", action="store_true", help="only the throughput rows")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data.json")
     args = parser.parse_args()
 
@@ -175,25 +177,44 @@ def main() -> None:
     print(f"setup (tokenizer, {args.images} images) {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
     rows = []
+    from llava_hydra.data import pixels
+
     small = make_records(args.samples * 2, args.images, seed=1)
     image_recs = [r for r in small if "image" in r][: args.samples]
     text_recs = [r for r in small if "image" not in r]
     text_recs = (text_recs * (args.samples // max(len(text_recs), 1) + 1))[: args.samples]
-    for name, recs, with_images in (("image samples (tokenize + load + pad + CLIP 336 + collate)", image_recs, True),
-                                    ("text-only samples (tokenize + mask + collate)", text_recs, False)):
+    for name, recs, with_images, path_name in (
+            ("image samples, old path (PIL processor, full decode) (tokenize + load + pad + CLIP 336 + collate)",
+             image_recs, True, "old"),
+            ("image samples, new path (torch resize, JPEG draft) (tokenize + load + pad + CLIP 336 + collate)",
+             image_recs, True, "new"),
+            ("text-only samples (tokenize + mask + collate)", text_recs, False, "new")):
         path = work / f"{'img' if with_images else 'txt'}.json"
         path.write_text(json.dumps(recs))
         ds = LazySupervisedDataset(path, tok, processor, args.template, image_folder=work / "images",
                                    image_aspect_ratio="pad", num_image_tokens=576)
-        throughput(ds, min(16, len(recs)), args.batch_size, with_images)  # warm-up
-        rows.append({"what": name, "value": round(throughput(ds, len(recs), args.batch_size, with_images), 1),
-                     "unit": "samples/s"})
+        pixels._CACHE.clear()
+        real_plan, real_draft = pixels._plan, pixels.Pipeline.draft_size
+        if path_name == "old":  # today's path before issue 14.4: the processor on the fully decoded image
+            pixels._plan, pixels.Pipeline.draft_size = (lambda proc: None), (lambda self, aspect: None)
+        try:
+            throughput(ds, min(16, len(recs)), args.batch_size, with_images)  # warm-up
+            value = throughput(ds, len(recs), args.batch_size, with_images)
+            if with_images:
+                print(f"{path_name}: {pixels.pipeline(processor).name}", file=sys.stderr)
+        finally:
+            pixels._plan, pixels.Pipeline.draft_size = real_plan, real_draft
+            pixels._CACHE.clear()
+        rows.append({"what": name, "value": round(value, 1), "unit": "samples/s"})
+    old_img, new_img = rows[0]["value"], rows[1]["value"]
+    rows.append({"what": "image samples: new / old", "value": round(new_img / old_img, 2), "unit": "x"})
+    if args.only_images:
+        return emit(rows, {"samples": args.samples, "batch_size": args.batch_size, "image_size": 336}, args.out)
 
-    records = make_records(args.records, args.images, seed=2)
-    big = work / "big.json"
-    big.write_text(json.dumps(records))
+    big = args.big or work / "big.json"
+    if not big.exists():  # --big: generated once, reused by later runs (same seed, same records)
+        big.write_text(json.dumps(make_records(args.records, args.images, seed=2)))
     size_mb = big.stat().st_size / 2**20
-    del records
     from llava_hydra.data import lengths as lengths_mod
     from llava_hydra.data.records import load_records
     from llava_hydra.data.store import open_records
@@ -245,17 +266,21 @@ def main() -> None:
             {"what": f"{name}: second run: open records + length pass from the cache", "value": round(t4 - t2, 3),
              "unit": "s"},
         ]
-    width = max(len(r["what"]) for r in rows)
-    print(f"{'':<{width}}  {'value':>10}  unit")
-    for r in rows:
-        print(f"{r['what']:<{width}}  {r['value']:>10}  {r['unit']}")
     meta = {"records": n, "samples": args.samples, "batch_size": args.batch_size, "vocab": args.vocab,
             "template": args.template, "image_size": 336, "num_image_tokens": 576,
             "median_abs_length": sorted(abs(v) for v in lengths)[n // 2],
             "text_only": sum(v < 0 for v in lengths)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
-    print(f"wrote {args.out}", file=sys.stderr)
+    emit(rows, meta, args.out)
+
+
+def emit(rows: list[dict], meta: dict, out: Path) -> None:
+    width = max(len(r["what"]) for r in rows)
+    print(f"{'':<{width}}  {'value':>10}  unit")
+    for r in rows:
+        print(f"{r['what']:<{width}}  {r['value']:>10}  {r['unit']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.progress import final_loss, plot_loss
     from llava_hydra.sweep import in_multirun
     from llava_hydra.tracking import Trackers
+    from llava_hydra.data.store import has_image
 
     started = time.time()
     if in_multirun():  # every job of a sweep trains in its own job directory
@@ -175,7 +176,7 @@ def run(cfg: DictConfig) -> float | None:
     samples = spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, *image_tokens)
     if cfg.training.group_by_modality_length or cfg.training.packing:
         length_pass_once(samples, args)
-    image_samples = sum(1 for r in samples.records if r.get("image"))
+    image_samples = int(has_image(samples.records).sum())  # the store's column: no record decoded
     log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
              len(samples), image_samples, len(samples) - image_samples, cfg.data.data_path,
              cfg.data.template, cfg.data.image_aspect_ratio)

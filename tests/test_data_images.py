@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import stand_ins as testing
-from llava_hydra.data.images import ImageError, expand2square, load_image, mean_colour, open_rgb, probe
+from llava_hydra.data.images import ImageError, ImageSource, expand2square, load_image, mean_colour, open_rgb
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,8 @@ def test_modes_become_rgb(tmp_path):
     assert open_rgb(tmp_path / "c.jpg").mode == "RGB"
 
 
-def test_probe_reads_headers_and_optionally_verifies(tmp_path):
+def test_check_looks_up_the_file_or_decodes_it(tmp_path):
+    probe = lambda path, decode=False: ImageSource(tmp_path).check(path.name, decode=decode)  # noqa: E731
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "ok.png")
     data = (tmp_path / "ok.png").read_bytes()
     (tmp_path / "bad.png").write_bytes(data[:40] + b"\0" * (len(data) - 40))

@@ -126,3 +126,51 @@ def test_parallel_length_pass_equals_one_process(tmp_path, tok):
     assert one.tokens.tolist() == two.tokens.tolist() and one.first_label.tolist() == two.first_label.tolist()
     assert list(two.problems) == [7] and two.problems[7][1] == "'conversations' is empty"
     assert min(one.tokens[:7]) > 0
+
+
+def test_warm_open_reads_the_remembered_digest_and_a_changed_stat_rehashes(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(GOOD))
+    hashed = []
+    real = store._hash_file
+    monkeypatch.setattr(store, "_hash_file", lambda p: (hashed.append(p), real(p))[1])
+    store.open_records(path, tmp_path / "cache")
+    store.open_records(path, tmp_path / "cache")
+    assert len(hashed) == 2  # just written (ctime now): not remembered, a same-size rewrite could follow
+    monkeypatch.setattr(store, "RACY_NS", -10**12)  # as if the file had been written a while ago
+    _, first = store.open_records(path, tmp_path / "cache")
+    _, again = store.open_records(path, tmp_path / "cache")
+    assert first == again == hashlib.sha256(path.read_bytes()).hexdigest() and len(hashed) == 3
+    before = path.stat()
+    same_size = json.dumps(GOOD).replace('"a"', '"z"')  # same length, other content
+    path.write_text(same_size)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with the old mtime back: ctime moved
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == before.st_size
+    got, digest = store.open_records(path, tmp_path / "cache")
+    assert len(hashed) == 4 and digest == hashlib.sha256(same_size.encode()).hexdigest() and got[0]["id"] == "z"
+
+
+def test_has_image_column_counts_modalities_without_decoding(tmp_path, monkeypatch):
+    recs = [{**GOOD[0], "image": "a.jpg"}, GOOD[1], 5, {**GOOD[1], "image": ["x.jpg", "y.jpg"]},
+            {**GOOD[0], "image": ""}]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(recs))
+    got, _ = store.open_records(path, tmp_path / "cache")
+    monkeypatch.setattr(store.json, "loads", lambda *a, **k: pytest.fail("a record was decoded"))
+    assert store.has_image(got).tolist() == [True, False, False, True, False]
+    monkeypatch.undo()
+    assert store.has_image(load_records(path)[0]).tolist() == [True, False, False, True, False]
+
+
+def test_records_across_many_arrow_chunks(tmp_path):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, [json.dumps({**GOOD[k % 2], "id": f"r{k}", "pad": "é" * (k % 7)}) for k in range(2500)])
+    got, _ = store.open_records(path, tmp_path / "cache")
+    assert len(got._offsets) > 1  # several record batches in the file: indexing crosses them
+    assert [got[k]["id"] for k in (0, 999, 1000, 1001, 2499, -1)] == ["r0", "r999", "r1000", "r1001", "r2499", "r2499"]
+    assert got[1234] == {**GOOD[0], "id": "r1234", "pad": "é" * (1234 % 7)}
+    with pytest.raises(IndexError, match="record 2500 out of range"):
+        got[2500]

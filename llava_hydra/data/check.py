@@ -4,9 +4,10 @@ Validates the dataset a run spec names, before a long run and without loading th
 counts samples as with image(s) (of which multi-image) / text-only / bad, and finds what
 training would refuse (records.normalize_turns, the same check: malformed records, ``<image>``
 tag count mismatches, tags in answers or, for one image, outside the first human turn, empty
-answers), missing images of every record (``--images``: also unreadable ones, each decoded by
-PIL's verify), samples longer than model.model_max_length (truncated) and samples whose answers
-all lie beyond it (skipped in training). Each problem names the sample's index and id.
+answers), missing images of every record and paths outside data.image_folder (``--images``:
+also images that do not decode to their end or exceed data.max_image_pixels, each opened as
+training opens it), samples longer than model.model_max_length (truncated) and samples whose
+answers all lie beyond it (skipped in training). Each problem names the sample's index and id.
 Errors — anything ``data.on_bad_sample=raise`` would stop on — make it exit 1; the length pass
 it runs is the cached one training reuses.
 """
@@ -36,7 +37,6 @@ DESCRIBE = {
 def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
     """Findings for a LazySupervisedDataset: counts (samples = with image(s) + text-only + bad,
     where bad is every record with an error) and, per kind, the [index, id, message] list."""
-    from llava_hydra.data.images import probe
     from llava_hydra.data.records import images_of, record_id
 
     started = time.time()
@@ -48,12 +48,9 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
     image_jobs = []  # (index, path) for every image of every well-formed record
     for i in range(len(ds)):
         if i not in bad and table.has_image[i]:
-            image_jobs += [(i, ds.image_folder / path) for path in images_of(ds.records[i])]
-    if decode_images:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda job: probe(job[1], decode=True), image_jobs))
-    else:
-        results = [None if path.is_file() else f"image file not found: {path}" for _, path in image_jobs]
+            image_jobs += [(i, path) for path in images_of(ds.records[i])]
+    with ThreadPoolExecutor(workers if decode_images else 1) as pool:  # what training refuses, images decoded
+        results = list(pool.map(lambda job: ds.images.check(job[1], decode=decode_images), image_jobs))
     for (i, path), problem in zip(image_jobs, results):
         if problem:
             found["missing_image" if "not found" in problem else "unreadable_image"].append((i, problem))
@@ -102,7 +99,8 @@ def _print(report: dict, limit: int, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava_hydra.data.check", description=__doc__.split("\n\n")[1],
                                      epilog="Other arguments are Hydra overrides, as for python -m llava_hydra.")
-    parser.add_argument("--images", action="store_true", help="decode every image (PIL verify), not just stat it")
+    parser.add_argument("--images", action="store_true",
+                        help="decode every image to its end (as training does), not just stat it")
     parser.add_argument("--eval", action="store_true", help="check data.eval_data_path instead of data.data_path")
     parser.add_argument("--limit", type=int, default=10, help="problems listed per kind (default 10)")
     parser.add_argument("--json", type=Path, help="also write the full report as JSON here")

@@ -32,7 +32,7 @@ import torch
 
 from llava_hydra.data import lengths as lengths_mod
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
-from llava_hydra.data.images import ImageError, load_image
+from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
 from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt  # noqa: F401
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
@@ -49,7 +49,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     def __init__(self, data_path, tokenizer, image_processor, template: str, image_folder=None,
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
                  image_token_id: int | None = None, num_image_tokens: int = 576,
-                 on_bad_sample: str = "raise", cache_dir=None):
+                 on_bad_sample: str = "raise", cache_dir=None, allow_images_outside_folder: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         if on_bad_sample not in POLICIES:
             raise ValueError(f"data.on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         check_template(template)
@@ -62,6 +63,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             self.records, self.data_digest = load_records(data_path, skip_bad_lines=on_bad_sample == "skip")
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.template, self.image_folder = template, Path(image_folder or ".")
+        self.images = ImageSource(self.image_folder, allow_images_outside_folder, max_image_pixels)
         self.image_aspect_ratio, self.model_max_length = image_aspect_ratio, model_max_length
         self.image_token_id = (image_token_id if image_token_id is not None
                                else tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
@@ -104,7 +106,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
-                pixels = [load_image(self.image_folder / path, self.image_aspect_ratio, self.image_processor)
+                pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
                 raise self._fail(i, str(err), getattr(err, "kind", "image")) from None

@@ -1,24 +1,38 @@
-"""Images: file -> RGB -> square (processor's resize + centre crop) or pad -> pixel values.
+"""Images: a record's path -> checked file -> RGB -> square or pad -> pixel values.
 
-Owns everything between an image path and the vision tower's input: EXIF orientation,
-conversion of RGBA / LA / palette (transparency composited onto white), grayscale, CMYK and
-16-bit images to 8-bit RGB, LLaVA's ``expand2square`` for ``image_aspect_ratio=pad`` (filled
-with the processor's mean colour, ``int(255 * mean)`` as LLaVA does), and the cheap header
-probe the check command uses. Every failure is an ``ImageError`` that says what is wrong.
+Owns everything between an image path and the vision tower's input, and what is refused on the
+way (each refusal an ``ImageError`` saying what is wrong, the same in training and in
+``data.check --images``):
+
+- a path that resolves outside the image folder (``../``, absolute, a symlink pointing out),
+  unless ``data.allow_images_outside_folder``;
+- an image over ``data.max_image_pixels`` (width x height from the header, before decoding);
+- a file that is missing, empty, zero-sized, or does not decode to its end (truncated, corrupt).
+
+Decoding: JPEGs are decoded at a reduced scale (PIL's draft mode) when the resize that follows
+needs fewer pixels; EXIF orientation; RGBA / LA / palette (transparency composited onto white),
+grayscale, CMYK and 16-bit to 8-bit RGB; LLaVA's ``expand2square`` for ``image_aspect_ratio=pad``
+(filled with ``int(255 * mean)`` of the processor, as LLaVA). The pixel pipeline after that
+(resize, crop, normalize) lives in pixels.py.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ASPECTS = ("square", "pad")
+DEFAULT_MAX_PIXELS = 50_000_000  # data.max_image_pixels' default; PIL's own warning starts at ~89 MP
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class ImageError(ValueError):
-    """An image file that cannot be used: missing, empty, corrupt, truncated or zero-sized."""
+    """An image that cannot be used: outside the folder, too large, missing, empty, corrupt or truncated."""
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -42,43 +56,91 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """The fully decoded image, upright (EXIF) and RGB; ImageError when it cannot be."""
+def _allow_pixels(max_pixels: int | None) -> None:
+    """Let PIL open what our own limit allows (its bomb check would refuse above 2x its threshold)."""
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def open_rgb(path: str | Path, max_pixels: int | None = None,
+             draft: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
+    """The image decoded to its end, upright (EXIF) and RGB; ImageError when it cannot be.
+    ``max_pixels``: refuse larger images from the header, before decoding (None: PIL's own check).
+    ``draft(w, h) -> (w', h')``: the least size the caller needs; a JPEG is decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8) that keeps at least that many pixels."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     if path.stat().st_size == 0:
         raise ImageError(f"image file is empty (0 bytes): {path}")
+    _allow_pixels(max_pixels)
     try:
         with Image.open(path) as img:
-            img.load()  # decodes now: a truncated or corrupt file fails here, not in the worker's collate
+            w, h = img.size
             if 0 in img.size:
                 raise ImageError(f"image has zero size {img.size}: {path}")
-            img = ImageOps.exif_transpose(img)
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageError(f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over data.max_image_pixels="
+                                 f"{max_pixels} ({max_pixels / 1e6:g} MP): {path}")
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", draft(w, h))
+            img.load()  # decodes to the end now: a truncated or corrupt file fails here, not in collate
+            img = ImageOps.exif_transpose(img, in_place=False) if img.getexif().get(0x0112, 1) != 1 else img
             return to_rgb(img)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image is over PIL's decompression-bomb limit ({e}): {path}") from None
+    except _READ_ERRORS as e:
         raise ImageError(f"cannot read image {path}: {e}") from None
 
 
-def probe(path: str | Path, decode: bool = False) -> str | None:
-    """None if the image looks usable, else the problem. Reads the header only (size, format);
-    ``decode`` also runs PIL's verify (a full pass over the file's data)."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            return f"image file not found: {path}"
-        if path.stat().st_size == 0:
-            return f"image file is empty (0 bytes): {path}"
-        with Image.open(path) as img:
-            if 0 in img.size:
-                return f"image has zero size {img.size}: {path}"
-            if decode:
-                img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"cannot read image {path}: {e}"
-    return None
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a dataset's images come from and what it refuses (data.image_folder,
+    data.allow_images_outside_folder, data.max_image_pixels)."""
+
+    folder: Path = Path(".")
+    allow_outside: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def path(self, name: str) -> Path:
+        """The file a record's image path names; ImageError if it resolves outside the folder."""
+        path = self.folder / name
+        if self.allow_outside:
+            return path
+        root, real = os.path.realpath(self.folder), os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            how = ("an absolute path" if os.path.isabs(name) else
+                   "a '../' path" if ".." in Path(name).parts else "a symlink")
+            raise ImageError(f"image path {name!r} resolves outside data.image_folder={str(self.folder)!r} "
+                             f"({how} to {real}); set data.allow_images_outside_folder=true to allow it")
+        return path
+
+    def open(self, name: str, draft=None) -> Image.Image:
+        return open_rgb(self.path(name), self.max_pixels, draft)
+
+    def load(self, name: str, aspect: str, image_processor):
+        """Record image path -> pixel values (C, H, W); ImageError for an unusable image."""
+        from llava_hydra.data.pixels import pipeline
+
+        pixels = pipeline(image_processor)
+        return pixels(self.open(name, pixels.draft_size(aspect)), aspect)
+
+    def check(self, name: str, decode: bool = False) -> str | None:
+        """None if the image is usable, else the problem. Without ``decode`` only the path is
+        checked (inside the folder, a non-empty file); with it the file is decoded to its end under the
+        pixel limit, as training would."""
+        try:
+            path = self.path(name)
+            if not decode:
+                if not path.is_file():
+                    return f"image file not found: {path}"
+                return f"image file is empty (0 bytes): {path}" if path.stat().st_size == 0 else None
+            self.open(name)
+        except ImageError as e:
+            return str(e)
+        return None
 
 
 def expand2square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -95,15 +157,21 @@ def mean_colour(image_processor) -> tuple[int, int, int]:
     return tuple(int(c * 255) for c in image_processor.image_mean)
 
 
+def check_aspect(aspect: str) -> None:
+    if aspect not in ASPECTS:
+        raise ValueError(f"image_aspect_ratio must be one of {ASPECTS}, got {aspect!r}")
+
+
 def process(img: Image.Image, aspect: str, image_processor):
-    """One RGB image -> pixel values (C, H, W) as the vision tower expects them."""
+    """One RGB image -> pixel values (C, H, W) through the processor itself (the reference path)."""
+    check_aspect(aspect)
     if aspect == "pad":
         img = expand2square(img, mean_colour(image_processor))
-    elif aspect != "square":
-        raise ValueError(f"image_aspect_ratio must be one of {ASPECTS}, got {aspect!r}")
     return image_processor(img, return_tensors="pt")["pixel_values"][0]
 
 
-def load_image(path: str | Path, aspect: str, image_processor):
-    """File -> pixel values (C, H, W); ImageError for an unusable file."""
-    return process(open_rgb(path), aspect, image_processor)
+def load_image(path: str | Path, aspect: str, image_processor, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """File -> pixel values (C, H, W); ImageError for an unusable file (no folder check)."""
+    path = Path(path)
+    return ImageSource(path.parent, allow_outside=True, max_pixels=max_pixels).load(path.name, aspect,
+                                                                                      image_processor)

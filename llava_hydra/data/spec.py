@@ -52,4 +52,5 @@ def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_toke
         data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
         image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
         image_token_id=image_token_id, num_image_tokens=num_image_tokens,
-        on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir)
+        on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir,
+        allow_images_outside_folder=cfg.data.allow_images_outside_folder, max_image_pixels=cfg.data.max_image_pixels)

@@ -4,11 +4,18 @@
 Owns building, locating and reading the store. Each record is one row of a ``record`` column
 holding the record as a JSON string, exactly what :func:`records.load_records` returns for it
 (bad JSONL lines and non-object records as their placeholder dicts, so indices stay
-line-aligned). Reading record ``i`` decodes that one string: no process holds the whole list
-of dicts, and the Arrow pages are shared through the page cache instead of copied per process.
+line-aligned), and a ``has_image`` column (the record names an image) so that counting
+modalities decodes nothing. Reading record ``i`` slices its bytes straight out of the mapped
+Arrow buffers (numpy views of the offsets, no pyarrow scalar per access) and decodes that one
+string: no process holds the whole list of dicts, nor per-record Python objects, and the Arrow
+pages are shared through the page cache instead of copied per process.
 
 The store lives at ``<cache_dir>/records/<key>`` where the key is the sha256 of the file's
-bytes plus whether bad lines are kept (``on_bad_sample=skip``). One process builds it under
+bytes plus whether bad lines are kept (``on_bad_sample=skip``). The sha256 is computed once per
+file version: it is remembered under ``<cache_dir>/digests/`` beside the file's path, size,
+inode, mtime_ns and ctime_ns, and a later run whose stat matches reads it instead of hashing
+again (not for a file changed within 2 s of hashing: a same-size rewrite within the clock's
+granularity would leave its stat unchanged). One process builds it under
 a file lock into a temporary folder and renames it into place; others wait on the lock and
 then open the finished store, so processes starting at once build it once.
 """
@@ -24,19 +31,48 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from llava_hydra.data.records import load_records
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what is stored changes
+FORMAT = 3  # bump when what is stored changes (3: has_image as int8)
 COLUMN = "record"
+IMAGE_COLUMN = "has_image"
+RACY_NS = 2_000_000_000  # digests of files changed less than 2 s before hashing are not remembered
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of the file's bytes, read in chunks (the length cache uses the same digest)."""
+def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """sha256 of the file's bytes, read in chunks (the length cache uses the same digest). With a
+    ``cache_dir`` it is remembered with the file's stat and reused while the stat is unchanged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
+    st = path.stat()
+    stamp = [os.path.realpath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    memo = None
+    if cache_dir is not None:
+        memo = Path(cache_dir) / "digests" / f"{hashlib.sha256(stamp[0].encode()).hexdigest()[:32]}.json"
+        try:
+            saved = json.loads(memo.read_text())
+            if saved["stat"] == stamp:
+                return saved["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    hashed_at = time.time_ns()
+    digest = _hash_file(path)
+    # a file modified within RACY_NS of hashing may change again within the filesystem's timestamp
+    # granularity without its stat changing (git's "racy" case): such a digest is not remembered
+    if memo is not None and st.st_mtime_ns < hashed_at - RACY_NS and st.st_ctime_ns < hashed_at - RACY_NS:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stat": stamp, "sha256": digest}))
+        os.replace(tmp, memo)
+    return digest
+
+
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -44,18 +80,47 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def has_image(records) -> np.ndarray:
+    """Per record, whether it names an image (bool array): the store's column, or for a list of
+    records (no cache_dir) one pass over it."""
+    if isinstance(records, RecordStore):
+        return records.has_image
+    return np.array([bool(r.get("image")) if isinstance(r, dict) else False for r in records], dtype=bool)
+
+
 class RecordStore:
     """Sequence of records (dicts) read from the store by index."""
 
     def __init__(self, folder: str | Path):
-        import datasets
+        import pyarrow as pa
 
         self.folder = Path(folder)
-        self._table = datasets.load_from_disk(str(self.folder)).data  # memory-mapped Arrow table
-        self._column = self._table.column(COLUMN)
+        # the Arrow files datasets' save_to_disk wrote, memory-mapped as datasets' load_from_disk maps
+        # them (read with pyarrow alone: importing datasets costs seconds on every start)
+        files = [f["filename"] for f in json.loads((self.folder / "state.json").read_text())["_data_files"]]
+        table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(self.folder / f))).read_all() for f in files])
+        self._n = table.num_rows
+        self._table = table
+        # per chunk: record offsets (a numpy view) and the bytes they index, both in the mapped file
+        self._offsets, self._data, starts = [], [], [0]
+        for chunk in table.column(COLUMN).chunks:
+            _, offsets, data = chunk.buffers()
+            wide = str(chunk.type) in ("large_string", "large_utf8")
+            self._offsets.append(np.frombuffer(offsets, dtype=np.int64 if wide else np.int32,
+                                               count=len(chunk) + 1, offset=chunk.offset * (8 if wide else 4)))
+            self._data.append(memoryview(data) if data is not None else memoryview(b""))
+            starts.append(starts[-1] + len(chunk))
+        self._starts = np.array(starts, dtype=np.int64)
+
+    @property
+    def has_image(self) -> np.ndarray:
+        # int8 in the file: read as numpy views of the mapped buffers (pyarrow's own conversion imports pandas)
+        parts = [np.frombuffer(c.buffers()[1], dtype=np.int8, count=len(c), offset=c.offset)
+                 for c in self._table.column(IMAGE_COLUMN).chunks]
+        return np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
 
     def __len__(self) -> int:
-        return self._table.num_rows
+        return self._n
 
     def __getitem__(self, i: int) -> dict:
         n = len(self)
@@ -63,7 +128,9 @@ class RecordStore:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"record {i} out of range ({n} records)")
-        return json.loads(self._column[i].as_py())
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        offsets, j = self._offsets[k], i - int(self._starts[k])
+        return json.loads(str(self._data[k][int(offsets[j]):int(offsets[j + 1])], "utf-8"))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -74,10 +141,11 @@ def _build(path: Path, skip_bad_lines: bool, final: Path) -> None:
 
     records, _ = load_records(path, skip_bad_lines=skip_bad_lines)
     rows = [json.dumps(r, ensure_ascii=False) for r in records]
+    images = np.array([bool(r.get("image")) for r in records], dtype=np.int8)
     del records
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    datasets.Dataset.from_dict({COLUMN: rows}).save_to_disk(str(tmp))
+    datasets.Dataset.from_dict({COLUMN: rows, IMAGE_COLUMN: images}).save_to_disk(str(tmp))
     os.replace(tmp, final)
 
 
@@ -85,7 +153,7 @@ def open_records(path: str | Path, cache_dir: str | Path, skip_bad_lines: bool =
     """(store of the file's records, sha256 of its bytes): built on first use, then only opened.
     A bad JSONL line without ``skip_bad_lines`` raises BadSampleError as load_records does."""
     path = Path(path)
-    digest = file_digest(path)
+    digest = file_digest(path, cache_dir)
     key = hashlib.sha256(json.dumps([FORMAT, digest, bool(skip_bad_lines)]).encode()).hexdigest()[:32]
     root = Path(cache_dir) / "records"
     final = root / key

@@ -1,0 +1,167 @@
+"""The pixel pipeline: an RGB image -> the vision tower's pixel values, by the fastest path that
+gives the processor's values.
+
+Three paths, chosen once per image processor and logged (``images: ...``):
+
+- ``fast processor``: the processor is transformers' torchvision backend (what
+  ``AutoImageProcessor`` gives when torchvision imports): it is called as it is.
+- ``torch resize``: the processor is a PIL-backend one (``CLIPImageProcessorPil``, what
+  transformers falls back to without torchvision) with a plain resize (shortest edge, or height
+  x width; bicubic or bilinear) + centre crop + rescale + normalize. The same steps run on a
+  uint8 tensor with torch's antialiased interpolation (the kernel torchvision's resize uses),
+  about 6x faster than PIL's resize here. Values match the processor's to within one 8-bit
+  level before normalization (:data:`TOLERANCE_LEVELS`): the first image each process sees is
+  run through both paths and a larger difference switches to the processor for good.
+- ``processor``: anything else (other resizes, padding, tiling): the processor itself.
+
+``draft_size`` tells images.open_rgb how small a JPEG may be decoded (DCT scaling) so that the
+resize still starts from at least as many pixels as it keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import numpy as np
+
+from llava_hydra.data.images import check_aspect, expand2square, mean_colour, process
+
+log = logging.getLogger(__name__)
+
+TOLERANCE_LEVELS = 2  # verified bound: max |torch - processor| <= this many 8-bit levels / (255 * std)
+DRAFT_GAP = 2  # JPEGs decoded at >= this many times the pixels the resize keeps (PIL thumbnail's reducing_gap)
+_MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes
+_CACHE: dict[int, tuple[object, "Pipeline"]] = {}
+
+
+class Pipeline:
+    """``pipeline(img, aspect) -> (C, H, W)`` tensor; ``name`` says which path."""
+
+    def __init__(self, image_processor):
+        self.processor = image_processor
+        self.plan = _plan(image_processor)
+        backends = {c.__name__ for c in type(image_processor).__mro__}
+        self.name = ("fast processor (torchvision)" if "TorchvisionBackend" in backends
+                     else "torch resize (PIL processor's steps)" if self.plan else "processor")
+        self._verified = self.plan is None
+
+    def __call__(self, img, aspect: str):
+        check_aspect(aspect)
+        if self.plan is None:
+            return _one_thread(process, img, aspect, self.processor)
+        out = _one_thread(self._torch, img, aspect)
+        if not self._verified:
+            self._verified = True
+            ref = process(img, aspect, self.processor)
+            diff = float((out - ref).abs().max()) if out.shape == ref.shape else math.inf
+            bound = TOLERANCE_LEVELS / (255 * min(self.processor.image_std)) + 1e-5
+            if diff > bound:
+                log.warning("images: torch resize differs from %s by %.4g (> %.4g): using the processor",
+                            type(self.processor).__name__, diff, bound)
+                self.plan, self.name = None, "processor"
+                return ref
+        return out
+
+    def draft_size(self, aspect: str) -> Callable[[int, int], tuple[int, int]] | None:
+        """(w, h) of the file -> the least (w, h) to decode it at, or None (decode in full)."""
+        size = getattr(self.processor, "size", None)
+        edge = getattr(size, "shortest_edge", None) if size is not None else None
+        if not getattr(self.processor, "do_resize", False) or not edge or getattr(size, "longest_edge", None):
+            return None
+
+        def least(w: int, h: int) -> tuple[int, int]:
+            side = max(w, h) if aspect == "pad" else min(w, h)  # pad: the square's side is the longer one
+            return math.ceil(w * edge * DRAFT_GAP / side), math.ceil(h * edge * DRAFT_GAP / side)
+        return least
+
+    def _torch(self, img, aspect: str):
+        import torch
+        import torch.nn.functional as F
+
+        p = self.plan
+        if aspect == "pad":
+            img = expand2square(img, mean_colour(self.processor))
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)[None]
+        h, w = x.shape[-2:]
+        if p["resize"]:
+            edge = p["shortest_edge"]
+            if edge:
+                short, long = (w, h) if w <= h else (h, w)
+                new_long = int(edge * long / short)  # transformers' get_resize_output_image_size
+                size = (new_long, edge) if w <= h else (edge, new_long)
+            else:
+                size = p["hw"]
+            if size != (h, w):
+                x = F.interpolate(x, size=size, mode=p["mode"], antialias=True)
+        if p["crop"]:
+            ch, cw = p["crop"]
+            h, w = x.shape[-2:]
+            if ch > h or cw > w:  # the processor pads first: its own path
+                return process(img, "square", self.processor)
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[..., top:top + ch, left:left + cw]
+        x = x[0].to(torch.float32)  # a new contiguous tensor: scaled in place, one pass each
+        return x.mul_(p["scale"]).add_(p["shift"])
+
+
+def _one_thread(fn, *args):
+    """``fn(*args)`` on one intra-op thread: a few-ms op on one image gains nothing from more, and
+    where cores are shared (or busy with training) OpenMP's threads made the torch path 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:  # DataLoader workers
+        return fn(*args)
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _plan(proc) -> dict | None:
+    """The PIL-backend processor's steps when the torch path can do them, else None."""
+    import torch
+
+    if "PilBackend" not in {c.__name__ for c in type(proc).__mro__}:
+        return None
+    g = lambda name, default=None: getattr(proc, name, default)  # noqa: E731
+    if g("do_pad") or g("image_grid_pinpoints") or g("do_convert_rgb") is False:
+        return None
+    size, crop = g("size"), g("crop_size")
+    plan = {"resize": bool(g("do_resize")), "shortest_edge": None, "hw": None, "mode": None, "crop": None,
+            "rescale": g("rescale_factor") if g("do_rescale") else None}
+    if plan["resize"]:
+        if size is None or g("resample") not in _MODES or getattr(size, "longest_edge", None):
+            return None
+        plan["mode"] = _MODES[int(g("resample"))]
+        if getattr(size, "shortest_edge", None):
+            plan["shortest_edge"] = int(size.shortest_edge)
+        elif getattr(size, "height", None) and getattr(size, "width", None):
+            plan["hw"] = (int(size.height), int(size.width))
+        else:
+            return None
+    if g("do_center_crop"):
+        if crop is None or not getattr(crop, "height", None) or not getattr(crop, "width", None):
+            return None
+        plan["crop"] = (int(crop.height), int(crop.width))
+    # rescale + normalize fused: x * rescale / std - mean / std (what the torchvision backend fuses too)
+    rescale = float(plan.pop("rescale") or 1.0)
+    mean, std = (g("image_mean"), g("image_std")) if g("do_normalize") else ([0.0] * 3, [1.0] * 3)
+    std64 = torch.tensor(std, dtype=torch.float64)[:, None, None]
+    plan["scale"] = (rescale / std64).float()
+    plan["shift"] = (-torch.tensor(mean, dtype=torch.float64)[:, None, None] / std64).float()
+    return plan
+
+
+def pipeline(image_processor) -> Pipeline:
+    """The pipeline for this processor object (made once per process, its choice logged)."""
+    hit = _CACHE.get(id(image_processor))
+    if hit is not None and hit[0] is image_processor:
+        return hit[1]
+    made = Pipeline(image_processor)
+    _CACHE[id(image_processor)] = (image_processor, made)
+    log.info("images: %s for %s", made.name, type(image_processor).__name__)
+    return made
