@@ -16,7 +16,7 @@ import logging
 import torch
 
 from llava_hydra.data.conversation import render
-from llava_hydra.data.dataset import LazySupervisedDataset, encode_prompt, normalize_turns
+from llava_hydra.data.dataset import LazySupervisedDataset, encode_prompt, normalize_turns, stack_images
 from llava_hydra.model.llava import find_llava_model
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,15 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
             prompts.append(ids)
             refs.append(ref)
             if dataset.records[i].get("image"):
-                images.append(dataset[i]["pixel_values"])
+                images.append(dataset[i])  # its pixel values: one image, or several in tag order
         longest = max(map(len, prompts))
         ids = torch.full((len(prompts), longest), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, p in enumerate(prompts):  # left padding for generation
             ids[row, longest - len(p):] = torch.tensor(p)
             mask[row, longest - len(p):] = 1
-        kwargs = {"pixel_values": torch.stack(images).to(model.device, pixel_dtype)} if images else {}
+        pixels = stack_images(images)
+        kwargs = {"pixel_values": pixels.to(model.device, pixel_dtype)} if pixels is not None else {}
         out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
         return [(ref, tok.decode(row[longest:], skip_special_tokens=True)) for ref, row in zip(refs, out)]

@@ -123,6 +123,9 @@ def training(path: str, image_folder: str | None, suffix: str | None) -> list[It
             raise ValueError(f"{path}: sample {i}: {err}") from err
         if turns[-1]["from"] != "gpt":
             raise ValueError(f"{path}: sample {i}: the last turn must be the reference answer (from gpt)")
+        if len(images) > 1:  # an Item carries one image; training takes several, this app does not yet
+            raise ValueError(f"{path}: sample {i} (id={record_id(record)}): {len(images)} images; the eval app "
+                             f"answers single-image questions only")
         messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
                     for t in turns[:-1]]
         qid = record_id(record)
