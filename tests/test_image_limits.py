@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.check import check_dataset
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.images import ImageError, ImageSource

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from llava_hydra.data import testing
+import stand_ins as testing
 from llava_hydra.data.images import load_image, open_rgb, process
 from llava_hydra.data.pixels import Pipeline, pipeline
 
