@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import stand_ins as testing
-from llava_hydra.data.images import ImageError, ImageSource, expand2square, load_image, mean_colour, open_rgb
+from llava_hydra.data.images import ImageError, ImageSource, load_image, open_rgb
+from llava_hydra.data.pixels import expand2square, mean_colour
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def test_training_refuses_them_naming_file_index_and_id(tmp_path, folder):
 def test_data_check_images_finds_the_same(tmp_path, folder):
     ds = _dataset(tmp_path, folder, "skip")
     decoded = check_dataset(ds, decode_images=True)
-    assert [i for i, _ in decoded["found"]["unreadable_image"]] == [1, 2, 3, 4]
+    assert [i for i, *_ in decoded["found"]["unreadable_image"]] == [1, 2, 3, 4]
     assert decoded["errors"] == 4
     looked_up = check_dataset(ds, decode_images=False)  # paths are checked even without --images
-    assert [i for i, _ in looked_up["found"]["unreadable_image"]] == [2, 3]
+    assert [i for i, *_ in looked_up["found"]["unreadable_image"]] == [2, 3]

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 import stand_ins as testing
-from llava_hydra.data.images import load_image, open_rgb, process
+from llava_hydra.data.images import load_image, open_rgb
+from llava_hydra.data.pixels import process
 from llava_hydra.data.pixels import Pipeline, pipeline
 
 ONE_LEVEL = 1 / (255 * 0.26130258)  # one 8-bit level in CLIP-normalized units (smallest CLIP std) = 0.0150

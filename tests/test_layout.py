@@ -17,10 +17,10 @@ LAYERS = [
     ("data", ["llava_hydra.data", "llava_hydra.tiny"]),
     ("sampling", ["llava_hydra.sampler", "llava_hydra.packing", "llava_hydra.packing_rows"]),
     ("model", ["llava_hydra.model"]),
-    ("trainer", ["llava_hydra.trainer", "llava_hydra.param_groups", "llava_hydra.checkpoints", "llava_hydra.evaluate", "llava_hydra.progress",
-                 "llava_hydra.tracking", "llava_hydra.eval.sharding"]),
-    ("commands", ["llava_hydra.runner", "llava_hydra.launch", "llava_hydra.worker", "llava_hydra.run_spec",
-                  "llava_hydra.sweep", "llava_hydra.merge", "llava_hydra.chat", "llava_hydra.eval",
+    ("trainer", ["llava_hydra.trainer", "llava_hydra.param_groups", "llava_hydra.checkpoints", "llava_hydra.evaluate",
+                 "llava_hydra.progress", "llava_hydra.eval.sharding"]),
+    ("commands", ["llava_hydra.runner", "llava_hydra.tracking", "llava_hydra.launch", "llava_hydra.worker",
+                  "llava_hydra.run_spec", "llava_hydra.sweep", "llava_hydra.merge", "llava_hydra.chat", "llava_hydra.eval",
                   "llava_hydra.__main__", "llava_hydra"]),
 ]
 

@@ -162,14 +162,17 @@ def test_every_shipped_option_passes(compose_spec, group):
 
 
 def test_choices_equal_the_tables_the_code_branches_on():
-    from llava_hydra import model, sampler
+    from llava_hydra import sampler
+    from llava_hydra.data.image_tokens import SELECT_FEATURES
+    from llava_hydra.model.llava import PROJECTOR_ACT
+    from llava_hydra.model.precision import DTYPES
     from llava_hydra.config import CHOICES, TEMPLATES
     from llava_hydra.data import conversation
 
     assert set(TEMPLATES) == set(conversation.TEMPLATES)
-    assert set(CHOICES["model.mm_projector_type"]) == set(model.PROJECTOR_ACT)
-    assert set(CHOICES["model.mm_vision_select_feature"]) == set(model.SELECT_FEATURES)
-    assert set(CHOICES["model.dtype"]) == {"auto", *model.DTYPES}
+    assert set(CHOICES["model.mm_projector_type"]) == set(PROJECTOR_ACT)
+    assert set(CHOICES["model.mm_vision_select_feature"]) == set(SELECT_FEATURES)
+    assert set(CHOICES["model.dtype"]) == {"auto", *DTYPES}
     assert set(CHOICES["training.length_grouping"]) == set(sampler.MODES)
 
 

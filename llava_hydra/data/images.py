@@ -1,4 +1,4 @@
-"""Images: a record's path -> checked file -> RGB -> square or pad -> pixel values.
+"""Images: a record's path -> checked file -> RGB (then pixels.py: square or pad -> pixel values).
 
 Owns everything between an image path and the vision tower's input, and what is refused on the
 way (each refusal an ``ImageError`` saying what is wrong, the same in training and in
@@ -11,9 +11,8 @@ way (each refusal an ``ImageError`` saying what is wrong, the same in training a
 
 Decoding: JPEGs are decoded at a reduced scale (PIL's draft mode) when the resize that follows
 needs fewer pixels; EXIF orientation; RGBA / LA / palette (transparency composited onto white),
-grayscale, CMYK and 16-bit to 8-bit RGB; LLaVA's ``expand2square`` for ``image_aspect_ratio=pad``
-(filled with ``int(255 * mean)`` of the processor, as LLaVA). The pixel pipeline after that
-(resize, crop, normalize) lives in pixels.py.
+grayscale, CMYK and 16-bit to 8-bit RGB. What follows (LLaVA's ``expand2square`` for
+``image_aspect_ratio=pad``, resize, crop, normalize) lives in pixels.py.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ASPECTS = ("square", "pad")
+from llava_hydra.data.pixels import pipeline
+
 DEFAULT_MAX_PIXELS = 50_000_000  # data.max_image_pixels' default; PIL's own warning starts at ~89 MP
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -122,8 +122,6 @@ class ImageSource:
 
     def load(self, name: str, aspect: str, image_processor):
         """Record image path -> pixel values (C, H, W); ImageError for an unusable image."""
-        from llava_hydra.data.pixels import pipeline
-
         pixels = pipeline(image_processor)
         return pixels(self.open(name, pixels.draft_size(aspect)), aspect)
 
@@ -141,33 +139,6 @@ class ImageSource:
         except ImageError as e:
             return str(e)
         return None
-
-
-def expand2square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    w, h = img.size
-    if w == h:
-        return img
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    return canvas
-
-
-def mean_colour(image_processor) -> tuple[int, int, int]:
-    return tuple(int(c * 255) for c in image_processor.image_mean)
-
-
-def check_aspect(aspect: str) -> None:
-    if aspect not in ASPECTS:
-        raise ValueError(f"image_aspect_ratio must be one of {ASPECTS}, got {aspect!r}")
-
-
-def process(img: Image.Image, aspect: str, image_processor):
-    """One RGB image -> pixel values (C, H, W) through the processor itself (the reference path)."""
-    check_aspect(aspect)
-    if aspect == "pad":
-        img = expand2square(img, mean_colour(image_processor))
-    return image_processor(img, return_tensors="pt")["pixel_values"][0]
 
 
 def load_image(path: str | Path, aspect: str, image_processor, max_pixels: int | None = DEFAULT_MAX_PIXELS):

@@ -1,5 +1,6 @@
-"""The pixel pipeline: an RGB image -> the vision tower's pixel values, by the fastest path that
-gives the processor's values.
+"""The pixel pipeline: an RGB image -> square or padded (LLaVA's ``expand2square`` for
+``image_aspect_ratio=pad``, filled with ``int(255 * mean)`` of the processor, as LLaVA) -> the
+vision tower's pixel values, by the fastest path that gives the processor's values.
 
 Three paths, chosen once per image processor and logged (``images: ...``):
 
@@ -25,8 +26,9 @@ import math
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
-from llava_hydra.data.images import check_aspect, expand2square, mean_colour, process
+ASPECTS = ("square", "pad")  # data.image_aspect_ratio
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,34 @@ TOLERANCE_LEVELS = 2  # verified bound: max |torch - processor| <= this many 8-b
 DRAFT_GAP = 2  # JPEGs decoded at >= this many times the pixels the resize keeps (PIL thumbnail's reducing_gap)
 _MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes
 _CACHE: dict[int, tuple[object, "Pipeline"]] = {}
+
+
+def expand2square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def mean_colour(image_processor) -> tuple[int, int, int]:
+    return tuple(int(c * 255) for c in image_processor.image_mean)
+
+
+def check_aspect(aspect: str) -> None:
+    if aspect not in ASPECTS:
+        raise ValueError(f"image_aspect_ratio must be one of {ASPECTS}, got {aspect!r}")
+
+
+def process(img: Image.Image, aspect: str, image_processor):
+    """One RGB image -> pixel values (C, H, W) through the processor itself (the reference path)."""
+    check_aspect(aspect)
+    if aspect == "pad":
+        img = expand2square(img, mean_colour(image_processor))
+    return image_processor(img, return_tensors="pt")["pixel_values"][0]
+
 
 
 class Pipeline:

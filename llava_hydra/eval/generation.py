@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from llava_hydra.data.images import expand2square, mean_colour, open_rgb
+from llava_hydra.data.images import open_rgb
+from llava_hydra.data.pixels import expand2square, mean_colour
 
 
 def user_message(text: str, image: bool) -> dict:
