@@ -34,7 +34,7 @@ class SpecError(ValueError):
 
 def validate(cfg: DictConfig, local_paths: bool = True) -> None:
     """Raise SpecError listing every problem of the composed spec (``local_paths=False``: leave
-    the file system alone, for specs composed only to be read)."""
+    the file system and the installed trackers alone, for specs composed only to be read)."""
     check_resolves(cfg)  # a missing value behind an interpolation: an error naming both keys
     problems = [*choice_problems(cfg), *number_problems(cfg), *training_key_problems(cfg)]
     if local_paths:
@@ -42,7 +42,8 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise SpecError(f"the run spec has {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems))
-    check_trackers(cfg.training.report_to)  # installed? (says which package and extra to install)
+    if local_paths:
+        check_trackers(cfg.training.report_to)  # installed? (says which package and extra to install)
 
 
 def did_you_mean(value, valid) -> str:

@@ -49,3 +49,11 @@ def compose_spec():
 def parts(tmp_path_factory):
     """A tiny Llama + CLIP saved as a user's local copies of hub models (tests/helpers/local_parts.py)."""
     return save_parts(tmp_path_factory.mktemp("parts"))
+
+
+@pytest.fixture(scope="session")
+def bpe400(tmp_path_factory):
+    """A byte-level BPE tokenizer (vocab 400) trained once for the data tests (tests/helpers/stand_ins.py)."""
+    import stand_ins
+
+    return stand_ins.bpe_tokenizer(tmp_path_factory.mktemp("bpe400"), vocab_size=400)

@@ -38,8 +38,8 @@ BAD = {  # case -> (record, kind, problem)
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return testing.bpe_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=400)
+def tok(bpe400):
+    return bpe400
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ GOOD_TEXT = {"id": "good", "conversations": turns("Hi.", "Hello!")}
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return testing.bpe_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=400)
+def tok(bpe400):
+    return bpe400
 
 
 @pytest.fixture

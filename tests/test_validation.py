@@ -239,3 +239,14 @@ def test_help_examples_are_five_commands_that_compose_and_validate(help_page, co
     for words in commands:
         overrides = [w.split(",")[0] for w in words[3:] if w != "-m"]  # a sweep: its first job
         validate(compose_spec(*overrides), local_paths=False)
+
+
+@pytest.mark.parametrize("command", ["check", "preview"])
+def test_data_commands_refuse_a_bad_choice_by_key(command, capsys):
+    """data.check / data.preview compose the spec as a run does and refuse the same typos."""
+    import importlib
+
+    main = importlib.import_module(f"llava_hydra.data.{command}").main
+    assert main(["data.on_bad_sample=skpi"]) == 2
+    err = capsys.readouterr().err
+    assert "data.on_bad_sample='skpi': not one of" in err and "did you mean 'skip'?" in err

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 
 def compose_spec(overrides: list[str]):
+    """The spec of these overrides, its choices, numbers and keys checked as a run checks them
+    (``llava_hydra.validate``; not local paths: stage 1's projector need not exist yet)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from llava_hydra.config import register_configs
+    from llava_hydra.validate import validate
 
     register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("llava_hydra.conf", version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+            cfg = compose("config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+    validate(cfg, local_paths=False)
+    return cfg
 
 
 def make_dataset(cfg, data_path: str | None = None, image_processor: bool = True, on_bad_sample: str | None = None):

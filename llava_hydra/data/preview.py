@@ -73,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from llava_hydra.data.cli import compose_spec, make_dataset
     from llava_hydra.data.records import BadSampleError
+    from llava_hydra.validate import SpecError
 
     from llava_hydra.data.synthetic import eval_data_path
 
-    cfg = compose_spec(overrides)
+    try:
+        cfg = compose_spec(overrides)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.eval and not eval_data_path(cfg):
         print("no data path: data.eval_data_path is not set for this data", file=sys.stderr)
         return 2
