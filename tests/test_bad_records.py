@@ -32,8 +32,8 @@ BAD = {  # case -> (record, kind, problem)
                                                           "in the first human turn"),
     "empty_answer": ({"id": "x", "conversations": turns("Say nothing.", "")},
                      "empty_answer", "turn 1: empty answer"),
-    "blank_second_answer": ({"id": "x", "conversations": turns("Hi.", "Hello!", "And?", "  \n ")},
-                            "empty_answer", "turn 3: empty answer"),
+    "every_answer_blank": ({"id": "x", "conversations": turns("Hi.", " ", "And?", "  \n ")},
+                           "empty_answer", "turns 1, 3: empty answer"),
 }
 
 
@@ -146,7 +146,7 @@ def test_check_counts_each_new_kind_and_missing_images_as_bad(tmp_path, cache, c
         (7, 1, 0, 6)
     found = {kind: [(i, rid) for i, rid, _ in items] for kind, items in report["found"].items() if items}
     assert found == {"missing_image": [(1, "m0")],
-                     "empty_answer": [(2, "blank_second_answer"), (3, "empty_answer")],
+                     "empty_answer": [(2, "empty_answer"), (3, "every_answer_blank")],
                      "image_in_answer": [(4, "image_in_answer"), (5, "image_in_answer_text_only")],
                      "image_position": [(6, "single_image_in_second_question")]}
     assert "<image> in an answer (gpt turn)" in out and "<image> outside the first human turn" in out
@@ -172,3 +172,13 @@ def test_preview_of_a_bad_jsonl_line(tmp_path, cache, capsys):
     path.write_text(json.dumps({**IMAGE, "id": "i0"}) + "\n{oops\n")
     assert preview.main([*overrides, f"data.data_path={path}", f"paths.cache_dir={cache}", "--index", "1"]) == 1
     assert "line 2 is not valid JSON" in capsys.readouterr().out
+
+
+def test_one_blank_answer_among_real_ones_trains_as_in_llava(tok, folder, tmp_path):
+    """LLaVA trains such a conversation (the blank turn's label is its end-of-turn token);
+    only a record whose every answer is blank has nothing to learn and is refused."""
+    record = {"id": "b", "conversations": turns("Hi.", "Hello!", "And?", "  ")}
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([record]))
+    sample = dataset(path, tok, folder)[0]
+    assert (sample["labels"] != -100).sum() > 0

@@ -4,7 +4,7 @@ Owns reading a JSON list or JSONL file (with the line number of a bad line), the
 digest that keys the length cache, and the per-record checks (:func:`normalize_turns`, the one
 validation training, the length pass, ``data.check`` and ``data.preview`` all run): a record
 has a non-empty ``conversations`` list of ``{"from": "human"|"gpt", "value": str}`` turns
-alternating from human, every answer non-empty, and as many ``<image>`` tags as images, in
+alternating from human, at least one answer non-empty, and as many ``<image>`` tags as images, in
 human turns only. ``image`` is one path, a list of paths (LLaVA-NeXT / OneVision interleaved
 format: the k-th tag stands for the k-th image, tags in any human turn), or absent for
 text-only; a single-image record's tag must stand in the first human turn, as LLaVA-1.5 has it.
@@ -32,7 +32,7 @@ class BadSampleError(ValueError):
         self.reason = reason
 
 
-CHECKS_VERSION = 2  # bump when normalize_turns accepts or refuses differently (keys the length cache)
+CHECKS_VERSION = 3  # bump when normalize_turns accepts or refuses differently (keys the length cache)
 
 
 class RecordError(ValueError):
@@ -133,9 +133,10 @@ def normalize_turns(record) -> list[dict]:
     if len(out) < 2:
         raise RecordError("no assistant ('gpt') answer to train on")
     _check_images(turns, images_of(record))
-    for k, turn in enumerate(out):
-        if turn["from"] == GPT and not turn["value"].strip():
-            raise RecordError(f"turn {k}: empty answer (nothing to train on)", kind="empty_answer")
+    answers = [k for k, turn in enumerate(out) if turn["from"] == GPT]
+    if all(not out[k]["value"].strip() for k in answers):  # one blank among real answers trains as in LLaVA
+        where = f"turn {answers[0]}" if len(answers) == 1 else f"turns {', '.join(map(str, answers))}"
+        raise RecordError(f"{where}: empty answer (nothing to train on)", kind="empty_answer")
     return out
 
 
