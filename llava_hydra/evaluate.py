@@ -54,7 +54,7 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
             prompts.append(ids)
             refs.append(ref)
             if dataset.records[i].get("image"):
-                images.append(dataset[i])  # its pixel values: one image, or several in tag order
+                images.append(dataset.build(i))  # its own pixel values (never a replacement sample), in tag order
         longest = max(map(len, prompts))
         ids = torch.full((len(prompts), longest), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -45,6 +45,13 @@ def spawn(cfg: DictConfig, output_dir: str) -> float | None:
     spec = OmegaConf.to_container(cfg, resolve=True)
     spec["training"]["output_dir"] = output_dir
     spec["launcher"]["nproc_per_node"] = 1  # the workers run, they do not launch again
+    from llava_hydra.tracking import GROUP_ENV, run_name, sweep_job
+
+    env = dict(os.environ)
+    group, _ = sweep_job()
+    if group:  # a sweep's job: its workers run outside Hydra, so its tracker name and group go with them
+        spec["training"]["run_name"] = run_name(cfg)
+        env[GROUP_ENV] = group
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / WORKER_SPEC_FILE
@@ -55,7 +62,7 @@ def spawn(cfg: DictConfig, output_dir: str) -> float | None:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
            "-m", "llava_hydra.worker", str(spec_file)]
     log.info("launching %d workers: %s", n, " ".join(cmd))
-    done = subprocess.run(cmd)
+    done = subprocess.run(cmd, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{n} workers launched from {spec_file} failed with exit code {done.returncode}")
     metrics = out / "metrics.json"

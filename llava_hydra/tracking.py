@@ -40,6 +40,9 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+GROUP_ENV = "LLAVA_HYDRA_TRACKER_GROUP"  # a sweep job's group, for the workers it launches (outside Hydra)
+
+
 def sweep_job() -> tuple[str | None, list[str]]:
     """(group, swept overrides) of a multirun job: the sweep directory's name and the job's
     overrides of the keys the sweep varies (all of its overrides where those are not known).
@@ -48,8 +51,8 @@ def sweep_job() -> tuple[str | None, list[str]]:
 
     from llava_hydra.sweep import SWEEP_KEYS_ENV, in_multirun, sweep_root
 
-    if not in_multirun():
-        return None, []
+    if not in_multirun():  # a worker of a sweep job's launcher.nproc_per_node gets its group from the job
+        return os.environ.get(GROUP_ENV) or None, []
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     keys = [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]

@@ -178,3 +178,14 @@ def test_run_name_learning_rates_and_swept_keys(compose_spec):
         "training.mm_projector_lr=1e-5,2e-5", "stage=finetune", "+training.max_grad_norm=range(1,3)"]},
         "sweeper": {"params": {"training.learning_rate": "interval(1e-5, 1e-3)"}}}})
     assert swept_keys(sweep) == ["training.mm_projector_lr", "training.max_grad_norm", "training.learning_rate"]
+
+
+def test_workers_of_a_sweep_job_keep_its_tracker_group(monkeypatch):
+    """launcher.nproc_per_node workers run outside Hydra: the job hands them its group by
+    environment (and its run name in their spec), so a sweep's runs stay grouped."""
+    from llava_hydra.tracking import GROUP_ENV, sweep_job
+
+    monkeypatch.delenv(GROUP_ENV, raising=False)
+    assert sweep_job() == (None, [])
+    monkeypatch.setenv(GROUP_ENV, "2026-11-24_10-00-00")
+    assert sweep_job() == ("2026-11-24_10-00-00", [])
