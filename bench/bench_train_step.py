@@ -41,7 +41,7 @@ def main() -> None:
 
     from llava_hydra.config import register_configs
     from llava_hydra.data.dataset import DataCollator
-    from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import prepare
     from llava_hydra.model import build_model
     from llava_hydra.data.spec import spec_dataset
     from llava_hydra.runner import training_arguments
@@ -58,8 +58,7 @@ def main() -> None:
     GlobalHydra.instance().clear()
     with initialize_config_module("llava_hydra.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    s = cfg.data.synthetic
-    ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
+    prepare(cfg)  # the synthetic data under paths.cache_dir, as a run generates it
     model, tokenizer, image_processor = build_model(cfg)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_set = spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, model.config.image_seq_length,

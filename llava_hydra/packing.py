@@ -221,7 +221,7 @@ def prepare_model_for_packing(model) -> None:
 
 
 def packed_training(dataset, pad_token_id: int, model_max_length: int, attn_implementation: str = "sdpa",
-                    seed: int = 0, group_by_modality: bool = True, explicit_mask: bool = False, fill: float = FILL):
+                    seed: int = 0, fill: float = FILL):
     """What the runner swaps in for ``training.packing=true``: (PackedDataset, PackedCollator)."""
-    return (PackedDataset(dataset, model_max_length, seed=seed, group_by_modality=group_by_modality, fill=fill),
-            PackedCollator(pad_token_id, attn_implementation, explicit_mask=explicit_mask))
+    return (PackedDataset(dataset, model_max_length, seed=seed, fill=fill),
+            PackedCollator(pad_token_id, attn_implementation))

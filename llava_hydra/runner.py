@@ -28,16 +28,13 @@ def training_arguments(cfg: DictConfig):
         kwargs.pop(key)  # run-directory choices (llava_hydra.checkpoints), not the Trainer's
     for key in ("packing", "packing_fill"):
         kwargs.pop(key)  # shape the dataset and collator, not the Trainer
-    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio)
+    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio; validate
+    # refused both set, and a ratio outside [0, 1))
     ratio = kwargs.pop("warmup_ratio")
-    if ratio and kwargs["warmup_steps"]:
-        raise ValueError("training: set warmup_ratio or warmup_steps, not both")
+    if ratio:
+        kwargs["warmup_steps"] = ratio
     # ... and renamed gradient_checkpointing to activation_checkpointing
     kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
-    if ratio:
-        if not 0 <= ratio < 1:
-            raise ValueError(f"training.warmup_ratio must be in [0, 1), got {ratio}")
-        kwargs["warmup_steps"] = ratio
     if cfg.eval.steps:  # score the held-out set during training (LLaVATrainer.evaluate)
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval.steps)
         if cfg.eval.keep_best:

@@ -89,14 +89,13 @@ def test_packed_run_trains_on_rows_and_reports_a_skipped_sample(compose_spec, tm
     under data.on_bad_sample=skip, is counted in metrics.json rather than lost silently."""
     from pathlib import Path
 
-    from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import prepare
 
     base = [f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", "stage=finetune",
             "stage.pretrain_mm_mlp_adapter=null", *SMALL, "training.max_steps=-1", "training.num_train_epochs=1",
             "eval.enable=false"]
     spec = compose_spec(*base)
-    s = spec.data.synthetic
-    ensure_generated(Path(spec.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
+    prepare(spec)  # the synthetic data under paths.cache_dir, as a run generates it
     records = json.loads(Path(spec.data.data_path).read_text())
     broken = {**next(r for r in records if r.get("image")), "id": "broken", "image": "missing.png"}
     data = tmp_path / "with_a_broken_image.json"

@@ -6,30 +6,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import torchrun
 
 pytestmark = pytest.mark.e2e
 HELPER = Path(__file__).parent / "helpers" / "shard_eval.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def evaluate(cache: Path, eval_path: Path, out: Path, processes: int) -> list[dict]:
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
-    done = subprocess.run([*launch, str(HELPER), str(cache), str(eval_path), str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    args = [str(HELPER), str(cache), str(eval_path), str(out)]
+    done = subprocess.run([sys.executable, *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600) if processes == 1 else torchrun(*args, nproc=processes)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 

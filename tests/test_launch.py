@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import free_port, torchrun
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -21,19 +21,6 @@ SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data
          "training.max_steps=3", "training.per_device_train_batch_size=4", "training.save_steps=2",
          "eval.max_samples=4"]
 HELPER = Path(__file__).parent / "helpers" / "run_and_compare_projector.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def tiny(tmp_path_factory):
     from hydra.core.global_hydra import GlobalHydra
 
     from llava_hydra.config import register_configs
-    from llava_hydra.data.synthetic import ensure_generated
+    from llava_hydra.data.synthetic import prepare
     from llava_hydra.model import build_model
 
     cache = tmp_path_factory.mktemp("cache")
@@ -105,8 +105,7 @@ def tiny(tmp_path_factory):
                                            "data.synthetic.num_images=24", "data.synthetic.num_text_only=8",
                                            "data.synthetic.num_eval=2", "model.attn_implementation=sdpa"])
     GlobalHydra.instance().clear()
-    s = cfg.data.synthetic
-    ensure_generated(Path(cfg.data.data_path).parent, s.num_images, s.num_text_only, s.num_eval, s.seed)
+    prepare(cfg)  # the synthetic data under paths.cache_dir, as a run generates it
     torch.manual_seed(0)
     model, tokenizer, image_processor = build_model(cfg)
     model.train()

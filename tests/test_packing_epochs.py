@@ -4,27 +4,16 @@ forwards set_epoch to the sampler, not to the dataset, so the sampler must drive
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from launching import torchrun
 
 HELPER = Path(__file__).parent / "helpers" / "packed_epochs.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_get_fresh_rows_every_epoch_and_every_sample_once(tmp_path):
     out = tmp_path / "rows.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(HELPER), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(str(HELPER), str(out), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     lengths, epochs = result["lengths"], result["epochs"]

@@ -18,13 +18,12 @@ before) runs in CI; the full matrix is ``pytest -m "slow or e2e" tests/test_resu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import torchrun
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -45,24 +44,9 @@ CASES = [pytest.param(stage, engine, id=f"{stage}-{engine}",
          for stage in STAGES for engine in ENGINES]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(run_dir: Path, cache: Path, *overrides: str, kill_at: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "KILL_AT_STEP": str(kill_at)}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    for _ in range(3):  # a free port can be taken by another process before torchrun binds it
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               str(HELPER), f"run_dir={run_dir}", f"paths.cache_dir={cache}", *SMALL, *overrides]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if "address already in use" not in done.stderr.lower():
-            return done
-    return done
+def run_helper(run_dir: Path, cache: Path, *overrides: str, kill_at: int = 0) -> subprocess.CompletedProcess:
+    return torchrun(str(HELPER), f"run_dir={run_dir}", f"paths.cache_dir={cache}", *SMALL, *overrides,
+                    env={"KILL_AT_STEP": str(kill_at)})
 
 
 def logged_losses(run_dir: Path) -> dict[int, float]:
@@ -79,14 +63,14 @@ def cache(tmp_path_factory):
 def test_two_process_kill_and_resume_equals_an_uninterrupted_run(tmp_path, cache, stage, engine):
     overrides, weights = STAGES[stage]
     overrides = [*overrides, ENGINES[engine]]
-    whole = torchrun(tmp_path / "whole", cache, *overrides)
+    whole = run_helper(tmp_path / "whole", cache, *overrides)
     assert whole.returncode == 0, whole.stderr[-4000:]
 
-    killed = torchrun(tmp_path / "resumed", cache, *overrides, kill_at=4)
+    killed = run_helper(tmp_path / "resumed", cache, *overrides, kill_at=4)
     assert killed.returncode != 0, killed.stderr[-4000:]
     assert (tmp_path / "resumed" / "checkpoint-3").is_dir(), killed.stderr[-4000:]
     assert not (tmp_path / "resumed" / "checkpoint-6").exists()
-    resumed = torchrun(tmp_path / "resumed", cache, *overrides, "training.resume_from_checkpoint=auto")
+    resumed = run_helper(tmp_path / "resumed", cache, *overrides, "training.resume_from_checkpoint=auto")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resuming from" in resumed.stderr and "checkpoint-3" in resumed.stderr
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
     for i in range(len(ds)):
         if i not in bad and table.has_image[i]:
             image_jobs += [(i, path) for path in images_of(ds.records[i])]
+    images_per_record = Counter(i for i, _ in image_jobs)
     with ThreadPoolExecutor(workers if decode_images else 1) as pool:  # what training refuses, images decoded
         results = list(pool.map(lambda job: ds.images.check(job[1], decode=decode_images), image_jobs))
     for (i, path), problem in zip(image_jobs, results):
@@ -68,7 +70,7 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
     named = {kind: [[i, record_id(ds.records[i]), message] for i, message in items]
              for kind, items in found.items()}
     return {"data_path": ds.data_path, "samples": len(ds), "image_samples": n_image,
-            "multi_image_samples": sum(len(images_of(ds.records[i])) > 1 for i in good if table.has_image[i]),
+            "multi_image_samples": sum(images_per_record[i] > 1 for i in good),
             "text_only_samples": len(good) - n_image, "bad_samples": len(bad), "model_max_length": max_len,
             "max_tokens": int(table.tokens.max(initial=0)), "images_decoded": decode_images,
             "errors": sum(len(found[k]) for k in ERRORS), "warnings": sum(len(found[k]) for k in WARNINGS),

@@ -20,12 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def _spec_aspect(path: Path) -> str | None:
+    """data.image_aspect_ratio of the run that wrote ``path``: its spec, else Hydra's record of it."""
     from omegaconf import OmegaConf
 
-    from llava_hydra.run_spec import SPEC_FILE
+    from llava_hydra.run_spec import find_spec
 
-    for candidate in (path / SPEC_FILE, path.parent / SPEC_FILE,
-                      path / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
+    try:
+        candidates = [find_spec(path)]
+    except FileNotFoundError:
+        candidates = [path / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"]
+    for candidate in candidates:
         if candidate.exists():
             return OmegaConf.load(candidate).get("data", {}).get("image_aspect_ratio")
     return None
