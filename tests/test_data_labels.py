@@ -178,3 +178,28 @@ def test_collated_batch_keeps_labels_and_one_image_per_image_sample(toks, tmp_pa
     assert (batch["input_ids"] == tok.convert_tokens_to_ids("<image>")).sum() == N_IMG
     n1 = len(ds[1]["input_ids"])
     assert batch["attention_mask"][1].sum() == n1 and (batch["labels"][1, n1:] == IGNORE_INDEX).all()
+
+
+def test_truncating_a_long_sample_warns_nothing(tmp_path):
+    """encode truncates itself: transformers' "longer than the specified maximum sequence length ...
+    will result in indexing errors" warning (false here) must not reach a run's log."""
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.addHandler(handler)
+    try:
+        for tok in (testing.sentencepiece_tokenizer(tmp_path / "sp", model_max_length=256),
+                    testing.qwen2_tokenizer(tmp_path / "q2", model_max_length=256)):
+            tok.deprecation_warnings.clear()  # transformers warns once per tokenizer
+            assert tok.model_max_length < 1000  # load_tokenizer sets the run's model_max_length
+            rendered = render("v1", normalize_turns({"image": "a.png", "conversations": turns("<image>\nSay it.",
+                                                                                "word " * 400)}),
+                              tokenizer=tok)
+            e = encode(rendered, tok, tok.convert_tokens_to_ids("<image>"), N_IMG, 256)
+            assert e.truncated and len(e.input_ids) <= 256
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "maximum sequence length" in m]

@@ -110,10 +110,15 @@ def test_damaged_cache_is_recomputed(toks, data, tmp_path):
 
 @pytest.mark.parametrize("tok_name,template", [("bpe", "v1"), ("vicuna", "v1"), ("vicuna", "plain")])
 def test_first_label_position_predicts_nothing_to_train(toks, data, tok_name, template):
-    ds = make(data, toks[tok_name], template)
+    fits = make(data, toks[tok_name], template).length_table()  # every record fits 2048: none is looked at
+    assert fits.first_label.tolist() == [lengths.FITS] * len(fits.tokens)
+    assert not fits.nothing_to_train(2048).any()
+    ds = make(data, toks[tok_name], template, max_length=1)  # every record is longer: each one located
     table = ds.length_table()
+    assert table.tokens.tolist() == fits.tokens.tolist()
     for i in range(len(ds)):
         limit = int(table.first_label[i])
+        assert limit > 0
         assert make(data, toks[tok_name], template, max_length=limit + 1).encode(i)[0].labels[-1] != -100
         assert table.nothing_to_train(limit)[i]
 

@@ -74,6 +74,18 @@ def drops_bos(first_chunk_ids: list[int], tokenizer) -> bool:
     return bool(first_chunk_ids) and tokenizer.bos_token_id is not None and first_chunk_ids[0] == tokenizer.bos_token_id
 
 
+def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple]]]:
+    """(ids, character offsets) of each text, from the fast tokenizer's Rust backend as the length
+    pass takes them (transformers' ``__call__`` would add only its warning about sequences longer
+    than model_max_length, which ``encode`` truncates itself)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer
+        enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+        return [list(i) for i in enc["input_ids"]], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
+    encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+    return [e.ids for e in encodings], [e.offsets for e in encodings]
+
+
 def tokenize(text: str, tokenizer, image_token_id: int,
              add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids (one ``image_token_id`` per ``<image>``) and character offsets of ``text``.
@@ -81,13 +93,13 @@ def tokenize(text: str, tokenizer, image_token_id: int,
     With special tokens (the built-in templates): LLaVA's chunked tokenization. Without (a
     chat template's rendering, which writes bos itself): the whole string at once."""
     if not add_special_tokens or IMAGE_TOKEN not in text:
-        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        (ids,), (offsets,) = _encode(tokenizer, [text], add_special_tokens)
+        return ids, offsets
     parts = chunks(text)
-    enc = tokenizer([p for _, p in parts], return_offsets_mapping=True, add_special_tokens=True)
-    skip = int(drops_bos(enc["input_ids"][0], tokenizer))
+    piece_ids_all, piece_offsets_all = _encode(tokenizer, [p for _, p in parts], True)
+    skip = int(drops_bos(piece_ids_all[0], tokenizer))
     ids, offsets = [], []
-    for k, ((start, _), piece_ids, piece_offsets) in enumerate(zip(parts, enc["input_ids"], enc["offset_mapping"])):
+    for k, ((start, _), piece_ids, piece_offsets) in enumerate(zip(parts, piece_ids_all, piece_offsets_all)):
         if k:
             ids.append(image_token_id)
             offsets.append((start - len(IMAGE_TOKEN), start))

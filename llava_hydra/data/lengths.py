@@ -1,11 +1,12 @@
 """The length pass: every record's token count, computed once in batches and cached on disk.
 
 For each record it stores the token count with image tokens expanded (before truncation),
-where the first labelled token falls (so samples whose answers all lie beyond
-model_max_length are known before training), whether it has an image, and the problem of
+where the first labelled token falls in a record longer than model_max_length (so samples whose
+answers all lie beyond it are known before training), whether it has an image, and the problem of
 each record that fails its checks. Texts are split at ``<image>`` exactly as training splits
 them (labels.tokenize) and the pieces go through the fast tokenizer's Rust backend in batches
-(``encode_batch``); no per-token Python object is made. With ``num_proc`` > 1 the records are
+(``encode_batch_fast``, no character offsets); no per-token Python object is made. Only records
+longer than model_max_length are tokenized again with offsets, to find their first labelled token. With ``num_proc`` > 1 the records are
 split into contiguous ranges, each rendered and tokenized in a forked worker process (Linux;
 elsewhere it runs in one process), and the ranges' tables are joined in order.
 
@@ -32,21 +33,27 @@ from llava_hydra.data.records import RecordError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when what is stored changes
+FORMAT = 3  # bump when what is stored changes
+
+NO_LABEL = -1  # first_label of a record with no labelled token
+FITS = -2  # first_label of a record that fits model_max_length: its first answer trains
 
 
 @dataclass
 class LengthTable:
     tokens: np.ndarray  # int32: text + image tokens, untruncated; 0 for a bad record
-    first_label: np.ndarray  # int32: index of the first labelled token (image tokens expanded); -1 if none
+    # int32, for records longer than model_max_length: index of their first labelled token (image tokens
+    # expanded); FITS for a record that fits; NO_LABEL when nothing is labelled
+    first_label: np.ndarray
     has_image: np.ndarray  # bool
     problems: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (kind, message)
 
     def nothing_to_train(self, max_length: int) -> np.ndarray:
-        """Good records whose first labelled token lies at or beyond max_length (or which have none)."""
+        """Good records whose first labelled token lies at or beyond max_length (or which have none);
+        ``max_length`` is the one the table was computed for (records that fit it were not located)."""
         bad = np.zeros(len(self.tokens), dtype=bool)
         bad[list(self.problems)] = True
-        return ~bad & ((self.first_label < 0) | (self.first_label >= max_length))
+        return ~bad & ((self.first_label == NO_LABEL) | (self.first_label >= max_length))
 
     def modality_lengths(self, max_length: int) -> list[int]:
         capped = np.minimum(self.tokens, max_length).astype(np.int64)
@@ -68,7 +75,7 @@ def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_i
 
 
 def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens: int,
-            batch_size: int = 2048, num_proc: int | None = None) -> LengthTable:
+            max_length: int, batch_size: int = 2048, num_proc: int | None = None) -> LengthTable:
     """Run ``prepare(i) -> (rendered, images)`` over all records (RecordError marks a bad one)
     and tokenize the rendered texts in batches, split at ``<image>`` as training splits them
     (labels.tokenize): the counts are those of the samples the dataset hands out.
@@ -78,11 +85,11 @@ def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokeni
     if num_proc is None:
         num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if num_proc <= 1 or n <= batch_size or "fork" not in mp.get_all_start_methods():
-        return _compute_range(0, n, prepare, tokenizer, num_image_tokens, batch_size)
+        return _compute_range(0, n, prepare, tokenizer, num_image_tokens, max_length, batch_size)
     step = -(-n // (num_proc * 4))  # a few ranges per process: even finish times
     ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     global _JOB
-    _JOB = (prepare, tokenizer, num_image_tokens, batch_size)  # inherited by the forked workers
+    _JOB = (prepare, tokenizer, num_image_tokens, max_length, batch_size)  # inherited by the forked workers
     try:
         with mp.get_context("fork").Pool(num_proc) as pool:
             parts = pool.starmap(_range_job, ranges)
@@ -95,19 +102,23 @@ def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokeni
                        np.concatenate([p.has_image for p in parts]), problems)
 
 
-_JOB = None  # (prepare, tokenizer, num_image_tokens, batch_size) of the parallel pass under way
+_JOB = None  # compute's arguments while its parallel pass is under way
 
 
 def _range_job(lo: int, hi: int) -> LengthTable:
-    prepare, tokenizer, num_image_tokens, batch_size = _JOB
-    return _compute_range(lo, hi, prepare, tokenizer, num_image_tokens, batch_size)
+    return _compute_range(lo, hi, *_JOB)
 
 
-def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int, batch_size: int) -> LengthTable:
-    """The length table of records lo0..hi0-1 (indices in ``problems`` are absolute)."""
+def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int, max_length: int,
+                   batch_size: int) -> LengthTable:
+    """The length table of records lo0..hi0-1 (indices in ``problems`` are absolute).
+
+    Counts come from ``encode_batch_fast`` (no character offsets); the offsets that locate the
+    first labelled token are computed only for records longer than ``max_length``, the only
+    ones whose first label can fall past the end (a record that fits trains its first answer)."""
     n = hi0 - lo0
     tokens = np.zeros(n, dtype=np.int32)
-    first = np.full(n, -1, dtype=np.int32)
+    first = np.full(n, NO_LABEL, dtype=np.int32)
     has_image = np.zeros(n, dtype=bool)
     problems: dict[int, tuple[str, str]] = {}
     backend = tokenizer.backend_tokenizer
@@ -126,19 +137,42 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
             part = [b for b in batch if b[1].add_special_tokens == special]
             if not part:
                 continue
-            encodings = iter(backend.encode_batch([text for _, _, pieces in part for _, text in pieces],
-                                                  add_special_tokens=special))
+            encodings = iter(backend.encode_batch_fast([text for _, _, pieces in part for _, text in pieces],
+                                                       add_special_tokens=special))
+            over = []
             for i, r, pieces in part:
-                encoded = [next(encodings) for _ in pieces]
-                tokens[i - lo0], first[i - lo0] = _count(r, pieces, encoded, tokenizer, num_image_tokens)
+                count = _total(r, [next(encodings) for _ in pieces], tokenizer, num_image_tokens)
+                tokens[i - lo0] = count
+                if count > max_length and r.answer_spans:
+                    over.append((i, r, pieces))
+                elif r.answer_spans:
+                    first[i - lo0] = FITS
+            if over:
+                encodings = iter(backend.encode_batch([text for _, _, pieces in over for _, text in pieces],
+                                                      add_special_tokens=special))
+                for i, r, pieces in over:
+                    first[i - lo0] = _first_label(r, pieces, [next(encodings) for _ in pieces], tokenizer,
+                                                  num_image_tokens)
     return LengthTable(tokens, first, has_image, problems)
 
 
-def _count(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int) -> tuple[int, int]:
-    """(token count with image runs expanded, index of the first labelled token or -1)."""
+def _total(r: Rendered, encoded, tokenizer, num_image_tokens: int) -> int:
+    """Token count with every image run expanded (pieces split at <image>, as labels.tokenize)."""
+    if len(encoded) == 1:  # tokenized whole: each <image> in it is one token
+        return len(encoded[0]) + (num_image_tokens - 1) * r.text.count(IMAGE_TOKEN)
+    skip = int(drops_bos(encoded[0].ids, tokenizer))
+    return sum(len(e) for e in encoded) - skip * (len(encoded) - 1) + num_image_tokens * (len(encoded) - 1)
+
+
+def _first_label(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int) -> int:
+    """Index of the first labelled token (image runs expanded), from the pieces' character offsets."""
     if len(pieces) == 1:  # tokenized whole: each <image> in it is one token
-        extra = num_image_tokens - 1
-        return len(encoded[0]) + extra * r.text.count(IMAGE_TOKEN), _first_label(r, encoded[0], extra)
+        for a, b in r.answer_spans:
+            for c in range(a, b):  # the first character of the span that a token covers
+                t = encoded[0].char_to_token(c)
+                if t is not None:
+                    return t + (num_image_tokens - 1) * r.text.count(IMAGE_TOKEN, 0, c)
+        return NO_LABEL
     skip = int(drops_bos(encoded[0].ids, tokenizer))
     before, starts = 0, []  # tokens ahead of each piece
     for k, e in enumerate(encoded):
@@ -149,17 +183,8 @@ def _count(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int) -> tu
             k = max(j for j, (start, _) in enumerate(pieces) if start <= c)
             t = encoded[k].char_to_token(c - pieces[k][0])
             if t is not None and (k == 0 or t >= skip):
-                return before, starts[k] + t
-    return before, -1
-
-
-def _first_label(r: Rendered, encoding, extra: int) -> int:
-    for a, b in r.answer_spans:
-        for c in range(a, b):  # the first character of the span that a token covers
-            t = encoding.char_to_token(c)
-            if t is not None:
-                return t + extra * r.text.count(IMAGE_TOKEN, 0, c)
-    return -1
+                return starts[k] + t
+    return NO_LABEL
 
 
 def save(table: LengthTable, path: Path) -> None:
