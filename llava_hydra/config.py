@@ -197,7 +197,7 @@ class LlavaHydraConfig:
 # transformers' own names, read from its source (llava_hydra.hf_source).
 TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")  # data.conversation.TEMPLATES
 CHOICES: Dict[str, tuple] = {
-    "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.trainable_modules
+    "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.llava.PARTS
     "model.template": TEMPLATES,
     "model.mm_projector_type": ("mlp2x_gelu", "linear"),  # model.PROJECTOR_ACT
     "model.mm_vision_select_feature": ("patch", "cls_patch"),  # model.SELECT_FEATURES
