@@ -28,7 +28,8 @@ from llava_hydra.checkpoints import STAGING_DIR, read_record, write_checkpoint_r
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.param_groups import parameter_groups, part_groups
-from llava_hydra.sampler import LengthGroupedSampler, check_mode
+from llava_hydra.sampler import LengthGroupedSampler
+from llava_hydra.validate import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,7 @@ class LlavaTrainingArguments(TrainingArguments):
     length_grouping_pool: int | None = None
 
     def __post_init__(self):
-        try:
-            check_mode(self.length_grouping)
-        except ValueError as e:
-            raise ValueError(f"training.length_grouping: {e}") from None
+        check_choice("training.length_grouping", self.length_grouping)
         ds = self.deepspeed
         if isinstance(ds, str) and os.path.isfile(ds):
             with open(ds) as f:
