@@ -197,10 +197,10 @@ class LlavaHydraConfig:
 # transformers' own names, read from its source (llava_hydra.hf_source).
 TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")  # data.conversation.TEMPLATES
 CHOICES: Dict[str, tuple] = {
-    "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.trainable_modules
+    "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.llava.PARTS
     "model.template": TEMPLATES,
     "model.mm_projector_type": ("mlp2x_gelu", "linear"),  # model.PROJECTOR_ACT
-    "model.mm_vision_select_feature": ("patch", "cls_patch"),  # model.SELECT_FEATURES
+    "model.mm_vision_select_feature": ("patch", "cls_patch"),  # data.image_tokens.SELECT_FEATURES (read from here)
     # transformers' attention functions; a hub kernel ("org/kernel") or "paged|..." passes unchecked
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
                                   "flash_attention_4", "flex_attention"),
@@ -211,13 +211,13 @@ CHOICES: Dict[str, tuple] = {
     "lora.bias": ("none", "all", "lora_only"),  # peft's
     "lora.bits": (16, 8, 4),
     "lora.quant_type": ("nf4", "fp4"),  # bitsandbytes'
-    "training.length_grouping": ("random_steps", "llava", "sorted_steps"),  # sampler.MODES
+    "training.length_grouping": ("random_steps", "llava", "sorted_steps"),  # sampler.MODES (read from here)
     "deepspeed.zero_optimization.stage": (0, 1, 2, 3),
     "deepspeed.zero_optimization.offload_optimizer.device": ("none", "cpu", "nvme"),
     "deepspeed.zero_optimization.offload_param.device": ("none", "cpu", "nvme"),
 }
 
-# Numbers: "> x", ">= x" or "[a, b)". A null (where the key allows one) is not checked.
+# Numbers: "> x", ">= x" or an interval "[a, b)", "(a, b]" ... A null (where the key allows one) is not checked.
 RANGES: Dict[str, str] = {
     "model.model_max_length": ">= 1",
     "training.learning_rate": "> 0",
@@ -227,6 +227,7 @@ RANGES: Dict[str, str] = {
     "training.per_device_eval_batch_size": ">= 1",
     "training.gradient_accumulation_steps": ">= 1",
     "training.warmup_ratio": "[0, 1)",
+    "training.packing_fill": "(0, 1]",  # packing_rows: rows = tokens / (fill x length); above 1 they cannot hold them
     "training.warmup_steps": ">= 0",
     "training.weight_decay": ">= 0",
     "training.adam_beta1": "[0, 1)",

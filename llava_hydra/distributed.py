@@ -1,6 +1,7 @@
 """Where this process stands among the run's processes, read from the launcher's environment
 (torchrun, deepspeed, SLURM through ``launch.adopt_slurm_ranks``) without starting anything:
-no torch import, so the entry point and config code can ask too."""
+no torch import, so the entry point and config code can ask too; and the one way a process
+joins the run's process group (``start_process_group``: training and the eval app)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,21 @@ def is_main_process() -> bool:
 def under_launcher() -> bool:
     """Started by torchrun / deepspeed (as one of its workers), not by the user's command."""
     return "LOCAL_RANK" in os.environ or "RANK" in os.environ
+
+
+def start_process_group(cpu: bool = False, deepspeed: bool = False) -> str | None:
+    """Under a launcher (WORLD_SIZE > 1): join the process group by making accelerate's state, which
+    transformers' Trainer and accelerate then use as made. ``cpu``: accelerate's CPU mode (gloo,
+    every rank on the CPU). Otherwise NCCL with each rank on its own GPU, or gloo where there is no
+    GPU; with ``deepspeed`` DeepSpeed's communication starts the group (under torchrun accelerate
+    must know before the Trainer does: ``ACCELERATE_USE_DEEPSPEED``; its CPU mode would skip that).
+    Returns the rank's device name; a single process starts nothing (None)."""
+    if world_size() <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    if deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    gloo = cpu or not torch.cuda.is_available()
+    return str(PartialState(cpu=cpu, backend="gloo" if gloo else None).device)

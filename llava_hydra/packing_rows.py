@@ -40,6 +40,8 @@ import math
 
 import torch
 
+from llava_hydra.validate import check_range
+
 FILL = 0.86  # default target fill of a row (real tokens / capacity)
 AHEAD = 1.25  # a run's token budget over its share of what is left: steps that can take more do
 
@@ -155,8 +157,7 @@ def pack_rows(lengths, capacity: int, seed: int = 0, fill: float = FILL,
     the whole modality, at most one per sample. Returns those rows as best-fit decreasing over
     the whole modality makes them (``pack_lengths``, split up to the count: the epoch-free rows,
     for inspection) and the counts."""
-    if not 0 < fill <= 1:
-        raise ValueError(f"packing fill (training.packing_fill) must be in (0, 1], got {fill}")
+    check_range("training.packing_fill", fill)
     lens, sizes_t = _sizes(lengths, capacity)
     bins, counts = [], []
     for idx in _groups(lens, group_by_modality):

@@ -5,27 +5,25 @@ logs, which group trains each part."""
 
 from __future__ import annotations
 
-from llava_hydra.model.llava import find_llava_model
-
-PARTS = ("llm", "mm_projector", "vision_tower")
+from llava_hydra.model.llava import OWN_LR, PARTS, part_modules
 
 
 def part_by_param(model) -> dict[int, str]:
-    """id(parameter) -> its trained part; parameters not listed are the LLM's."""
-    core = find_llava_model(model)
-    part = {id(p): "mm_projector" for p in core.multi_modal_projector.parameters()}
-    part.update({id(p): "vision_tower" for p in core.vision_tower.parameters()})
-    return part
+    """id(parameter) -> its part (``model.llava.PARTS``)."""
+    return {id(p): part for part, modules in part_modules(model).items() for m in modules for p in m.parameters()}
 
 
-def parameter_groups(model, decay_names: set[str], weight_decay: float,
-                     mm_projector_lr: float | None = None, vision_tower_lr: float | None = None) -> list[dict]:
-    """Optimizer groups: (part, decay) for each trainable part with its own learning rate.
+def parameter_groups(model, decay_names: set[str], weight_decay: float, **own_lrs: float | None) -> list[dict]:
+    """Optimizer groups: (part, decay) for each trainable part with its own learning rate
+    (``own_lrs``: keyword arguments named as ``training``'s keys, e.g. ``mm_projector_lr=2e-5``).
 
     Parts with no learning rate of their own join the "base" groups at the base rate. Empty
     groups are dropped; frozen parameters appear in none."""
+    unknown = set(own_lrs) - set(OWN_LR.values())
+    if unknown:
+        raise TypeError(f"parameter_groups: no part has its own rate {sorted(unknown)}; known: {sorted(OWN_LR.values())}")
     part_of = part_by_param(model)
-    own_lr = {"mm_projector": mm_projector_lr, "vision_tower": vision_tower_lr}
+    own_lr = {part: own_lrs.get(key) for part, key in OWN_LR.items()}
     groups: dict[tuple[str, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -43,7 +41,7 @@ def parameter_groups(model, decay_names: set[str], weight_decay: float,
 
 
 def part_groups(model, groups: list[dict]) -> dict[str, int]:
-    """Each trained part (llm, mm_projector, vision_tower) -> the index of an optimizer group
+    """Each trained part (``PARTS``) -> the index of an optimizer group
     that trains it (its own group, or a base one); parts with nothing trainable are left out."""
     part_of = part_by_param(model)
     where = {}

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from llava_hydra.distributed import is_main_process, under_launcher, world_size
+from llava_hydra.distributed import is_main_process, start_process_group, under_launcher
 
 log = logging.getLogger("llava_hydra")
 
@@ -81,14 +80,7 @@ def cpu_process_group(deepspeed: bool) -> bool:
     ourselves, as transformers would pick a backend the CPU cannot run. True if it did."""
     import torch
 
-    if world_size() <= 1 or torch.cuda.is_available():
-        return False
-    from accelerate import PartialState
-
-    if deepspeed:
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    PartialState(backend="gloo")
-    return True
+    return not torch.cuda.is_available() and start_process_group(deepspeed=deepspeed) is not None
 
 
 def end_process_group() -> None:

@@ -39,8 +39,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
-MODES = ("random_steps", "llava", "sorted_steps")
-RENAMED = {"balanced": "sorted_steps"}  # old name -> new name (named in the error)
+from llava_hydra.config import CHOICES
+from llava_hydra.validate import check_choice
+
+MODES = CHOICES["training.length_grouping"]  # random_steps, llava, sorted_steps; validate refuses others
 
 
 def _as_lengths(lengths) -> torch.Tensor:
@@ -193,13 +195,6 @@ def _sorted_steps(lens: torch.Tensor, batch_size: int, world_size: int, generato
     return _shuffle_steps(full, rest, batch_size, generator)
 
 
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        hint = f" ({mode!r} is now called {RENAMED[mode]!r}; it changes what each step averages)" \
-            if mode in RENAMED else ""
-        raise ValueError(f"length grouping mode {mode!r}: expected one of {', '.join(MODES)}{hint}")
-
-
 class LengthGroupedSampler(Sampler[int]):
     """Every index once per epoch, grouped by length (and modality when asked).
 
@@ -216,7 +211,7 @@ class LengthGroupedSampler(Sampler[int]):
                  pool: int | None = None):
         if lengths is None:
             raise ValueError("LengthGroupedSampler needs the per-sample lengths")
-        check_mode(mode)
+        check_choice("training.length_grouping", mode)
         if batch_size < 1 or world_size < 1:
             raise ValueError(f"batch_size {batch_size} and world_size {world_size} must be >= 1")
         self.batch_size, self.world_size, self.mode = batch_size, world_size, mode

@@ -8,7 +8,7 @@ right whether jobs run in this process (the basic launcher) or elsewhere (submit
 failed job is a row marked ``failed``, not a hole: Hydra only raises after every job ran.
 
 At the start of a multirun it notes the swept keys for the jobs' tracker run names
-(``llava_hydra.tracking``); at the end it prints the table and where it is (also when a job
+(``llava_hydra.tracking``); at the end rank 0 prints the table and where it is (also when a job
 failed, where Hydra raises before its end-of-multirun callback).
 """
 
@@ -114,8 +114,9 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 
 def print_summary(sweep_dir: Path) -> None:
+    """The table and where it is, on stdout: once, by rank 0 (under torchrun every rank runs the sweep)."""
     table = sweep_dir / "summary.md"
-    if table.exists():
+    if is_main_process() and table.exists():
         print(f"\nsweep summary ({sweep_dir}/summary.{{md,csv,json}}):\n{table.read_text()}", flush=True)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-PART_LR = {"mm_projector": "mm_projector_lr", "vision_tower": "vision_tower_lr"}
+from llava_hydra.model.llava import OWN_LR
 
 
 def reporters(report_to) -> list[str]:
@@ -71,7 +71,7 @@ def learning_rates(cfg: DictConfig) -> dict[str, float]:
     """The peak learning rate of each trained part (as LLaVATrainer logs them: learning_rate/<part>)."""
     rates = {}
     for part in cfg.stage.trainable:
-        own = cfg.training.get(PART_LR[part]) if part in PART_LR else None
+        own = cfg.training.get(OWN_LR[part]) if part in OWN_LR else None
         rates[part] = cfg.training.learning_rate if own is None else own
     return rates
 

@@ -25,9 +25,11 @@ import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
 from llava_hydra.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
+from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.param_groups import parameter_groups, part_groups
-from llava_hydra.sampler import LengthGroupedSampler, check_mode
+from llava_hydra.sampler import LengthGroupedSampler
+from llava_hydra.validate import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,12 @@ class LlavaTrainingArguments(TrainingArguments):
     length_grouping_pool: int | None = None
 
     def __post_init__(self):
-        try:
-            check_mode(self.length_grouping)
-        except ValueError as e:
-            raise ValueError(f"training.length_grouping: {e}") from None
+        check_choice("training.length_grouping", self.length_grouping)
         ds = self.deepspeed
         if isinstance(ds, str) and os.path.isfile(ds):
             with open(ds) as f:
                 ds = json.load(f)
-        own_rates = {k: v for k, v in (("mm_projector_lr", self.mm_projector_lr),
-                                       ("vision_tower_lr", self.vision_tower_lr)) if v is not None}
+        own_rates = {k: getattr(self, k) for k in OWN_LR.values() if getattr(self, k) is not None}
         if isinstance(ds, dict) and "optimizer" in ds and own_rates:
             raise ValueError(
                 f"the DeepSpeed config defines its own optimizer, which would train every parameter at one "
@@ -131,7 +129,7 @@ class LLaVATrainer(Trainer):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             groups = parameter_groups(opt_model, set(self.get_decay_parameter_names(opt_model)),
-                                      self.args.weight_decay, self.args.mm_projector_lr, self.args.vision_tower_lr)
+                                      self.args.weight_decay, **{k: getattr(self.args, k) for k in OWN_LR.values()})
             for g in groups:
                 log.info("optimizer group %s: %d tensors, lr %s, weight decay %s", g["name"], len(g["params"]),
                          g.get("lr", self.args.learning_rate), g["weight_decay"])

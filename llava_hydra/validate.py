@@ -9,10 +9,13 @@ code branches on (``config.CHOICES``, and transformers' own names for ``lr_sched
 ``TrainingArguments`` field; a model or projector path that looks local exists; each tracker in
 ``report_to`` is installed. Before Hydra composes, ``group_option_problems`` refuses a
 ``group=option`` whose option is no file of ``conf/<group>/``. All problems are reported at once, each naming its key, with the
-valid values and a "did you mean" for a near miss::
+valid values and a "did you mean" for a near miss (or the new name of a renamed value)::
 
     the run spec has 1 problem:
       data.template='v2': not one of plain, v1, llama_2, mpt, chat_template (did you mean 'v1'?)
+
+Code that gets such a value without a composed spec (TrainingArguments, the sampler, the packer,
+the model builder) checks it by the same rule: ``check_choice`` / ``check_range``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,28 @@ def _open_ended(key: str, value) -> bool:
     return key == "model.attn_implementation" and isinstance(value, str) and ("/" in value or "|" in value)
 
 
+# An old name of a value -> (its new name, what to know), named in the error for that key.
+RENAMED = {"training.length_grouping": {"balanced": ("sorted_steps", "it changes what each step averages")}}
+
+
+def choice_problem(key: str, item, shown: str | None = None, valid=None) -> str | None:
+    """The line saying ``item`` is not a value ``key`` takes (``config.CHOICES``), or None."""
+    valid = CHOICES[key] if valid is None else valid
+    if item in valid or _open_ended(key, item):
+        return None
+    renamed = RENAMED.get(key, {}).get(item)
+    hint = f" ({item!r} is now called {renamed[0]!r}; {renamed[1]})" if renamed else did_you_mean(item, valid)
+    return f"{shown or f'{key}={item!r}'}: not one of {', '.join(map(str, valid))}{hint}"
+
+
+def check_choice(key: str, value) -> None:
+    """The same rule for a value that reaches code without a composed spec (TrainingArguments,
+    the sampler, the model builder): ValueError with ``choice_problem``'s line."""
+    problem = choice_problem(key, value)
+    if problem:
+        raise ValueError(problem)
+
+
 def choice_problems(cfg: DictConfig) -> list[str]:
     from llava_hydra.hf_source import training_choices
 
@@ -72,32 +97,46 @@ def choice_problems(cfg: DictConfig) -> list[str]:
     for key, valid in {**CHOICES, **training_choices()}.items():
         value = _select(cfg, key)
         for item in value if isinstance(value, list) else [value]:
-            if item is None or item in valid or _open_ended(key, item):
-                continue
-            shown = f"{key} item {item!r}" if isinstance(value, list) else f"{key}={item!r}"
-            out.append(f"{shown}: not one of {', '.join(map(str, valid))}{did_you_mean(item, valid)}")
+            shown = f"{key} item {item!r}" if isinstance(value, list) else None
+            problem = None if item is None else choice_problem(key, item, shown, valid)
+            out += [problem] if problem else []
     return out
 
 
-_RANGE = re.compile(r"^(>=|>) (\S+)$|^\[(\S+), (\S+)\)$")
+_RANGE = re.compile(r"^(>=|>) (\S+)$|^([\[(])(\S+), (\S+)([\])])$")
 
 
 def in_range(value, rule: str) -> bool:
+    """``value`` within ``rule``: "> x", ">= x" or an interval "[a, b)", "(a, b]" ..."""
     match = _RANGE.match(rule)
     if match is None:
         raise ValueError(f"bad range rule {rule!r}")
-    op, bound, low, high = match.groups()
+    op, bound, left, low, high, right = match.groups()
     if op:
         return value >= float(bound) if op == ">=" else value > float(bound)
-    return float(low) <= value < float(high)
+    above = value >= float(low) if left == "[" else value > float(low)
+    return above and (value <= float(high) if right == "]" else value < float(high))
+
+
+def range_problem(key: str, value) -> str | None:
+    """The line saying ``value`` lies outside ``key``'s range (``config.RANGES``), or None."""
+    rule = RANGES[key]
+    return None if in_range(value, rule) else f"{key}={value}: must be {rule if rule[0] == '>' else 'in ' + rule}"
+
+
+def check_range(key: str, value) -> None:
+    """The same rule for a value that reaches code without a composed spec: ValueError."""
+    problem = range_problem(key, value)
+    if problem:
+        raise ValueError(problem)
 
 
 def number_problems(cfg: DictConfig) -> list[str]:
     out = []
-    for key, rule in RANGES.items():
+    for key in RANGES:
         value = _select(cfg, key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not in_range(value, rule):
-            out.append(f"{key}={value}: must be {rule if rule[0] == '>' else 'in ' + rule}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (problem := range_problem(key, value)):
+            out.append(problem)
     t = cfg.training
     if t.max_steps <= 0 and t.num_train_epochs <= 0:  # would save an untrained model
         out.append(f"training.num_train_epochs={t.num_train_epochs} (with training.max_steps={t.max_steps}) "

@@ -9,7 +9,10 @@ LLaVA's ``mm_vision_select_feature`` (``patch`` | ``cls_patch``) maps to transfo
 
 from __future__ import annotations
 
-SELECT_FEATURES = ("patch", "cls_patch")
+from llava_hydra.config import CHOICES
+from llava_hydra.validate import check_choice
+
+SELECT_FEATURES = CHOICES["model.mm_vision_select_feature"]  # patch, cls_patch
 
 
 def has_cls_token(vision_config) -> bool:
@@ -21,8 +24,7 @@ def select_strategy(feature: str, has_cls: bool) -> str:
     """transformers' ``vision_feature_select_strategy`` for LLaVA's ``mm_vision_select_feature``:
     ``default`` drops the first token (CLS), ``full`` keeps all. ``patch`` on a tower without a
     CLS token (SigLIP) keeps all its tokens, which are all patches."""
-    if feature not in SELECT_FEATURES:
-        raise ValueError(f"model.mm_vision_select_feature must be one of {list(SELECT_FEATURES)}, got {feature!r}")
+    check_choice("model.mm_vision_select_feature", feature)
     if feature == "cls_patch" and not has_cls:
         raise ValueError("model.mm_vision_select_feature=cls_patch: this vision tower (SigLIP) has no CLS token; "
                          "use patch")

@@ -64,7 +64,7 @@ def run(cfg) -> dict | None:
     from llava_hydra.eval.benchmarks import load_items
     from llava_hydra.eval.generation import generation_kwargs
     from llava_hydra.eval.loading import load_for_inference
-    from llava_hydra.eval.sharding import start
+    from llava_hydra.distributed import start_process_group
 
     bench = cfg.benchmark
     out_dir = Path(cfg.output_dir)
@@ -76,7 +76,7 @@ def run(cfg) -> dict | None:
         items = items[:cfg.max_samples]
     import torch
 
-    rank_device = start(cpu=cfg.device == "cpu" or not torch.cuda.is_available())  # under torchrun
+    rank_device = start_process_group(cpu=cfg.device == "cpu" or not torch.cuda.is_available())  # under torchrun
     model, processor, aspect = load_for_inference(cfg.model_dir, cfg.dtype, cfg.device or rank_device)
     model_id = cfg.model_id or Path(cfg.model_dir).resolve().name
     answers = answer_benchmark(model, processor, cfg.image_aspect_ratio or aspect, items,

@@ -8,7 +8,7 @@ forward pass is a collective of all ranks. The answers are then gathered, so eve
 all of them in item order, as one process would.
 
 Rank and world size are torch.distributed's (the process group a training run or the eval app
-started, see :func:`start`); without a process group one process answers everything.
+started: ``llava_hydra.distributed.start_process_group``); without a process group one process answers everything.
 """
 
 from __future__ import annotations
@@ -25,20 +25,6 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def start(cpu: bool) -> str | None:
-    """Under a launcher (torchrun: WORLD_SIZE > 1), join the process group through accelerate's
-    state: gloo on CPU, else NCCL with each rank on its own GPU, whose name is returned. A single
-    process starts nothing (None: the caller's default device)."""
-    from llava_hydra.distributed import world_size
-
-    if world_size() <= 1:
-        return None
-    from accelerate import PartialState
-
-    state = PartialState(cpu=cpu, backend="gloo" if cpu else None)
-    return None if cpu else str(state.device)
 
 
 def gather(obj) -> list:

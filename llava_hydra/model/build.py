@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 
-from llava_hydra.data.image_tokens import SELECT_FEATURES
 from llava_hydra.model.assemble import build_base, set_special_token_ids
 from llava_hydra.model.freezing import freeze_all_but, hook_input_grads_on_text_only
-from llava_hydra.model.llava import PROJECTOR_ACT, projector_type, trainable_modules
+from llava_hydra.model.llava import projector_type, trainable_modules
 from llava_hydra.model.lora import apply_lora, lora_base_name
 from llava_hydra.model.precision import fp32_masters, hold_trainable_in_fp32, part_dtypes, pick_attention, pick_dtype
 from llava_hydra.model.projector import load_projector
 from llava_hydra.model.zero3 import full_numel, zero3_enabled
+from llava_hydra.validate import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,8 @@ def build_model(cfg):
     """(model, tokenizer, image_processor) for the composed spec. With ``lora.enable`` the model
     is a PEFT model: LoRA on the LLM's linear layers, the other trainable parts trained whole."""
     m = cfg.model
-    if m.mm_projector_type not in PROJECTOR_ACT:
-        raise ValueError(f"model.mm_projector_type {m.mm_projector_type!r} is not supported; "
-                         f"supported: {sorted(PROJECTOR_ACT)}")
-    if m.mm_vision_select_feature not in SELECT_FEATURES:
-        raise ValueError(f"model.mm_vision_select_feature must be one of {list(SELECT_FEATURES)}")
+    for key in ("mm_projector_type", "mm_vision_select_feature"):  # before anything loads
+        check_choice(f"model.{key}", m[key])
     dtype = pick_dtype(m.dtype, cfg.training.bf16, cfg.training.fp16)
     attn = pick_attention(m.attn_implementation)
     if cfg.lora.enable and cfg.lora.bits < 16 and zero3_enabled():

@@ -1,6 +1,8 @@
 """What a Llava model is made of, as the rest of the package names it: the ``LlavaModel``
-inside a (PEFT-wrapped) model, its projector type, the parts ``stage.trainable`` names and
-the part a parameter belongs to.
+inside a (PEFT-wrapped) model, its projector type, the parts ``stage.trainable`` names
+(``PARTS``: the one table of which modules make each part and which ``training.*`` key gives
+it its own learning rate; freezing, LoRA, the optimizer's groups and the trackers read it) and
+the part a parameter belongs to in the dtype report.
 
 Projectors (``model.mm_projector_type``), both transformers' own ``LlavaMultiModalProjector``
 so a checkpoint reloads with ``from_pretrained`` alone:
@@ -13,6 +15,8 @@ so a checkpoint reloads with ``from_pretrained`` alone:
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 PROJECTOR_ACT = {"mlp2x_gelu": "gelu", "linear": "linear"}  # mm_projector_type -> projector_hidden_act
 
@@ -35,15 +39,38 @@ def projector_type(config) -> str:
     return "linear" if getattr(config, "projector_hidden_act", "gelu") == "linear" else "mlp2x_gelu"
 
 
+class Part(NamedTuple):
+    modules: tuple[str, ...]  # attribute paths inside a LlavaForConditionalGeneration
+    lr_key: str | None  # the training.* key of the part's own learning rate (None: training.learning_rate)
+
+
+# stage.trainable's parts, in the order the logs list them (config.CHOICES names them for the pre-flight)
+PARTS = {
+    "llm": Part(("model.language_model", "lm_head"), None),  # the decoder, its token embeddings, lm_head
+    "mm_projector": Part(("model.multi_modal_projector",), "mm_projector_lr"),
+    "vision_tower": Part(("model.vision_tower",), "vision_tower_lr"),
+}
+OWN_LR = {part: p.lr_key for part, p in PARTS.items() if p.lr_key}  # part -> training.<key> of its own rate
+
+
+def part_modules(model) -> dict[str, list]:
+    """Each part of ``PARTS`` -> its modules in ``model`` (plain or PEFT-wrapped; a part PEFT
+    trains whole is its ``modules_to_save`` wrapper)."""
+    from transformers import LlavaForConditionalGeneration
+
+    outer = next((m for m in model.modules() if isinstance(m, LlavaForConditionalGeneration)), None)
+    if outer is None:
+        raise TypeError(f"{type(model).__name__} contains no LlavaForConditionalGeneration")
+    return {part: [outer.get_submodule(path) for path in p.modules] for part, p in PARTS.items()}
+
+
 def trainable_modules(model, parts: list[str]) -> list:
-    """The modules that ``stage.trainable`` names (``llm`` is the decoder and its lm_head)."""
-    inner = model.model
-    table = {"mm_projector": [inner.multi_modal_projector], "llm": [inner.language_model, model.lm_head],
-             "vision_tower": [inner.vision_tower]}
-    unknown = set(parts) - set(table)
+    """The modules that ``stage.trainable`` names."""
+    unknown = set(parts) - set(PARTS)
     if unknown:
-        raise ValueError(f"stage.trainable has unknown part(s) {sorted(unknown)}; choose from {sorted(table)}")
-    return [module for part in parts for module in table[part]]
+        raise ValueError(f"stage.trainable has unknown part(s) {sorted(unknown)}; choose from {sorted(PARTS)}")
+    found = part_modules(model)
+    return [module for part in parts for module in found[part]]
 
 
 def part_of(name: str) -> str:

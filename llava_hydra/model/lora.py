@@ -37,12 +37,17 @@ from pathlib import Path
 import torch
 
 from llava_hydra.model.freezing import freeze_fixed_parts
-from llava_hydra.model.llava import find_llava_model
+from llava_hydra.model.llava import PARTS, find_llava_model
 from llava_hydra.tiny import pretrained_path
 
 log = logging.getLogger(__name__)
 
-WHOLE_PARTS = {"mm_projector": "multi_modal_projector", "vision_tower": "vision_tower"}
+
+
+def whole_modules(parts: list[str]) -> list[str]:
+    """PEFT ``modules_to_save`` names of the parts other than llm (trained whole): each module's
+    own name (``multi_modal_projector``, ``vision_tower``), as peft matches and records them."""
+    return [path.rsplit(".", 1)[-1] for part in parts if part != "llm" for path in PARTS[part].modules]
 
 
 def _is_linear(module) -> bool:
@@ -83,7 +88,7 @@ def apply_lora(model, lora, parts: list[str], gradient_checkpointing: bool = Fal
         model.enable_input_require_grads()
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
                         target_modules=lora_target_pattern(model),
-                        modules_to_save=[WHOLE_PARTS[p] for p in parts if p != "llm"] or None)
+                        modules_to_save=whole_modules(parts) or None)
     model = get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters in fp32
     model.peft_config["default"].base_model_name_or_path = base_name  # peft finds none on an assembled Llava
     freeze_fixed_parts(model)
