@@ -74,9 +74,9 @@ def check_image_folder(records, data_path, image_folder, on_bad_sample: str = "r
     if on_bad_sample != "skip":
         raise BadSampleError(f"{data_path}: sample {i} (id={record_id(records[i])!r}): {where}{others}. "
                              f"Set {FLAG} to allow images outside the folder", "image_outside_folder")
-    log.warning("data: %d of %d records of %s have images outside data.image_folder=%s (e.g. sample %d: %s); "
-                "they will be skipped (data.on_bad_sample=skip; set %s to use them)",
-                n, len(records), data_path, image_folder, i, where, FLAG)
+    log.warning("data: %d of %d records of %s have images outside data.image_folder (e.g. sample %d: %s); "
+                "they will be skipped (data.on_bad_sample=skip; set %s to use them)", n, len(records), data_path, i,
+                where, FLAG)
     return n
 
 
