@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from llava_hydra.eval.generation import assistant_message, encode, generation_kwargs, render, user_message
+from llava_hydra.eval.generation import (assistant_message, encode, generation_kwargs, image_pixels, render,
+                                         user_message)
 
 COMMANDS = "commands: /image PATH (new conversation about that image), /reset, /quit"
 
@@ -25,13 +27,17 @@ class Chat:
     """One conversation with a model: ``ask(text)`` streams and returns the answer."""
 
     def __init__(self, model, processor, aspect: str, image=None, stream="stdout", **gen):
-        """``stream``: where tokens are written as generated (``"stdout"``: sys.stdout at the time; None: nowhere)."""
+        """``image``: a path or PIL image, made pixel values once as training makes them
+        (generation.image_pixels). ``stream``: where tokens are written as generated
+        (``"stdout"``: sys.stdout at the time; None: nowhere)."""
         self.model, self.processor, self.aspect, self.gen, self.stream = model, processor, aspect, gen, stream
-        self.image, self.messages = image, []
+        self.image, self.messages = None, []
+        self.reset(image)
 
     def reset(self, image=None) -> None:
+        """A new conversation (about ``image`` if given; ImageError if it is unusable)."""
         if image is not None:
-            self.image = image
+            self.image = image_pixels(image, self.aspect, self.processor.image_processor)
         self.messages = []
 
     def ask(self, text: str) -> str:
@@ -82,9 +88,7 @@ def interact(chat: Chat, lines=None, out=None) -> None:
             elif line.startswith("/image"):
                 path = line[len("/image"):].strip()
                 try:
-                    from llava_hydra.data.images import open_rgb
-
-                    chat.reset(open_rgb(path))
+                    chat.reset(path)
                     out.write(f"(new conversation about {path})\n")
                 except (OSError, ValueError) as err:
                     out.write(f"cannot use {path!r}: {err}\n")
@@ -111,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args(argv)
 
-    from llava_hydra.data.images import open_rgb
     from llava_hydra.eval.loading import load_for_inference
 
-    image = open_rgb(args.image) if args.image else None
+    if args.image and not Path(args.image).is_file():  # before the model loads
+        parser.error(f"--image {args.image}: no such file")
     model, processor, aspect = load_for_inference(args.model_dir, args.dtype, args.device)
-    chat = Chat(model, processor, args.image_aspect_ratio or aspect, image,
+    chat = Chat(model, processor, args.image_aspect_ratio or aspect, args.image,
                 **generation_kwargs(args.max_new_tokens, args.temperature, args.top_p))
     if args.prompt is not None:
         chat.ask(args.prompt)

@@ -119,6 +119,7 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.sweep import in_multirun
     from llava_hydra.tracking import Trackers
     from llava_hydra.data.store import has_image
+    from llava_hydra.data.preflight import preflight as preflight_images
 
     started = time.time()
     if in_multirun():  # every job of a sweep trains in its own job directory
@@ -151,6 +152,7 @@ def run(cfg: DictConfig) -> float | None:
             log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             pretrained_path(name, cfg.paths.cache_dir)
+    preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
 
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
     #    together: under ZeRO-3 loading is a collective).

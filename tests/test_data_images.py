@@ -93,8 +93,9 @@ def test_check_looks_up_the_file_or_decodes_it(tmp_path):
     (tmp_path / "bad.png").write_bytes(data[:40] + b"\0" * (len(data) - 40))
     (tmp_path / "empty.png").write_bytes(b"")
     assert probe(tmp_path / "ok.png") is None and probe(tmp_path / "ok.png", decode=True) is None
-    assert "not found" in probe(tmp_path / "missing.png")
-    assert "empty" in probe(tmp_path / "empty.png")
-    assert probe(tmp_path / "bad.png", decode=True) is not None
+    missing, empty = probe(tmp_path / "missing.png"), probe(tmp_path / "empty.png")
+    assert missing.kind == "missing_image" and "not found" in str(missing)
+    assert empty.kind == "unreadable_image" and "empty" in str(empty)
+    assert probe(tmp_path / "bad.png", decode=True).kind == "unreadable_image"
     with pytest.raises(ImageError, match="cannot read image"):
         open_rgb(tmp_path / "bad.png")

@@ -37,14 +37,15 @@ def test_each_refusal_says_what_and_where(folder):
     assert src.check("ok.jpg", decode=True) is None
     with Image.open(folder / "cut.jpg") as im:
         assert im.size == (200, 150)  # opening alone (the old check) finds nothing wrong
-    assert "cannot read image" in src.check("cut.jpg", decode=True) and "truncated" in src.check("cut.jpg", True)
+    cut = src.check("cut.jpg", decode=True)
+    assert cut.kind == "unreadable_image" and "cannot read image" in str(cut) and "truncated" in str(cut)
     assert src.check("cut.jpg") is None  # without decode only the path is checked
     for name, how in (("../outside.png", "a '../' path"), (str(folder.parent / "outside.png"), "an absolute path"),
                       ("link.png", "a symlink")):
-        problem = src.check(name)
+        problem = str(src.check(name))
         assert f"image path {name!r} resolves outside data.image_folder" in problem and how in problem
         assert "data.allow_images_outside_folder=true" in problem
-    assert "300x200 = 0.1 MP, over data.max_image_pixels=50000" in src.check("big.png", decode=True)
+    assert "300x200 = 0.1 MP, over data.max_image_pixels=50000" in str(src.check("big.png", decode=True))
     with pytest.raises(ImageError, match="over data.max_image_pixels"):
         src.open("big.png")
     allowed = ImageSource(folder, allow_outside=True, max_pixels=None)
@@ -80,7 +81,9 @@ def test_training_refuses_them_naming_file_index_and_id(tmp_path, folder):
 def test_data_check_images_finds_the_same(tmp_path, folder):
     ds = _dataset(tmp_path, folder, "skip")
     decoded = check_dataset(ds, decode_images=True)
-    assert [i for i, *_ in decoded["found"]["unreadable_image"]] == [1, 2, 3, 4]
+    by_kind = lambda report, kind: [i for i, *_ in report["found"][kind]]  # noqa: E731
+    assert by_kind(decoded, "unreadable_image") == [1] and by_kind(decoded, "image_too_large") == [4]
+    assert by_kind(decoded, "image_outside_folder") == [2, 3]
     assert decoded["errors"] == 4
     looked_up = check_dataset(ds, decode_images=False)  # paths are checked even without --images
-    assert [i for i, *_ in looked_up["found"]["unreadable_image"]] == [2, 3]
+    assert by_kind(looked_up, "image_outside_folder") == [2, 3] and looked_up["errors"] == 2

@@ -34,7 +34,7 @@ def test_each_rank_reports_the_skips_of_every_rank_and_worker(tmp_path):
     assert [r["main_process_seen"] for r in ranks] == [0, 0]  # every skip happened in a worker process
     assert [r["local"] for r in ranks] == [1, 2]  # this rank's workers
     assert [r["all"] for r in ranks] == [3, 3]  # every rank's
-    assert ranks[1]["by_reason"] == {"image": 1, "empty_answer": 1, "image_in_answer": 1}
+    assert ranks[1]["by_reason"] == {"missing_image": 1, "empty_answer": 1, "image_in_answer": 1}
     assert sorted(m.split(": ", 1)[1].split(")")[0] for m in ranks[0]["examples"]) == \
         ["sample 1 (id='missing'", "sample 7 (id='empty'", "sample 9 (id='in_answer'"]
 

@@ -7,7 +7,8 @@ tag count mismatches, tags in answers or, for one image, outside the first human
 answers), missing images of every record and paths outside data.image_folder (``--images``:
 also images that do not decode to their end or exceed data.max_image_pixels, each opened as
 training opens it), samples longer than model.model_max_length (truncated) and samples whose
-answers all lie beyond it (skipped in training). Each problem names the sample's index and id.
+answers all lie beyond it (skipped in training). Each problem names the sample's index and id;
+image problems are counted by the kind the image code gave them (images.IMAGE_KINDS).
 Errors — anything ``data.on_bad_sample=raise`` would stop on — make it exit 1; the length pass
 it runs is the cached one training reuses.
 """
@@ -22,14 +23,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from llava_hydra.data.images import IMAGE_KINDS
 from llava_hydra.data.records import RECORD_KINDS
 
-ERRORS = (*RECORD_KINDS, "missing_image", "unreadable_image")
+ERRORS = (*RECORD_KINDS, *IMAGE_KINDS)
 WARNINGS = ("over_length", "nothing_to_train")
 DESCRIBE = {
     **RECORD_KINDS,
-    "missing_image": "image files missing",
-    "unreadable_image": "image files unreadable",
+    **IMAGE_KINDS,
     "over_length": "longer than model_max_length (truncated)",
     "nothing_to_train": "all answers beyond model_max_length (skipped)",
 }
@@ -55,7 +56,7 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
         results = list(pool.map(lambda job: ds.images.check(job[1], decode=decode_images), image_jobs))
     for (i, path), problem in zip(image_jobs, results):
         if problem:
-            found["missing_image" if "not found" in problem else "unreadable_image"].append((i, problem))
+            found[problem.kind].append((i, str(problem)))
             bad.add(i)
     max_len = ds.model_max_length
     for i in (table.tokens > max_len).nonzero()[0].tolist():

@@ -2,12 +2,15 @@
 
 Owns everything between an image path and the vision tower's input, and what is refused on the
 way (each refusal an ``ImageError`` saying what is wrong, the same in training and in
-``data.check --images``):
+``data.check --images``, its ``kind`` set where it is raised; :data:`IMAGE_KINDS`):
 
-- a path that resolves outside the image folder (``../``, absolute, a symlink pointing out),
-  unless ``data.allow_images_outside_folder``;
-- an image over ``data.max_image_pixels`` (width x height from the header, before decoding);
-- a file that is missing, empty, zero-sized, or does not decode to its end (truncated, corrupt).
+- ``image_outside_folder``: a path that resolves outside the image folder (``../``, absolute, a
+  symlink pointing out), unless ``data.allow_images_outside_folder``;
+- ``image_too_large``: an image over ``data.max_image_pixels`` (width x height from the header,
+  before decoding) or over PIL's decompression-bomb limit;
+- ``missing_image``: no file at the path;
+- ``unreadable_image``: a file that is empty, zero-sized, or does not decode to its end
+  (truncated, corrupt).
 
 Decoding: JPEGs are decoded at a reduced scale (PIL's draft mode) when the resize that follows
 needs fewer pixels; EXIF orientation; RGBA / LA / palette (transparency composited onto white),
@@ -31,8 +34,25 @@ DEFAULT_MAX_PIXELS = 50_000_000  # data.max_image_pixels' default; PIL's own war
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+IMAGE_KINDS = {  # ImageError.kind -> what a report calls it (skip reasons, data.check)
+    "missing_image": "image files missing",
+    "unreadable_image": "image files unreadable (corrupt, truncated)",
+    "image_too_large": "images over data.max_image_pixels",
+    "image_outside_folder": "image paths outside data.image_folder",
+}
+
+
 class ImageError(ValueError):
-    """An image that cannot be used: outside the folder, too large, missing, empty, corrupt or truncated."""
+    """An image that cannot be used; ``kind`` (an IMAGE_KINDS key) says which problem, for counts."""
+
+    def __init__(self, message: str, kind: str):
+        if kind not in IMAGE_KINDS:
+            raise ValueError(f"ImageError kind must be one of {tuple(IMAGE_KINDS)}, got {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # kept across processes (DataLoader workers)
+        return type(self), (str(self), self.kind)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -70,18 +90,18 @@ def open_rgb(path: str | Path, max_pixels: int | None = None,
     smallest DCT scale (1/2, 1/4, 1/8) that keeps at least that many pixels."""
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"image file not found: {path}")
+        raise ImageError(f"image file not found: {path}", "missing_image")
     if path.stat().st_size == 0:
-        raise ImageError(f"image file is empty (0 bytes): {path}")
+        raise ImageError(f"image file is empty (0 bytes): {path}", "unreadable_image")
     _allow_pixels(max_pixels)
     try:
         with Image.open(path) as img:
             w, h = img.size
             if 0 in img.size:
-                raise ImageError(f"image has zero size {img.size}: {path}")
+                raise ImageError(f"image has zero size {img.size}: {path}", "unreadable_image")
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over data.max_image_pixels="
-                                 f"{max_pixels} ({max_pixels / 1e6:g} MP): {path}")
+                                 f"{max_pixels} ({max_pixels / 1e6:g} MP): {path}", "image_too_large")
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft(w, h))
             img.load()  # decodes to the end now: a truncated or corrupt file fails here, not in collate
@@ -90,9 +110,15 @@ def open_rgb(path: str | Path, max_pixels: int | None = None,
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"image is over PIL's decompression-bomb limit ({e}): {path}") from None
+        raise ImageError(f"image is over PIL's decompression-bomb limit ({e}): {path}", "image_too_large") from None
     except _READ_ERRORS as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
+        raise ImageError(f"cannot read image {path}: {e}", "unreadable_image") from None
+
+
+def resolved_outside(folder: str | Path, name: str) -> str | None:
+    """Where ``folder / name`` resolves (symlinks, ``..``) when that lies outside ``folder``, else None."""
+    root, real = os.path.realpath(folder), os.path.realpath(Path(folder) / name)
+    return real if os.path.commonpath([root, real]) != root else None
 
 
 @dataclass(frozen=True)
@@ -109,12 +135,13 @@ class ImageSource:
         path = self.folder / name
         if self.allow_outside:
             return path
-        root, real = os.path.realpath(self.folder), os.path.realpath(path)
-        if os.path.commonpath([root, real]) != root:
+        real = resolved_outside(self.folder, name)
+        if real is not None:
             how = ("an absolute path" if os.path.isabs(name) else
                    "a '../' path" if ".." in Path(name).parts else "a symlink")
             raise ImageError(f"image path {name!r} resolves outside data.image_folder={str(self.folder)!r} "
-                             f"({how} to {real}); set data.allow_images_outside_folder=true to allow it")
+                             f"({how} to {real}); set data.allow_images_outside_folder=true to allow it",
+                             "image_outside_folder")
         return path
 
     def open(self, name: str, draft=None) -> Image.Image:
@@ -125,19 +152,20 @@ class ImageSource:
         pixels = pipeline(image_processor)
         return pixels(self.open(name, pixels.draft_size(aspect)), aspect)
 
-    def check(self, name: str, decode: bool = False) -> str | None:
-        """None if the image is usable, else the problem. Without ``decode`` only the path is
-        checked (inside the folder, a non-empty file); with it the file is decoded to its end under the
-        pixel limit, as training would."""
+    def check(self, name: str, decode: bool = False) -> ImageError | None:
+        """None if the image is usable, else the problem (its ``kind`` and message). Without
+        ``decode`` only the path is checked (inside the folder, a non-empty file); with it the file
+        is decoded to its end under the pixel limit, as training would."""
         try:
             path = self.path(name)
             if not decode:
                 if not path.is_file():
-                    return f"image file not found: {path}"
-                return f"image file is empty (0 bytes): {path}" if path.stat().st_size == 0 else None
+                    return ImageError(f"image file not found: {path}", "missing_image")
+                empty = path.stat().st_size == 0
+                return ImageError(f"image file is empty (0 bytes): {path}", "unreadable_image") if empty else None
             self.open(name)
         except ImageError as e:
-            return str(e)
+            return e
         return None
 
 

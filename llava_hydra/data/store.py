@@ -4,8 +4,10 @@
 Owns building, locating and reading the store. Each record is one row of a ``record`` column
 holding the record as a JSON string, exactly what :func:`records.load_records` returns for it
 (bad JSONL lines and non-object records as their placeholder dicts, so indices stay
-line-aligned), and a ``has_image`` column (the record names an image) so that counting
-modalities decodes nothing. Reading record ``i`` slices its bytes straight out of the mapped
+line-aligned), a ``has_image`` column (the record names an image) so that counting
+modalities decodes nothing, and an ``images`` column (the record's image paths, in tag order;
+none for a malformed ``image`` field) so that checking where images live decodes nothing either
+(``image_paths``). Reading record ``i`` slices its bytes straight out of the mapped
 Arrow buffers (numpy views of the offsets, no pyarrow scalar per access) and decodes that one
 string: no process holds the whole list of dicts, nor per-record Python objects, and the Arrow
 pages are shared through the page cache instead of copied per process.
@@ -33,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_hydra.data.records import load_records
+from llava_hydra.data.records import RecordError, images_of, load_records
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when what is stored changes (3: has_image as int8)
+FORMAT = 4  # bump when what is stored changes (3: has_image as int8; 4: the images column)
 COLUMN = "record"
 IMAGE_COLUMN = "has_image"
+PATHS_COLUMN = "images"
 RACY_NS = 2_000_000_000  # digests of files changed less than 2 s before hashing are not remembered
 
 
@@ -88,6 +91,24 @@ def has_image(records) -> np.ndarray:
     return np.array([bool(r.get("image")) if isinstance(r, dict) else False for r in records], dtype=bool)
 
 
+def image_paths(records) -> tuple[np.ndarray, "pyarrow.Array"]:
+    """(index of its record, path) of every image path of every record, in record and tag order:
+    from the store's column without decoding a record, or for a list of records one pass over it."""
+    import pyarrow as pa
+
+    if isinstance(records, RecordStore):
+        return records.image_paths()
+    pairs = [(i, path) for i, r in enumerate(records) for path in _paths_of(r)]
+    return np.array([i for i, _ in pairs], dtype=np.int64), pa.array([p for _, p in pairs], pa.string())
+
+
+def _paths_of(record) -> list[str]:
+    try:
+        return images_of(record)
+    except RecordError:  # a malformed 'image' field: the record checks refuse the record itself
+        return []
+
+
 class RecordStore:
     """Sequence of records (dicts) read from the store by index."""
 
@@ -119,6 +140,20 @@ class RecordStore:
                  for c in self._table.column(IMAGE_COLUMN).chunks]
         return np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
 
+    def image_paths(self) -> tuple[np.ndarray, "pyarrow.Array"]:
+        """(record index, path) of every image path, from the ``images`` column (see image_paths)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        indices, paths, start = [], [], 0
+        for chunk in self._table.column(PATHS_COLUMN).chunks:
+            indices.append(pc.list_parent_indices(chunk).to_numpy() + start)
+            paths.append(pc.list_flatten(chunk))
+            start += len(chunk)
+        if not paths:
+            return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
+        return np.concatenate(indices).astype(np.int64), pa.concat_arrays(paths)
+
     def __len__(self) -> int:
         return self._n
 
@@ -138,14 +173,18 @@ class RecordStore:
 
 def _build(path: Path, skip_bad_lines: bool, final: Path) -> None:
     import datasets
+    import pyarrow as pa
 
     records, _ = load_records(path, skip_bad_lines=skip_bad_lines)
     rows = [json.dumps(r, ensure_ascii=False) for r in records]
     images = np.array([bool(r.get("image")) for r in records], dtype=np.int8)
+    paths = [_paths_of(r) for r in records]
     del records
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    datasets.Dataset.from_dict({COLUMN: rows, IMAGE_COLUMN: images}).save_to_disk(str(tmp))
+    table = pa.table({COLUMN: pa.array(rows, pa.string()), IMAGE_COLUMN: pa.array(images, pa.int8()),
+                      PATHS_COLUMN: pa.array(paths, pa.list_(pa.string()))})  # typed by pyarrow: fast
+    datasets.Dataset(table).save_to_disk(str(tmp))
     os.replace(tmp, final)
 
 

@@ -44,10 +44,11 @@ def _key(qid) -> str:
     return json.dumps(qid)
 
 
-def _load_image(image):
-    from llava_hydra.data.images import open_rgb
-
-    return image if image is None or not isinstance(image, (str, Path)) else open_rgb(image)
+def _images(item: Item) -> list:
+    """The item's images in tag order (paths or decoded images; generation.encode loads paths as training does)."""
+    if item.image is None:
+        return []
+    return list(item.image) if isinstance(item.image, (list, tuple)) else [item.image]
 
 
 def _messages(item: Item) -> list[dict]:
@@ -84,7 +85,7 @@ def answer_benchmark(model, processor, aspect: str, items: list[Item], path: Pat
 
     def ask(batch: list[Item]) -> list[dict]:
         prompts = [render(processor, _messages(it)) for it in batch]
-        images = [_load_image(it.image) for it in batch if it.image is not None]
+        images = [image for it in batch for image in _images(it)]
         return [{"question_id": it.question_id, "prompt": it.prompt, "text": text, "answer_id": uuid.uuid4().hex,
                  "model_id": model_id, "metadata": {}, **it.extra}
                 for it, text in zip(batch, answer(model, processor, prompts, images, aspect, **gen))]

@@ -9,7 +9,7 @@
 - ``mmbench``: model_vqa_mmbench's TSV (``index``, ``question``, ``hint``, ``A``..``D``, base64
   ``image``): hint, question, then ``A. option`` lines, then the suffix.
 - ``training``: a held-out file in the training format: the conversation up to its last answer
-  (owndata.py scores against that answer).
+  (owndata.py scores against that answer), its images (one, or several in tag order) as paths.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Item:
     question_id: Any
     text: str  # the user turn the model sees (image placed by the chat template)
     prompt: str  # what LLaVA records as the answers' "prompt"
-    image: Any = None  # a path, a PIL image, or None
+    image: Any = None  # a path, a PIL image, a list of paths (several images, in tag order), or None
     extra: dict = field(default_factory=dict)  # more fields for the answers row
     messages: list | None = None  # a whole conversation (training format), else one user turn
     source: dict = field(default_factory=dict)  # the question file's row (POPE's category, ...)
@@ -123,14 +123,12 @@ def training(path: str, image_folder: str | None, suffix: str | None) -> list[It
             raise ValueError(f"{path}: sample {i}: {err}") from err
         if turns[-1]["from"] != "gpt":
             raise ValueError(f"{path}: sample {i}: the last turn must be the reference answer (from gpt)")
-        if len(images) > 1:  # an Item carries one image; training takes several, this app does not yet
-            raise ValueError(f"{path}: sample {i} (id={record_id(record)}): {len(images)} images; the eval app "
-                             f"answers single-image questions only")
+        paths = [_image_path(image_folder, name) for name in images]
         messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
                     for t in turns[:-1]]
         qid = record_id(record)
         items.append(Item(qid if qid is not None else i, turns[-2]["value"], turns[-2]["value"],
-                          _image_path(image_folder, images[0]) if images else None,
+                          paths[0] if len(paths) == 1 else paths or None,
                           {"reference": turns[-1]["value"]}, messages))
     return items
 

@@ -3,16 +3,21 @@
 A conversation is transformers' message list (``{"role": "user", "content": [{"type": "image"},
 {"type": "text", "text": ...}]}``); ``render`` turns it into the prompt string with the saved
 processor's chat template and the generation prompt, which is how training rendered it (see
-data/chat_template.py). Images are made square as training made them (``aspect``) and then go
-through the processor with the text, which expands ``<image>`` to the model's image tokens.
+data/chat_template.py). Images become pixel values by training's own function
+(``images.load_image``: the file checks, JPEG draft decoding, ``aspect`` square or pad, the
+pixels.py pipeline), so a model is evaluated on the pixel values it was trained on for the same
+file; the processor then only expands each ``<image>`` to the model's image-token run and
+tokenizes.
 """
 
 from __future__ import annotations
 
 from PIL import Image
 
-from llava_hydra.data.images import open_rgb
-from llava_hydra.data.pixels import expand2square, mean_colour
+from llava_hydra.data.images import load_image, to_rgb
+from llava_hydra.data.pixels import pipeline
+
+_AS_GIVEN = {"do_resize": False, "do_center_crop": False, "do_rescale": False, "do_normalize": False, "do_pad": False}
 
 
 def user_message(text: str, image: bool) -> dict:
@@ -30,21 +35,33 @@ def render(processor, messages: list[dict]) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def square(image: Image.Image | str, aspect: str, image_processor) -> Image.Image:
-    """An RGB image as training fed it to the image processor (``pad``: expanded with the mean colour)."""
-    img = open_rgb(image) if not isinstance(image, Image.Image) else image.convert("RGB")
-    if aspect == "pad":
-        return expand2square(img, mean_colour(image_processor))
-    if aspect != "square":
-        raise ValueError(f"image aspect must be square or pad, got {aspect!r}")
-    return img
+def image_pixels(image, aspect: str, image_processor):
+    """An image -> pixel values (C, H, W) as training makes them: a file path through
+    images.load_image (what the dataset's ImageSource.load runs: checks, JPEG draft decoding,
+    square or pad, pixels.pipeline); a decoded image (MMBench's base64) through pixels.pipeline;
+    pixel values as they are."""
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        return image
+    if isinstance(image, Image.Image):
+        return pipeline(image_processor)(to_rgb(image), aspect)
+    return load_image(image, aspect, image_processor)
 
 
-def encode(processor, prompts: list[str], images: list[Image.Image], aspect: str, device=None):
-    """Model inputs for a batch of rendered prompts (left padded) and their images, in order."""
-    squared = [square(img, aspect, processor.image_processor) for img in images]
+def encode(processor, prompts: list[str], images: list, aspect: str, device=None):
+    """Model inputs for a batch of rendered prompts (left padded) and their images in tag order
+    (paths, PIL images or pixel values; see image_pixels)."""
+    import torch
+
+    pixels = [image_pixels(img, aspect, processor.image_processor) for img in images]
     processor.tokenizer.padding_side = "left"
-    inputs = processor(text=prompts, images=squared or None, padding=True, return_tensors="pt")
+    # the processor expands each <image> by the pixel values' size and tokenizes; the pixel
+    # values themselves are training's, passed through its image processor unchanged
+    inputs = processor(text=prompts, images=pixels or None, padding=True, return_tensors="pt",
+                       **(_AS_GIVEN if pixels else {}))
+    if pixels:
+        inputs["pixel_values"] = torch.stack(pixels)
     return inputs.to(device) if device is not None else inputs
 
 

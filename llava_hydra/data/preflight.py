@@ -1,0 +1,102 @@
+"""Image-folder pre-flight: a run's image paths checked against ``data.image_folder`` before
+its model loads, so that a path resolving outside the folder (a symlinked subfolder pointing
+elsewhere, ``../``, an absolute path) stops the run in seconds instead of at the first image
+batch after a 7B model has loaded.
+
+Cheap by design: the paths come from the record store's ``images`` column (store.image_paths,
+no record decoded), and only the distinct folders they go through are resolved (a few for
+LLaVA-665K, hundreds for LLaVA-Pretrain's numbered subfolders), never each file: no existence
+check (that is ``data.check``'s job) and no file-level symlinks (images.ImageSource refuses
+those when it loads one). Refused unless ``data.allow_images_outside_folder``; under
+``data.on_bad_sample=skip`` the run goes on and the log says how many records point outside
+and that they will be skipped (each then counted under ``image_outside_folder``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llava_hydra.data.images import resolved_outside
+from llava_hydra.data.records import BadSampleError, record_id
+
+log = logging.getLogger(__name__)
+FLAG = "data.allow_images_outside_folder=true"
+
+
+@dataclass
+class Outside:
+    """A folder that image paths go through and that resolves outside the image folder."""
+
+    folder: str  # as the paths spell it ("" for files directly in the image folder)
+    resolved: str  # where it resolves
+    records: np.ndarray  # indices of the records with an image under it (sorted, distinct)
+    example: str  # the first such image path
+
+
+def folders_outside(records, image_folder) -> list[Outside]:
+    """The folders the records' image paths go through that resolve outside ``image_folder``
+    (each distinct folder resolved once), in the order of their first record."""
+    import pyarrow.compute as pc
+
+    from llava_hydra.data.store import image_paths
+
+    record_of, paths = image_paths(records)
+    if len(paths) == 0:
+        return []
+    folders = pc.replace_substring_regex(paths, pattern="[^/]*$", replacement="", max_replacements=1)
+    found = []
+    for name in pc.unique(folders).to_pylist():
+        resolved = resolved_outside(image_folder, name or ".")
+        if resolved is None:
+            continue
+        hits = np.flatnonzero(pc.equal(folders, name).to_numpy(zero_copy_only=False))
+        found.append(Outside(name, resolved, np.unique(record_of[hits]), paths[int(hits[0])].as_py()))
+    return sorted(found, key=lambda o: int(o.records[0]))
+
+
+def check_image_folder(records, data_path, image_folder, on_bad_sample: str = "raise") -> int:
+    """How many records have an image path through a folder outside ``image_folder``; raises
+    BadSampleError naming the file, the first such sample (index and id), where its folder
+    resolves and the flag to set, unless ``on_bad_sample`` is skip (then logged)."""
+    outside = folders_outside(records, image_folder)
+    if not outside:
+        return 0
+    n = len(np.unique(np.concatenate([o.records for o in outside])))
+    first = outside[0]
+    i = int(first.records[0])
+    where = (f"image path {first.example!r} goes through {first.folder.rstrip('/') or '.'!r}, which resolves "
+             f"outside data.image_folder={str(image_folder)!r} (to {first.resolved})")
+    others = f"; {n} record(s) in all have images outside it" if n > 1 else ""
+    if on_bad_sample != "skip":
+        raise BadSampleError(f"{data_path}: sample {i} (id={record_id(records[i])!r}): {where}{others}. "
+                             f"Set {FLAG} to allow images outside the folder", "image_outside_folder")
+    log.warning("data: %d of %d records of %s have images outside data.image_folder (e.g. sample %d: %s); "
+                "they will be skipped (data.on_bad_sample=skip; set %s to use them)", n, len(records), data_path, i,
+                where, FLAG)
+    return n
+
+
+def preflight(cfg) -> None:
+    """The image-folder check of a run spec's data files (``data.data_path``, and the held-out
+    file when the run evaluates on it), before the model loads. The records are opened as the
+    dataset opens them (under ``paths.cache_dir``: the record store it then reuses)."""
+    from llava_hydra.data.records import load_records
+    from llava_hydra.data.store import open_records
+    from llava_hydra.data.synthetic import eval_data_path
+
+    data = cfg.data
+    if data.allow_images_outside_folder:
+        return
+    files = [data.data_path]
+    if (cfg.eval.enable or cfg.eval.steps) and eval_data_path(cfg):
+        files.append(eval_data_path(cfg))
+    skip = data.on_bad_sample == "skip"
+    folder = Path(data.image_folder or ".")
+    for path in files:
+        cache = cfg.paths.cache_dir
+        records = open_records(path, cache, skip)[0] if cache else load_records(path, skip)[0]
+        check_image_folder(records, path, folder, data.on_bad_sample)
