@@ -109,7 +109,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
-                raise self._fail(i, str(err), getattr(err, "kind", "image")) from None
+                raise self._fail(i, str(err), err.kind) from None
             sample["pixel_values"] = torch.stack(pixels) if len(images) > 1 else pixels[0]
         return sample
 
