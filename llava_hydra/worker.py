@@ -15,11 +15,14 @@ from llava_hydra.distributed import is_main_process
 def main(spec_file: str) -> None:
     from omegaconf import OmegaConf
 
-    from llava_hydra.runner import run
+    from llava_hydra.runner import end_process_group, run
 
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    run(OmegaConf.load(spec_file))
+    try:
+        run(OmegaConf.load(spec_file))
+    finally:  # a gloo rank exiting with its group alive can abort, and torchrun fails a finished run
+        end_process_group()
 
 
 if __name__ == "__main__":

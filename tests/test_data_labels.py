@@ -203,3 +203,24 @@ def test_truncating_a_long_sample_warns_nothing(tmp_path):
     finally:
         logger.removeHandler(handler)
     assert not [m for m in seen if "maximum sequence length" in m]
+
+
+def test_truncation_or_padding_saved_in_tokenizer_json_cuts_nothing(tmp_path):
+    """A tokenizer.json saved after a truncated, padded call keeps both on its Rust backend:
+    training ids and the length pass must still see every piece whole (as transformers' __call__)."""
+    from llava_hydra.data import lengths
+    from llava_hydra.data.labels import tokenize
+
+    clean = testing.qwen2_tokenizer(tmp_path / "clean")
+    dirty = testing.qwen2_tokenizer(tmp_path / "dirty")
+    dirty.backend_tokenizer.enable_truncation(8)
+    dirty.backend_tokenizer.enable_padding(length=40, pad_id=0)
+    text = "the cat is red <image>\nwhat color is the cat in this picture"
+    image_id = clean.convert_tokens_to_ids("<image>")
+    want = tokenize(text, clean, image_id)
+    assert len(want[0]) > 12 and want[0].count(image_id) == 1
+    assert tokenize(text, dirty, image_id) == want
+    rendered = render("v1", normalize_turns({"image": "a.png", "conversations": turns("<image>\n" + "Say it. " * 9,
+                                                                                        "word " * 30)}))
+    table = lengths.compute(1, lambda i: (rendered, ["a.png"]), dirty, N_IMG, 2048)
+    assert int(table.tokens[0]) == len(encode(rendered, clean, image_id, N_IMG, 2048).input_ids)

@@ -74,11 +74,22 @@ def drops_bos(first_chunk_ids: list[int], tokenizer) -> bool:
     return bool(first_chunk_ids) and tokenizer.bos_token_id is not None and first_chunk_ids[0] == tokenizer.bos_token_id
 
 
+def rust_backend(tokenizer):
+    """The fast tokenizer's Rust backend (None for a slow tokenizer), with no truncation or padding
+    left on it: transformers' ``__call__`` resets both before each call, and a tokenizer.json saved
+    after a truncated or padded call carries them, which would cut or pad every piece."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and (backend.truncation is not None or backend.padding is not None):
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
 def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple]]]:
     """(ids, character offsets) of each text, from the fast tokenizer's Rust backend as the length
     pass takes them (transformers' ``__call__`` would add only its warning about sequences longer
     than model_max_length, which ``encode`` truncates itself)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = rust_backend(tokenizer)
     if backend is None:  # a slow (Python) tokenizer
         enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         return [list(i) for i in enc["input_ids"]], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]

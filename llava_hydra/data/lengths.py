@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered
-from llava_hydra.data.labels import chunks, drops_bos
+from llava_hydra.data.labels import chunks, drops_bos, rust_backend
 from llava_hydra.data.records import RecordError
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class LengthTable:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
-    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(rust_backend(tokenizer).to_str().encode())
     for part in (tokenizer.bos_token, tokenizer.eos_token, getattr(tokenizer, "chat_template", None),
                  type(tokenizer).__name__):
         h.update(b"\0" + str(part).encode())
@@ -121,7 +121,7 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
     first = np.full(n, NO_LABEL, dtype=np.int32)
     has_image = np.zeros(n, dtype=bool)
     problems: dict[int, tuple[str, str]] = {}
-    backend = tokenizer.backend_tokenizer
+    backend = rust_backend(tokenizer)
     for lo in range(lo0, hi0, batch_size):
         batch = []  # (index, rendered, its pieces: [(start, text)])
         for i in range(lo, min(lo + batch_size, hi0)):

@@ -48,13 +48,20 @@ def folders_outside(records, image_folder) -> list[Outside]:
     if len(paths) == 0:
         return []
     folders = pc.replace_substring_regex(paths, pattern="[^/]*$", replacement="", max_replacements=1)
+    encoded = pc.dictionary_encode(folders)  # each distinct folder once, the paths as codes into them
+    names = encoded.dictionary.to_pylist()
+    where = {k: r for k, name in enumerate(names) if (r := resolved_outside(image_folder, name or ".")) is not None}
+    if not where:
+        return []
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    hits = np.flatnonzero(np.isin(codes, list(where)))  # one pass over the paths, whatever the folder count
+    by_code = codes[hits]
+    order = np.argsort(by_code, kind="stable")
+    starts = np.flatnonzero(np.r_[True, by_code[order][1:] != by_code[order][:-1]])
     found = []
-    for name in pc.unique(folders).to_pylist():
-        resolved = resolved_outside(image_folder, name or ".")
-        if resolved is None:
-            continue
-        hits = np.flatnonzero(pc.equal(folders, name).to_numpy(zero_copy_only=False))
-        found.append(Outside(name, resolved, np.unique(record_of[hits]), paths[int(hits[0])].as_py()))
+    for group in np.split(hits[order], starts[1:]):
+        k = int(codes[group[0]])
+        found.append(Outside(names[k], where[k], np.unique(record_of[group]), paths[int(group[0])].as_py()))
     return sorted(found, key=lambda o: int(o.records[0]))
 
 

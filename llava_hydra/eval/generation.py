@@ -46,7 +46,8 @@ def image_pixels(image, aspect: str, image_processor):
         return image
     if isinstance(image, Image.Image):
         return pipeline(image_processor)(to_rgb(image), aspect)
-    return load_image(image, aspect, image_processor)
+    # PIL's own size limit, as before: training's data.max_image_pixels would end a whole eval on one image
+    return load_image(image, aspect, image_processor, max_pixels=None)
 
 
 def encode(processor, prompts: list[str], images: list, aspect: str, device=None):
