@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -224,6 +225,9 @@ def main() -> None:
         cache = work / "mem-cache"
         if path_name:
             open_records(big, cache)  # built once, as the first rank does
+            # written back before measuring: smaps counts a mapped page of a file not yet written to
+            # disk as Private_Dirty in every process that reads it (it is the page cache's, not theirs)
+            os.sync()
         mem = epoch_memory((lambda: open_records(big, cache)[0]) if path_name else (lambda: load_records(big)[0]),
                            args.workers)
         rows.append({"what": f"{name}: {n} records, main process RSS growth (private / total)",
@@ -301,7 +305,8 @@ def tokenizer_floor(ds, tok) -> list[dict]:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: CPU time without spinning helpers
     try:
         c = cpu_seconds()
-        tok.backend_tokenizer.encode_batch_fast(pieces, add_special_tokens=True)
+        for lo in range(0, len(pieces), 4096):  # batches as the pass makes them (not 1M Encodings alive)
+            tok.backend_tokenizer.encode_batch_fast(pieces[lo:lo + 4096], add_special_tokens=True)
         used = cpu_seconds() - c
     finally:
         os.environ.pop("TOKENIZERS_PARALLELISM") if before is None else os.environ.update(
