@@ -6,9 +6,10 @@ answers all lie beyond it are known before training), whether it has an image, a
 each record that fails its checks. Texts are split at ``<image>`` exactly as training splits
 them (labels.tokenize) and the pieces go through the fast tokenizer's Rust backend in batches
 (``encode_batch_fast``, no character offsets); no per-token Python object is made. Only records
-longer than model_max_length are tokenized again with offsets, to find their first labelled token. With ``num_proc`` > 1 the records are
-split into contiguous ranges, each rendered and tokenized in a forked worker process (Linux;
-elsewhere it runs in one process), and the ranges' tables are joined in order.
+longer than model_max_length are tokenized again with offsets, to find their first labelled
+token. With ``num_proc`` > 1 the records are split into contiguous ranges, each rendered and
+tokenized in a forked worker process (Linux; elsewhere it runs in one process), and the
+ranges' tables are joined in order.
 
 The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
 tokenizer (its full serialization, specials and chat template), the template, the image
