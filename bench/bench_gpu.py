@@ -116,7 +116,7 @@ def build(name: str, attn: str, tiny: bool, device: torch.device, dtype: torch.d
 
     from llava_hydra.model.lora import apply_lora
     from llava_hydra.model.freezing import freeze_all_but, hook_input_grads_on_text_only
-    from llava_hydra.packing import prepare_model_for_packing
+    from llava_hydra.sampling.packing import prepare_model_for_packing
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -197,7 +197,7 @@ def make_steps(n_steps: int, batch: int, config, tiny: bool, max_len: int, seed:
 
 def collate(samples: Samples, layout: str, attn: str, max_len: int, seed: int) -> dict:
     from llava_hydra.data.dataset import DataCollator
-    from llava_hydra.packing import packed_training
+    from llava_hydra.sampling.packing import packed_training
 
     if layout == "padded":
         return DataCollator(PAD_ID)(list(samples))

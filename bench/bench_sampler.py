@@ -20,7 +20,7 @@ A step is ``--world-size`` ranks x one per-device batch (no gradient accumulatio
   measured; packing's steps hold a varying number): 1.0 is a random draw, LLaVA's objective;
 - mixed: per-device batches holding both modalities.
 
-Packing rows (``training.packing``): ``llava_hydra.packing_rows.packed_epoch``, what
+Packing rows (``training.packing``): ``llava_hydra.sampling.packing_rows.packed_epoch``, what
 ``PackedSampler`` yields: every step a random draw of samples packed into that step's
 --capacity-token rows, dealt to ranks by real tokens. A per-device batch is that many rows:
 about as many tokens as --batch-size samples, or one row. Pad waste, step efficiency and rank
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from llava_hydra.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
-from llava_hydra.sampler import LengthGroupedSampler
+from llava_hydra.sampling.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
+from llava_hydra.sampling.sampler import LengthGroupedSampler
 
 
 def mix665k_like(n_image: int = 625_000, n_text: int = 40_000, seed: int = 0) -> torch.Tensor:

@@ -39,13 +39,13 @@ def main() -> None:
     from hydra.core.global_hydra import GlobalHydra
     from transformers import Trainer, TrainerCallback, set_seed
 
-    from llava_hydra.config import register_configs
+    from llava_hydra.config.schema import register_configs
     from llava_hydra.data.dataset import DataCollator
     from llava_hydra.data.synthetic import prepare
     from llava_hydra.model import build_model
     from llava_hydra.data.spec import spec_dataset
-    from llava_hydra.runner import training_arguments
-    from llava_hydra.trainer import LLaVATrainer
+    from llava_hydra.commands.runner import training_arguments
+    from llava_hydra.train.trainer import LLaVATrainer
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_step_"))

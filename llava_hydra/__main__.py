@@ -2,7 +2,7 @@
 
 Only Hydra, the config schema and its check are imported here, so ``--cfg job``, ``--help``
 and config errors answer in about a second: the task function first validates the spec
-(llava_hydra.validate: bad choices, numbers, ``+training`` keys, missing local model paths,
+(llava_hydra.config.validate: bad choices, numbers, ``+training`` keys, missing local model paths,
 each by key name), then imports the runner (torch, transformers).
 
 Under a multi-process launcher (torchrun, ``deepspeed --module``) every rank composes the
@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from llava_hydra.config import register_configs
-from llava_hydra.distributed import is_main_process
-from llava_hydra.validate import SpecError, group_option_problems, validate
+from llava_hydra.config.schema import register_configs
+from llava_hydra.config.distributed import is_main_process
+from llava_hydra.config.validate import SpecError, group_option_problems, validate
 
 register_configs()
 
@@ -52,13 +52,13 @@ def quiet_non_zero_rank(argv: list[str]) -> list[str]:
 # The configs are the package llava_hydra.conf (conf/ at the repository top, shipped in the wheel).
 @hydra.main(version_base="1.3", config_path="pkg://llava_hydra.conf", config_name="config")
 def main(cfg: DictConfig):
-    try:  # every value a typo can break, before torch is imported (llava_hydra.validate)
+    try:  # every value a typo can break, before torch is imported (llava_hydra.config.validate)
         validate(cfg)
     except SpecError as e:  # the message names every bad key; a traceback would add nothing
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweep marks this job failed (summary.json) and runs the others
         raise SystemExit(f"error: {e}") from None
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     return run(cfg)
 
@@ -72,6 +72,6 @@ if __name__ == "__main__":
         main()
     finally:  # after every job of the app (a sweep's too): torch is loaded only if a run started
         if "torch" in sys.modules:
-            from llava_hydra.runner import end_process_group
+            from llava_hydra.config.distributed import end_process_group
 
             end_process_group()

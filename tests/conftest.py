@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from llava_hydra.config import check_resolves, register_configs
+from llava_hydra.config.schema import check_resolves, register_configs
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from local_parts import save_parts  # noqa: E402

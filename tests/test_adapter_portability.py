@@ -17,7 +17,7 @@ def lora_run(compose_spec, tmp_path, monkeypatch):
     """A tiny LoRA model saved as a run saves it, by a command started in <tmp>/project with the
     default relative paths (outputs/, outputs/.cache) and the builtin tiny parts."""
     from llava_hydra.model import build_model
-    from llava_hydra.run_spec import write_spec
+    from llava_hydra.config.run_spec import write_spec
 
     project = tmp_path / "project"
     project.mkdir()
@@ -45,7 +45,7 @@ def test_plain_peft_reads_the_base_of_a_saved_adapter(lora_run):
 
 
 def test_merge_from_another_directory_writes_only_the_merged_model(lora_run, tmp_path, monkeypatch):
-    from llava_hydra.merge import main
+    from llava_hydra.commands.merge import main
 
     project, run_dir = lora_run
     elsewhere = tmp_path / "elsewhere"

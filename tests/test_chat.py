@@ -14,7 +14,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from saved_models import saved_model  # noqa: E402
 
-from llava_hydra.chat import Chat, interact, main  # noqa: E402
+from llava_hydra.commands.chat import Chat, interact, main  # noqa: E402
 
 QUESTION = "What shape is in the picture?"
 
@@ -49,7 +49,7 @@ def test_one_shot_equals_plain_generate_on_a_saved_model(compose_spec, parts, tm
 
 
 def test_lora_run_chats_as_its_merged_model(compose_spec, parts, tmp_path, image_file, capsys):
-    from llava_hydra.merge import merge
+    from llava_hydra.commands.merge import merge
 
     run_dir = saved_model(compose_spec, parts, tmp_path / "lora_run", lora=True)
     merged = merge(run_dir, tmp_path / "merged")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava_hydra.runner import run
+from llava_hydra.commands.runner import run
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def test_stage1_saves_projector_only_and_stage2_loads_it(compose_spec, tmp_path,
 
 def test_missing_projector_names_the_command_that_makes_it(compose_spec, tmp_path, cache_dir):
     spec = compose_spec("stage=finetune", f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", *SMALL)
-    from llava_hydra.validate import SpecError
+    from llava_hydra.config.validate import SpecError
 
     with pytest.raises(SpecError) as e:  # refused by the spec's check, before anything loads
         run(spec)

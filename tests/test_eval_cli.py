@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from local_parts import save_parts  # noqa: E402
 from saved_models import saved_model  # noqa: E402
 
-from llava_hydra.eval.cli import run  # noqa: E402
+from llava_hydra.commands.eval_cli import run  # noqa: E402
 
 LLAVA_FIELDS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 SHORT = "Answer the question using a single word or phrase."
@@ -43,7 +43,7 @@ def jsonl(path: Path, rows) -> None:
 def setup(tmp_path_factory):
     from hydra import compose as _compose
 
-    from llava_hydra.config import register_configs
+    from llava_hydra.config.schema import register_configs
 
     root = tmp_path_factory.mktemp("eval")
     register_configs()

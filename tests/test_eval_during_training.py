@@ -19,7 +19,7 @@ SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data
 
 @pytest.mark.e2e
 def test_held_out_accuracy_logged_every_n_steps_and_best_checkpoint_kept(compose_spec, tmp_path):
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     parts = save_parts(tmp_path / "parts")
     run(compose_spec(*spec_overrides(parts, tmp_path / "cache"), f"paths.output_root={tmp_path}", "stage=finetune",
@@ -38,7 +38,7 @@ def test_held_out_accuracy_logged_every_n_steps_and_best_checkpoint_kept(compose
 
 
 def test_eval_steps_evaluate_during_training_and_track_the_best(compose_spec, tmp_path):
-    from llava_hydra.runner import training_arguments
+    from llava_hydra.commands.runner import training_arguments
 
     args = training_arguments(compose_spec("stage=finetune", "eval.steps=5", "eval.keep_best=true"))
     assert (args.eval_strategy, args.eval_steps, args.metric_for_best_model) == ("steps", 5, "eval_accuracy")

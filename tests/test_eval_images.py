@@ -81,7 +81,7 @@ def test_eval_pixels_of_a_large_jpeg_equal_trainings_exactly(big_jpeg, tmp_path,
 def test_chat_uses_trainings_pixels(big_jpeg, tmp_path):
     from transformers import LlavaProcessor
 
-    from llava_hydra.chat import Chat
+    from llava_hydra.commands.chat import Chat
     from llava_hydra.data.images import load_image
 
     clip = testing.clip_processor(56)
@@ -96,7 +96,7 @@ def model_dir(tmp_path_factory):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from llava_hydra.config import register_configs
+    from llava_hydra.config.schema import register_configs
 
     root = tmp_path_factory.mktemp("model")
     register_configs()
@@ -113,7 +113,7 @@ def test_the_eval_app_answers_a_multi_image_own_data_question_with_trainings_pix
     from hydra.core.global_hydra import GlobalHydra
     from transformers import AutoProcessor
 
-    from llava_hydra.eval.cli import run
+    from llava_hydra.commands.eval_cli import run
 
     Image.new("RGB", (40, 28), "red").save(big_jpeg / "imgs" / "red.png")
     data = held_out(tmp_path, ["big.jpg", "red.png"], "<image>\nCompare it with <image>: which is red?")

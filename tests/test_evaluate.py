@@ -9,7 +9,7 @@ import pytest
 import stand_ins as testing
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.labels import IGNORE_INDEX
-from llava_hydra.evaluate import normalize_answer, prompt_and_reference
+from llava_hydra.eval.heldout import normalize_answer, prompt_and_reference
 
 CONVERSATION = [{"from": "human", "value": "<image>\nWhat shape is in the picture?"},
                 {"from": "gpt", "value": "A red circle."}]

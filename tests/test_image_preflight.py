@@ -61,7 +61,7 @@ def test_only_folders_resolving_outside_are_found_from_the_store_or_a_list(user_
 def run_until_model(compose_spec, user_data, monkeypatch):
     """run(overrides) up to build_model (a stand-in that raises ModelBuilt); the tiny builtin parts
     are built under the test's cache."""
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     def fake_build_model(cfg):
         raise ModelBuilt

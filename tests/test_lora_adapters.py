@@ -17,7 +17,7 @@ from local_parts import IMAGE_SIZE, NUM_PATCHES, spec_overrides  # noqa: E402
 
 from llava_hydra.model.lora import lora_targets  # noqa: E402
 from llava_hydra.model import build_model  # noqa: E402
-from llava_hydra.param_groups import parameter_groups  # noqa: E402
+from llava_hydra.train.param_groups import parameter_groups  # noqa: E402
 
 LLM_LINEAR = [f"layers.{i}.{m}" for i in range(2) for m in
               ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -141,9 +141,9 @@ def test_lora_run_checkpoints_merge_into_a_model_that_generates(compose_spec, pa
     from safetensors.torch import load_file
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from llava_hydra.merge import merge
+    from llava_hydra.commands.merge import merge
     from llava_hydra.model.assemble import assemble
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     cache = tmp_path / "cache"
     run(compose_spec(*spec_overrides(parts, cache), f"paths.output_root={tmp_path}", "stage=finetune",

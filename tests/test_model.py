@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llava_hydra.model import build_model
-from llava_hydra.param_groups import parameter_groups
+from llava_hydra.train.param_groups import parameter_groups
 
 
 @pytest.fixture(scope="module")

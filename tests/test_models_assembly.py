@@ -211,7 +211,7 @@ def test_attention_auto_is_sdpa_without_flash_attn_or_gpu(caplog):
 
 @pytest.fixture(scope="module")
 def siglip(tmp_path_factory):
-    from llava_hydra.tiny import build_siglip
+    from llava_hydra.data.tiny import build_siglip
 
     path = tmp_path_factory.mktemp("siglip")
     build_siglip(path)  # 32 px, patch 8: 16 patch tokens, no CLS
@@ -253,7 +253,7 @@ def test_siglip_has_no_cls_to_keep(spec, siglip):
 def test_siglip_tower_trains_end_to_end(compose_spec, tmp_path):
     import json
 
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     run(compose_spec("model.vision_tower=builtin://tiny-siglip", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
                      f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",

@@ -17,7 +17,7 @@ import stand_ins as testing
 from llava_hydra.data.dataset import DataCollator, LazySupervisedDataset
 from llava_hydra.data.records import BadSampleError
 from stand_ins import turns
-from llava_hydra.packing import PackedCollator, pack_samples
+from llava_hydra.sampling.packing import PackedCollator, pack_samples
 
 N_IMG = 4
 I = "<image>"
@@ -206,7 +206,7 @@ def test_tiny_model_trains_on_multi_image_batches(compose_spec, cache, tmp_path)
 
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 def test_a_run_on_multi_image_records(compose_spec, cache, tmp_path, packing):
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     path, folder = write_data(tmp_path)
     run(compose_spec(f"paths.output_root={tmp_path / 'out'}", f"paths.cache_dir={cache}", "stage=finetune",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from llava_hydra.config import CHOICES
+from llava_hydra.config.schema import CHOICES
 from llava_hydra.model.llava import OWN_LR, PARTS, trainable_modules
 from llava_hydra.model.lora import whole_modules
-from llava_hydra.param_groups import parameter_groups, part_by_param
+from llava_hydra.train.param_groups import parameter_groups, part_by_param
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,9 @@ def refusal(fn) -> str:
 
 
 def test_length_grouping_is_refused_by_the_same_line_everywhere(compose_spec, tmp_path):
-    from llava_hydra.sampler import LengthGroupedSampler
-    from llava_hydra.trainer import LlavaTrainingArguments
-    from llava_hydra.validate import validate
+    from llava_hydra.sampling.sampler import LengthGroupedSampler
+    from llava_hydra.train.trainer import LlavaTrainingArguments
+    from llava_hydra.config.validate import validate
 
     line = ("training.length_grouping='balanced': not one of random_steps, llava, sorted_steps "
             "('balanced' is now called 'sorted_steps'; it changes what each step averages)")
@@ -70,7 +70,7 @@ def test_length_grouping_is_refused_by_the_same_line_everywhere(compose_spec, tm
 def test_select_feature_is_refused_by_the_same_line_everywhere(compose_spec):
     from llava_hydra.data.image_tokens import select_strategy
     from llava_hydra.model import build_model
-    from llava_hydra.validate import validate
+    from llava_hydra.config.validate import validate
 
     line = "model.mm_vision_select_feature='cls': not one of patch, cls_patch (did you mean 'cls_patch'?)"
     spec = compose_spec("model.mm_vision_select_feature=cls")
@@ -84,8 +84,8 @@ def test_select_feature_is_refused_by_the_same_line_everywhere(compose_spec):
                                            (1.5, "training.packing_fill=1.5: must be in (0, 1]"),
                                            (-0.2, "training.packing_fill=-0.2: must be in (0, 1]")])
 def test_a_packing_fill_outside_0_1_is_named_by_key(compose_spec, fill, problem):
-    from llava_hydra.packing_rows import pack_rows
-    from llava_hydra.validate import SpecError, validate
+    from llava_hydra.sampling.packing_rows import pack_rows
+    from llava_hydra.config.validate import SpecError, validate
 
     with pytest.raises(SpecError) as e:
         validate(compose_spec(f"training.packing_fill={fill}"), local_paths=False)
@@ -94,7 +94,7 @@ def test_a_packing_fill_outside_0_1_is_named_by_key(compose_spec, fill, problem)
 
 
 def test_a_fill_of_one_is_allowed():
-    from llava_hydra.validate import in_range
+    from llava_hydra.config.validate import in_range
 
     assert [in_range(v, "(0, 1]") for v in (0, 1e-9, 0.86, 1, 1.01)] == [False, True, True, True, False]
     assert [in_range(v, "[0, 1)") for v in (0, 1)] == [True, False]

@@ -16,7 +16,7 @@ COMPOSE_ALL = r"""
 import sys, pathlib, llava_hydra
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from llava_hydra.config import check_resolves, register_configs
+from llava_hydra.config.schema import check_resolves, register_configs
 assert llava_hydra.__file__.startswith(sys.argv[1]), llava_hydra.__file__
 register_configs()
 conf = pathlib.Path(llava_hydra.__file__).parent / "conf"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from llava_hydra.data.dataset import DataCollator, LazySupervisedDataset
-from llava_hydra.packing import (IGNORE_INDEX, PackedCollator, PackedDataset, PackedSampler, block_causal_mask,
+from llava_hydra.sampling.packing import (IGNORE_INDEX, PackedCollator, PackedDataset, PackedSampler, block_causal_mask,
                                  pack_lengths, pack_samples, padding_stats)
-from llava_hydra.sampler import LengthGroupedSampler
+from llava_hydra.sampling.sampler import LengthGroupedSampler
 
 # -- bins (no model) ------------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ def tiny(tmp_path_factory):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from llava_hydra.config import register_configs
+    from llava_hydra.config.schema import register_configs
     from llava_hydra.data.synthetic import prepare
     from llava_hydra.model import build_model
 
@@ -217,8 +217,8 @@ def test_llava_trainer_trains_on_packed_rows_with_the_grouped_sampler(tiny, tmp_
     """The wiring the runner uses: PackedDataset + PackedCollator into LLaVATrainer (default
     remove_unused_columns, which drops the batch's use_cache), rows drawn by its PackedSampler;
     the batches as the model gets them keep the samples apart."""
-    from llava_hydra.packing import packed_training, prepare_model_for_packing
-    from llava_hydra.trainer import LlavaTrainingArguments, LLaVATrainer
+    from llava_hydra.sampling.packing import packed_training, prepare_model_for_packing
+    from llava_hydra.train.trainer import LlavaTrainingArguments, LLaVATrainer
 
     _, model, tokenizer, dataset = tiny
     start = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava_hydra.packing_rows import bin_lengths, pack_lengths, pack_rows, packed_epoch, step_counts
+from llava_hydra.sampling.packing_rows import bin_lengths, pack_lengths, pack_rows, packed_epoch, step_counts
 
 
 def skewed(n=30_000, seed=21):

@@ -105,7 +105,7 @@ def test_bf16_run_trains_fp32_weights_under_the_trainers_autocast(compose_spec, 
     parameters are fp32 and frozen parts bf16, and the evaluation runs under the same autocast."""
     import json
 
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     run(compose_spec("stage=finetune", "stage.pretrain_mm_mlp_adapter=null", "training.bf16=true", "training.use_cpu=true", f"lora={lora}",
                      "lora.r=4", "lora.alpha=8", f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}",

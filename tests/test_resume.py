@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava_hydra.checkpoints import (MANIFEST, RUN_RECORD, CheckpointError, RunDirError, claim_run_dir,
+from llava_hydra.train.checkpoints import (MANIFEST, RUN_RECORD, CheckpointError, RunDirError, claim_run_dir,
                                      find_resume_checkpoint, lock_run_dir, write_checkpoint_record)
 
 HELPER = Path(__file__).parent / "helpers" / "run_and_die.py"
@@ -185,7 +185,7 @@ def test_resuming_under_another_spec_is_refused_naming_the_keys(tmp_path, caplog
 
 
 def test_a_second_run_is_refused_while_the_first_holds_the_directory(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom llava_hydra.checkpoints import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom llava_hydra.train.checkpoints import "
                                "lock_run_dir\nlock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -200,7 +200,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_directory(tmp_path):
 
 
 def test_zero_epochs_is_refused_before_anything_loads(compose_spec, tmp_path):
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     spec = compose_spec(f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
                         "training.num_train_epochs=0")

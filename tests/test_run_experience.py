@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llava_hydra.progress import plot_loss, smoothed, step_line
+from llava_hydra.train.progress import plot_loss, smoothed, step_line
 
 SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
          "training.per_device_train_batch_size=4"]
@@ -116,7 +116,7 @@ def test_own_data_with_readmes_overrides_exits_0(tmp_path):
 
 def test_every_trained_part_finds_its_optimizer_group(compose_spec, tmp_path):
     from llava_hydra.model import build_model
-    from llava_hydra.param_groups import parameter_groups, part_groups
+    from llava_hydra.train.param_groups import parameter_groups, part_groups
 
     model, _, _ = build_model(compose_spec(f"paths.cache_dir={tmp_path}", "stage=finetune",
                                            "stage.pretrain_mm_mlp_adapter=null",

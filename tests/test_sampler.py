@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from llava_hydra.sampler import (
+from llava_hydra.sampling.sampler import (
     LengthGroupedSampler,
     get_length_grouped_indices,
     get_modality_length_grouped_indices,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llava_hydra.sweep import SweepSummary, print_summary
+from llava_hydra.commands.sweep import SweepSummary, print_summary
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

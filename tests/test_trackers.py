@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from llava_hydra.config import check_trackers
+from llava_hydra.config.schema import check_trackers
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_tracker_without_our_extra_names_the_pip_package(without):
 
 def test_run_stops_before_building_the_model(compose_spec, tmp_path, without, monkeypatch):
     import llava_hydra.model
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     monkeypatch.setattr(llava_hydra.model, "build_model", lambda cfg: pytest.fail("the model was built"))
     without("wandb")
@@ -166,8 +166,8 @@ def test_sweep_jobs_reach_wandb_and_tensorboard_with_spec_rates_and_metrics(tmp_
 
 
 def test_run_name_learning_rates_and_swept_keys(compose_spec):
-    from llava_hydra.sweep import swept_keys
-    from llava_hydra.tracking import learning_rates, run_name
+    from llava_hydra.commands.sweep import swept_keys
+    from llava_hydra.commands.tracking import learning_rates, run_name
 
     cfg = compose_spec("stage=finetune", "training.mm_projector_lr=2e-5")
     assert run_name(cfg) == "tiny/finetune"
@@ -183,7 +183,7 @@ def test_run_name_learning_rates_and_swept_keys(compose_spec):
 def test_workers_of_a_sweep_job_keep_its_tracker_group(monkeypatch):
     """launcher.nproc_per_node workers run outside Hydra: the job hands them its group by
     environment (and its run name in their spec), so a sweep's runs stay grouped."""
-    from llava_hydra.tracking import GROUP_ENV, sweep_job
+    from llava_hydra.commands.tracking import GROUP_ENV, sweep_job
 
     monkeypatch.delenv(GROUP_ENV, raising=False)
     assert sweep_job() == (None, [])

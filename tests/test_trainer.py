@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llava_hydra.trainer import LlavaTrainingArguments
+from llava_hydra.train.trainer import LlavaTrainingArguments
 
 ZERO2_WITH_OPTIMIZER = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
                         "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}
@@ -34,7 +34,7 @@ def test_best_checkpoint_is_the_renamed_directory_and_survives_rotation(compose_
     import json
 
     from llava_hydra.model import build_model
-    from llava_hydra.trainer import LLaVATrainer
+    from llava_hydra.train.trainer import LLaVATrainer
 
     model, _, _ = build_model(compose_spec(f"paths.cache_dir={tmp_path / 'cache'}"))
     run_dir = tmp_path / "run"

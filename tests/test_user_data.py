@@ -37,7 +37,7 @@ def user_data(tmp_path):
 
 
 def test_run_and_check_only_read_the_users_data(compose_spec, tmp_path, user_data, capsys):
-    from llava_hydra.runner import run
+    from llava_hydra.commands.runner import run
 
     before = snapshot(user_data)
     cache = tmp_path / "cache"

@@ -1,4 +1,4 @@
-"""The spec's pre-flight (llava_hydra.validate): a typo in a choice, a bad number, an unknown
+"""The spec's pre-flight (llava_hydra.config.validate): a typo in a choice, a bad number, an unknown
 ``+training`` key or a missing local model path is refused by key name, with the valid values and
 a "did you mean", in well under 2 s and without importing torch; every shipped spec passes.
 Also ``--help``: this project's page, listing the groups a user types and five working examples."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_hydra.validate import SpecError, did_you_mean, group_option_problems, validate
+from llava_hydra.config.validate import SpecError, did_you_mean, group_option_problems, validate
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -64,8 +64,8 @@ PROBE = r"""
 import json, sys, time
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from llava_hydra.config import register_configs
-from llava_hydra.validate import SpecError, validate
+from llava_hydra.config.schema import register_configs
+from llava_hydra.config.validate import SpecError, validate
 register_configs()
 out = {}
 for case in json.loads(sys.argv[1]):
@@ -162,11 +162,11 @@ def test_every_shipped_option_passes(compose_spec, group):
 
 
 def test_choices_equal_the_tables_the_code_branches_on():
-    from llava_hydra import sampler
+    from llava_hydra.sampling import sampler
     from llava_hydra.data.image_tokens import SELECT_FEATURES
     from llava_hydra.model.llava import PROJECTOR_ACT
     from llava_hydra.model.precision import DTYPES
-    from llava_hydra.config import CHOICES, TEMPLATES
+    from llava_hydra.config.schema import CHOICES, TEMPLATES
     from llava_hydra.data import conversation
 
     assert set(TEMPLATES) == set(conversation.TEMPLATES)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-from llava_hydra import runner, worker
+from llava_hydra.commands import runner, worker
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llava_hydra.data.cli import compose_spec, make_dataset
     from llava_hydra.data.records import BadSampleError
-    from llava_hydra.validate import SpecError
+    from llava_hydra.config.validate import SpecError
 
     from llava_hydra.data.synthetic import eval_data_path
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 def compose_spec(overrides: list[str]):
     """The spec of these overrides, its choices, numbers and keys checked as a run checks them
-    (``llava_hydra.validate``; not local paths: stage 1's projector need not exist yet)."""
+    (``llava_hydra.config.validate``; not local paths: stage 1's projector need not exist yet)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from llava_hydra.config import register_configs
-    from llava_hydra.validate import validate
+    from llava_hydra.config.schema import register_configs
+    from llava_hydra.config.validate import validate
 
     register_configs()
     GlobalHydra.instance().clear()

@@ -9,8 +9,8 @@ LLaVA's ``mm_vision_select_feature`` (``patch`` | ``cls_patch``) maps to transfo
 
 from __future__ import annotations
 
-from llava_hydra.config import CHOICES
-from llava_hydra.validate import check_choice
+from llava_hydra.config.schema import CHOICES
+from llava_hydra.config.validate import check_choice
 
 SELECT_FEATURES = CHOICES["model.mm_vision_select_feature"]  # patch, cls_patch
 

@@ -12,7 +12,7 @@ def image_tokens_per_image(cfg) -> int:
     from transformers import AutoConfig
 
     from llava_hydra.data.image_tokens import has_cls_token, image_token_count, select_strategy
-    from llava_hydra.tiny import pretrained_path
+    from llava_hydra.data.tiny import pretrained_path
 
     m = cfg.model
     if m.pretrained_llava:
@@ -27,7 +27,7 @@ def data_parts(cfg, image_processor: bool = True):
     synthetic data is generated first when the spec reads it."""
     from llava_hydra.data.synthetic import prepare
     from llava_hydra.data.tokenizer import load_tokenizer
-    from llava_hydra.tiny import pretrained_path
+    from llava_hydra.data.tiny import pretrained_path
 
     prepare(cfg)  # only under paths.cache_dir, and only when the spec reads the synthetic data
     m = cfg.model

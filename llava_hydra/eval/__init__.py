@@ -1,10 +1,10 @@
-"""After training: load a model for inference, ask it questions in batches, score the answers.
+"""The eval layer: a trained (or training) model answers questions, and the answers are scored.
 
-``loading`` (run dir / LoRA run / merged / HF-native folder -> model + processor),
-``generation`` (prompts through the saved chat template, batched greedy answers),
-``sharding`` (the one generation loop: questions sharded over ranks, batched, gathered; also
-used by ``llava_hydra.evaluate``),
-``benchmarks`` (LLaVA's question formats and prompt suffixes, answers JSONL),
-``scorers`` (LLaVA's scoring scripts), ``submission`` (server files), ``owndata`` (held-out
-training-format file), ``cli`` (``python -m llava_hydra.eval``).
+``heldout`` (exact match on held-out conversations, during and after training), ``sharding`` (the
+one generation loop: questions sharded over ranks, batched, gathered), ``generation`` (prompts
+through the saved chat template, batched greedy answers), ``loading`` (run dir / LoRA run /
+merged / HF-native folder -> model + processor), ``benchmarks`` (LLaVA's question formats and
+prompt suffixes, answers JSONL), ``scorers`` and ``vqa_normalize`` (LLaVA's scoring scripts),
+``submission`` (server files), ``owndata`` (a held-out training-format file). Imports from
+``config``, ``data`` and ``model``; ``python -m llava_hydra.eval`` is ``commands.eval_cli``.
 """

@@ -7,7 +7,7 @@ loses at most one batch), and at the end the file is rewritten in question-file 
 LLaVA's POPE scorer relies on). Greedy decoding, batches left padded.
 
 Under several processes (``torchrun``: the process group eval/sharding.py starts) the questions
-are sharded by the generation loop evaluate.py uses too (``llava_hydra.eval.sharding``); rank r
+are sharded by the generation loop heldout.py uses too (``llava_hydra.eval.sharding``); rank r
 appends its answers to ``answers.rank<r>.jsonl`` and rank 0 merges them once all are gathered.
 Answers in any ``answers.rank*.jsonl`` left by a killed run count as written, whatever its number
 of processes.

@@ -23,7 +23,7 @@ def _spec_aspect(path: Path) -> str | None:
     """data.image_aspect_ratio of the run that wrote ``path``: its spec, else Hydra's record of it."""
     from omegaconf import OmegaConf
 
-    from llava_hydra.run_spec import find_spec
+    from llava_hydra.config.run_spec import find_spec
 
     try:
         candidates = [find_spec(path)]
@@ -44,7 +44,7 @@ def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
     from llava_hydra.model.assemble import build_base, set_special_token_ids
     from llava_hydra.model.precision import DTYPES, pick_attention, pick_dtype
     from llava_hydra.model.projector import load_projector
-    from llava_hydra.run_spec import find_spec
+    from llava_hydra.config.run_spec import find_spec
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():

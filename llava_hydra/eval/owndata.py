@@ -12,7 +12,7 @@ import re
 import string
 from collections import Counter
 
-from llava_hydra.evaluate import normalize_answer
+from llava_hydra.eval.heldout import normalize_answer
 
 
 def tokens(text: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The one generation loop: questions sharded over ranks, answered in batches, gathered.
 
-Used by ``llava_hydra.evaluate`` (held-out exact match during and after training) and
+Used by ``llava_hydra.eval.heldout`` (held-out exact match during and after training) and
 ``llava_hydra.eval.answers`` (benchmark answers files). Rank r of W answers items r, r + W,
 r + 2W, ... in batches of ``batch_size``; every rank makes the same number of ``answer_batch``
 calls (a short shard is padded with its last item, whose answer is dropped): under ZeRO-3 every
@@ -8,7 +8,7 @@ forward pass is a collective of all ranks. The answers are then gathered, so eve
 all of them in item order, as one process would.
 
 Rank and world size are torch.distributed's (the process group a training run or the eval app
-started: ``llava_hydra.distributed.start_process_group``); without a process group one process answers everything.
+started: ``llava_hydra.config.distributed.start_process_group``); without a process group one process answers everything.
 """
 
 from __future__ import annotations

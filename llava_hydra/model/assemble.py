@@ -21,7 +21,7 @@ from llava_hydra.data.tokenizer import finish_tokenizer, load_tokenizer
 from llava_hydra.model.llava import PROJECTOR_ACT, projector_type
 from llava_hydra.model.projector import init_projector
 from llava_hydra.model.zero3 import full_shape, gathered, partitioned_init, zero3_init_paused
-from llava_hydra.tiny import pretrained_path
+from llava_hydra.data.tiny import pretrained_path
 
 log = logging.getLogger(__name__)
 

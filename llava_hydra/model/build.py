@@ -13,7 +13,7 @@ from llava_hydra.model.lora import apply_lora, lora_base_name
 from llava_hydra.model.precision import fp32_masters, hold_trainable_in_fp32, part_dtypes, pick_attention, pick_dtype
 from llava_hydra.model.projector import load_projector
 from llava_hydra.model.zero3 import full_numel, zero3_enabled
-from llava_hydra.validate import check_choice
+from llava_hydra.config.validate import check_choice
 
 log = logging.getLogger(__name__)
 

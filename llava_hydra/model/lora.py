@@ -25,7 +25,7 @@ statistics in fp32 itself, and LayerNorm runs in fp32 under autocast.
 The adapter's ``base_model_name_or_path`` is the base it was trained on, as plain peft reads it:
 ``model.pretrained_llava``, or for an assembled base the LLM (LLaVA's convention for its LoRA
 checkpoints); the exact base (LLM + vision tower + projector) is rebuilt by the merge command
-from the run spec written beside the adapter (``llava_hydra.run_spec``).
+from the run spec written beside the adapter (``llava_hydra.config.run_spec``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 
 from llava_hydra.model.freezing import freeze_fixed_parts
 from llava_hydra.model.llava import PARTS, find_llava_model
-from llava_hydra.tiny import pretrained_path
+from llava_hydra.data.tiny import pretrained_path
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ def save_parts(root: Path) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
     from transformers.models.clip import CLIPImageProcessorPil
 
-    from llava_hydra.tiny import build_tokenizer
+    from llava_hydra.data.tiny import build_tokenizer
 
     llm, clip = root / "llama", root / "clip"
     build_tokenizer(llm)

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from llava_hydra.packing import PackedDataset
+from llava_hydra.sampling.packing import PackedDataset
 
 
 class Samples(torch.utils.data.Dataset):

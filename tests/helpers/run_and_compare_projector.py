@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
 
-from llava_hydra.config import register_configs
-from llava_hydra.runner import run
-from llava_hydra.trainer import LLaVATrainer, gathered_projector_state
+from llava_hydra.config.schema import register_configs
+from llava_hydra.commands.runner import run
+from llava_hydra.train.trainer import LLaVATrainer, gathered_projector_state
 
 original = LLaVATrainer.save_model
 

@@ -9,9 +9,9 @@ import sys
 
 from hydra import compose, initialize_config_module
 
-from llava_hydra.config import register_configs
-from llava_hydra.runner import run
-from llava_hydra.trainer import LLaVATrainer
+from llava_hydra.config.schema import register_configs
+from llava_hydra.commands.runner import run
+from llava_hydra.train.trainer import LLaVATrainer
 
 kill_at = int(os.environ.get("KILL_AT_STEP", "0"))
 if kill_at:

@@ -11,7 +11,7 @@ from local_parts import spec_overrides
 
 def saved_model(compose_spec, parts, out: Path, lora: bool = False) -> Path:
     """Weights of the projector (and LoRA B) perturbed so generation is not degenerate."""
-    from llava_hydra.run_spec import write_spec
+    from llava_hydra.config.run_spec import write_spec
     from llava_hydra.model import build_model, make_processor
 
     cfg = compose_spec(*spec_overrides(parts, out / "cache"), "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",

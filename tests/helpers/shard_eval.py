@@ -18,11 +18,12 @@ def main(cache: str, eval_path: str, out_dir: str) -> None:
 
     from llava_hydra.data.cli import compose_spec
     from llava_hydra.data.synthetic import prepare
-    from llava_hydra.evaluate import exact_match
+    from llava_hydra.eval.heldout import exact_match
     from llava_hydra.model import build_model
     from llava_hydra.data.spec import spec_dataset
-    from llava_hydra.runner import end_process_group, length_pass_once, training_arguments
-    from llava_hydra.tiny import pretrained_path
+    from llava_hydra.commands.runner import length_pass_once, training_arguments
+    from llava_hydra.config.distributed import end_process_group
+    from llava_hydra.data.tiny import pretrained_path
 
     messages = []
     handler = logging.Handler()

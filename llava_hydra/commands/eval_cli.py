@@ -64,7 +64,7 @@ def run(cfg) -> dict | None:
     from llava_hydra.eval.benchmarks import load_items
     from llava_hydra.eval.generation import generation_kwargs
     from llava_hydra.eval.loading import load_for_inference
-    from llava_hydra.distributed import start_process_group
+    from llava_hydra.config.distributed import start_process_group
 
     bench = cfg.benchmark
     out_dir = Path(cfg.output_dir)
@@ -109,6 +109,6 @@ def main() -> None:
         _main()
     finally:  # under torchrun: leave the process group the answers were gathered in
         if "torch" in sys.modules:
-            from llava_hydra.runner import end_process_group
+            from llava_hydra.config.distributed import end_process_group
 
             end_process_group()

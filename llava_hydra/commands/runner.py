@@ -14,17 +14,17 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from llava_hydra.distributed import is_main_process, start_process_group, under_launcher
+from llava_hydra.config.distributed import is_main_process, start_process_group, under_launcher
 
 log = logging.getLogger("llava_hydra")
 
 
 def training_arguments(cfg: DictConfig):
-    from llava_hydra.trainer import LlavaTrainingArguments
+    from llava_hydra.train.trainer import LlavaTrainingArguments
 
     kwargs = OmegaConf.to_container(cfg.training, resolve=True)
     for key in ("resume_from_checkpoint", "overwrite_output_dir", "resume_allow_spec_change"):
-        kwargs.pop(key)  # run-directory choices (llava_hydra.checkpoints), not the Trainer's
+        kwargs.pop(key)  # run-directory choices (llava_hydra.train.checkpoints), not the Trainer's
     for key in ("packing", "packing_fill"):
         kwargs.pop(key)  # shape the dataset and collator, not the Trainer
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio; validate
@@ -41,7 +41,7 @@ def training_arguments(cfg: DictConfig):
     # pinned memory only helps a GPU (on CPU torch warns, every run); the tokens seen give tokens/s
     kwargs.setdefault("dataloader_pin_memory", accelerator_present())
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
-    from llava_hydra.tracking import run_name
+    from llava_hydra.commands.tracking import run_name
 
     kwargs["run_name"] = run_name(cfg)
     if cfg.deepspeed is not None:
@@ -83,18 +83,6 @@ def cpu_process_group(deepspeed: bool) -> bool:
     return not torch.cuda.is_available() and start_process_group(deepspeed=deepspeed) is not None
 
 
-def end_process_group() -> None:
-    """Leave the process group before the interpreter exits: a gloo rank whose group is still
-    alive then can abort ("terminate called without an active exception"), and torchrun reports
-    a finished run as failed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-
-
 def length_pass_once(samples, args) -> None:
     """The dataset's cached length pass, computed once: rank 0 computes it and writes the cache
     inside ``main_process_first`` while the other ranks wait, then they read it."""
@@ -103,21 +91,21 @@ def length_pass_once(samples, args) -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    from llava_hydra.validate import validate
+    from llava_hydra.config.validate import validate
 
     validate(cfg)  # choices, numbers, keys, local paths, trackers: before torch, data or weights
     from transformers import set_seed
 
     from llava_hydra.data.synthetic import eval_data_path, prepare as prepare_synthetic, synthetic_root
     from llava_hydra.model import build_model, make_processor
-    from llava_hydra.tiny import pretrained_path
+    from llava_hydra.data.tiny import pretrained_path
     from llava_hydra.data.spec import spec_dataset
-    from llava_hydra.checkpoints import claim_run_dir
-    from llava_hydra.trainer import LLaVATrainer
+    from llava_hydra.train.checkpoints import claim_run_dir
+    from llava_hydra.train.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
-    from llava_hydra.progress import final_loss, plot_loss
-    from llava_hydra.sweep import in_multirun
-    from llava_hydra.tracking import Trackers
+    from llava_hydra.train.progress import final_loss, plot_loss
+    from llava_hydra.commands.sweep import in_multirun
+    from llava_hydra.commands.tracking import Trackers
     from llava_hydra.data.store import has_image
     from llava_hydra.data.preflight import preflight as preflight_images
 
@@ -125,7 +113,7 @@ def run(cfg: DictConfig) -> float | None:
     if in_multirun():  # every job of a sweep trains in its own job directory
         cfg.training.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.training.output_dir)
-    from llava_hydra.launch import adopt_slurm_ranks, resume_request, spawn
+    from llava_hydra.commands.launch import adopt_slurm_ranks, resume_request, spawn
 
     adopt_slurm_ranks()
     if cfg.launcher.nproc_per_node > 1 and not under_launcher():  # start the workers, then wait
@@ -135,7 +123,7 @@ def run(cfg: DictConfig) -> float | None:
 
     # 1. (The spec's values were checked above.) Claim the run directory: locked,
     #    refused if another run's checkpoints are there, the checkpoint to resume chosen and
-    #    checked against this spec (llava_hydra.checkpoints), all before any weights load.
+    #    checked against this spec (llava_hydra.train.checkpoints), all before any weights load.
     args = training_arguments(cfg)
     set_seed(args.seed)
     spec = OmegaConf.to_container(cfg, resolve=True)
@@ -158,7 +146,7 @@ def run(cfg: DictConfig) -> float | None:
     #    together: under ZeRO-3 loading is a collective).
     model, tokenizer, image_processor = build_model(cfg)
     if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
-        from llava_hydra.run_spec import write_spec
+        from llava_hydra.config.run_spec import write_spec
 
         write_spec(cfg, out_dir)
 
@@ -173,7 +161,7 @@ def run(cfg: DictConfig) -> float | None:
              cfg.data.template, cfg.data.image_aspect_ratio)
     train_set, collator = samples, DataCollator(tokenizer.pad_token_id)
     if cfg.training.packing:
-        from llava_hydra.packing import packed_training, prepare_model_for_packing
+        from llava_hydra.sampling.packing import packed_training, prepare_model_for_packing
 
         train_set, collator = packed_training(samples, tokenizer.pad_token_id, cfg.model.model_max_length,
                                               model.config.text_config._attn_implementation, seed=args.seed,
@@ -193,7 +181,7 @@ def run(cfg: DictConfig) -> float | None:
             raise ValueError("eval.steps needs held-out questions of the training data: set data.eval_data_path")
         from functools import partial
 
-        from llava_hydra.evaluate import exact_match
+        from llava_hydra.eval.heldout import exact_match
 
         held_out = {"eval_dataset": eval_set, "held_out_eval": partial(
             exact_match, dataset=eval_set, max_new_tokens=cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples)}
@@ -222,7 +210,7 @@ def run(cfg: DictConfig) -> float | None:
                "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
     #    Sharded across ranks; under bf16/fp16 in the Trainer's autocast (trainable parts are fp32).
     if cfg.eval.enable and eval_set is not None:
-        from llava_hydra.evaluate import exact_match
+        from llava_hydra.eval.heldout import exact_match
 
         with trainer.accelerator.autocast():
             metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))

@@ -39,8 +39,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
-from llava_hydra.config import CHOICES
-from llava_hydra.validate import check_choice
+from llava_hydra.config.schema import CHOICES
+from llava_hydra.config.validate import check_choice
 
 MODES = CHOICES["training.length_grouping"]  # random_steps, llava, sorted_steps; validate refuses others
 

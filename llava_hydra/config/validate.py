@@ -1,6 +1,6 @@
 """The run spec's pre-flight: every value a typo can break, checked before anything heavy is imported.
 
-Hydra's schema (llava_hydra.config) already refuses an unknown key or a wrong type while it
+Hydra's schema (llava_hydra.config.schema) already refuses an unknown key or a wrong type while it
 composes. This step checks what a type cannot say, in about a tenth of a second and without
 torch or transformers: every interpolation resolves; string choices are among the values the
 code branches on (``config.CHOICES``, and transformers' own names for ``lr_scheduler_type``,
@@ -27,7 +27,7 @@ from dataclasses import fields
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llava_hydra.config import (CHOICES, LOCAL_PATH_KEYS, RANGES, TrainingConfig, check_resolves,
+from llava_hydra.config.schema import (CHOICES, LOCAL_PATH_KEYS, RANGES, TrainingConfig, check_resolves,
                                 check_trackers)
 
 
@@ -91,7 +91,7 @@ def check_choice(key: str, value) -> None:
 
 
 def choice_problems(cfg: DictConfig) -> list[str]:
-    from llava_hydra.hf_source import training_choices
+    from llava_hydra.config.hf_source import training_choices
 
     out = []
     for key, valid in {**CHOICES, **training_choices()}.items():
@@ -149,7 +149,7 @@ def number_problems(cfg: DictConfig) -> list[str]:
 
 def training_key_problems(cfg: DictConfig) -> list[str]:
     """``+training.<key>`` keys (not in the schema) must be TrainingArguments fields."""
-    from llava_hydra.hf_source import training_argument_fields
+    from llava_hydra.config.hf_source import training_argument_fields
 
     ours = {f.name for f in fields(TrainingConfig)}
     extra = [k for k in cfg.training.keys() if k not in ours]

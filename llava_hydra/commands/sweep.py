@@ -8,7 +8,7 @@ right whether jobs run in this process (the basic launcher) or elsewhere (submit
 failed job is a row marked ``failed``, not a hole: Hydra only raises after every job ran.
 
 At the start of a multirun it notes the swept keys for the jobs' tracker run names
-(``llava_hydra.tracking``); at the end rank 0 prints the table and where it is (also when a job
+(``llava_hydra.commands.tracking``); at the end rank 0 prints the table and where it is (also when a job
 failed, where Hydra raises before its end-of-multirun callback).
 """
 
@@ -26,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from llava_hydra.distributed import is_main_process
+from llava_hydra.config.distributed import is_main_process
 
 ROW_FILE = "job_summary.json"
 SWEEP_KEYS_ENV = "LLAVA_HYDRA_SWEEP_KEYS"  # the swept keys, for the jobs' tracker run names

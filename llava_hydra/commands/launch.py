@@ -1,11 +1,11 @@
 """One command, several processes: ``launcher.nproc_per_node=N`` composes the spec once (in
 the Hydra job), writes it resolved to ``<run dir>/launch_spec.yaml`` and starts N workers
-with torchrun; each worker (llava_hydra.worker) reads that file and runs it. Nothing is
+with torchrun; each worker (llava_hydra.commands.worker) reads that file and runs it. Nothing is
 composed twice, so ``${now:}`` and every other interpolation mean the same on every rank.
 Also what a job started by a cluster launcher adopts: SLURM ranks, and resuming after a requeue.
 
     python -m llava_hydra stage=finetune model=vicuna13b launcher.nproc_per_node=8
-    python -m llava_hydra.worker <run dir>/launch_spec.yaml      # what each worker runs
+    python -m llava_hydra.commands.worker <run dir>/launch_spec.yaml      # what each worker runs
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def spawn(cfg: DictConfig, output_dir: str) -> float | None:
     spec = OmegaConf.to_container(cfg, resolve=True)
     spec["training"]["output_dir"] = output_dir
     spec["launcher"]["nproc_per_node"] = 1  # the workers run, they do not launch again
-    from llava_hydra.tracking import GROUP_ENV, run_name, sweep_job
+    from llava_hydra.commands.tracking import GROUP_ENV, run_name, sweep_job
 
     env = dict(os.environ)
     group, _ = sweep_job()
@@ -60,7 +60,7 @@ def spawn(cfg: DictConfig, output_dir: str) -> float | None:
 
     n, port = cfg.launcher.nproc_per_node, cfg.launcher.master_port or get_free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
-           "-m", "llava_hydra.worker", str(spec_file)]
+           "-m", "llava_hydra.commands.worker", str(spec_file)]
     log.info("launching %d workers: %s", n, " ".join(cmd))
     done = subprocess.run(cmd, env=env)
     if done.returncode != 0:

@@ -1,7 +1,7 @@
 """Names transformers accepts, read from its installed source without importing it.
 
 ``import transformers`` takes seconds and its Trainer pulls in torch, so the spec's check
-(llava_hydra.validate) reads what it needs from the source files instead: the
+(llava_hydra.config.validate) reads what it needs from the source files instead: the
 ``TrainingArguments`` field names (for ``+training.<key>=...``), and the strings its enums
 accept (``lr_scheduler_type``, ``optim``, ``save_strategy``, ``eval_strategy``, ``report_to``).
 Each answer is computed once per process. Where a file or class is not found (another

@@ -1,7 +1,7 @@
-"""One of the processes ``launcher.nproc_per_node`` starts (llava_hydra.launch): it runs the
+"""One of the processes ``launcher.nproc_per_node`` starts (llava_hydra.commands.launch): it runs the
 resolved spec the launching job wrote, logging at INFO on rank 0 only.
 
-    python -m llava_hydra.worker <run dir>/launch_spec.yaml
+    python -m llava_hydra.commands.worker <run dir>/launch_spec.yaml
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from llava_hydra.distributed import is_main_process
+from llava_hydra.config.distributed import is_main_process
 
 
 def main(spec_file: str) -> None:
     from omegaconf import OmegaConf
 
-    from llava_hydra.runner import end_process_group, run
+    from llava_hydra.commands.runner import run
+    from llava_hydra.config.distributed import end_process_group
 
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -27,5 +28,5 @@ def main(spec_file: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m llava_hydra.worker <run dir>/launch_spec.yaml")
+        sys.exit("usage: python -m llava_hydra.commands.worker <run dir>/launch_spec.yaml")
     main(sys.argv[1])

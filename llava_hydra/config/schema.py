@@ -168,7 +168,7 @@ class PathsConfig:
 
 @dataclass
 class TrackingConfig:
-    """Where training.report_to's trackers file the run (llava_hydra.tracking)."""
+    """Where training.report_to's trackers file the run (llava_hydra.commands.tracking)."""
 
     # wandb project, MLflow experiment. The run's name is training.run_name, or else model/stage plus
     # a sweep job's swept overrides; a sweep's jobs are grouped under the sweep directory's name.
@@ -190,11 +190,11 @@ class LlavaHydraConfig:
     run_dir: str = MISSING
 
 
-# -- the values a key accepts (checked by llava_hydra.validate before anything heavy is imported) ---
+# -- the values a key accepts (checked by llava_hydra.config.validate before anything heavy is imported) ---
 # Each is the list of strings the code branches on: keep it equal to the code's own table (named beside
 # it; tests/test_validation.py compares them). A key in a list node (stage.trainable) checks every item.
 # training.lr_scheduler_type / optim / save_strategy / eval_strategy / report_to are checked against
-# transformers' own names, read from its source (llava_hydra.hf_source).
+# transformers' own names, read from its source (llava_hydra.config.hf_source).
 TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")  # data.conversation.TEMPLATES
 CHOICES: Dict[str, tuple] = {
     "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.llava.PARTS

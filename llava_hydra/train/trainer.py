@@ -5,12 +5,12 @@
    the vision tower (``vision_tower_lr``), found from the model's structure.
 3. Checkpoints of a projector-only stage hold the projector, not the frozen LLM (and resume
    under DeepSpeed from engine state saved without the frozen weights).
-4. Checkpoints land atomically with a run record and a manifest (``llava_hydra.checkpoints``);
+4. Checkpoints land atomically with a run record and a manifest (``llava_hydra.train.checkpoints``);
    the reported train loss is the mean over the whole run, across resumes.
 5. Every logged step carries the learning rate of each trained part (``learning_rate/llm``,
    ``/mm_projector``, ``/vision_tower``); ``learning_rate`` is the rate of ``training.learning_rate``'s
    group (the Trainer's would be the first group's: the projector's when it has its own rate).
-   Progress is shown by ``llava_hydra.progress.RunLog`` (bar + log lines) instead of printed dicts.
+   Progress is shown by ``llava_hydra.train.progress.RunLog`` (bar + log lines) instead of printed dicts.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
-from llava_hydra.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
+from llava_hydra.train.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
-from llava_hydra.param_groups import parameter_groups, part_groups
-from llava_hydra.sampler import LengthGroupedSampler
-from llava_hydra.validate import check_choice
+from llava_hydra.train.param_groups import parameter_groups, part_groups
+from llava_hydra.sampling.sampler import LengthGroupedSampler
+from llava_hydra.config.validate import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class LLaVATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.save_projector_only = save_projector_only
         self.held_out_eval = held_out_eval  # model -> {"eval_accuracy": ...}: what evaluate() runs
-        self.run_id = run_id  # recorded in every checkpoint with the spec (llava_hydra.checkpoints)
+        self.run_id = run_id  # recorded in every checkpoint with the spec (llava_hydra.train.checkpoints)
         self.run_spec = run_spec
         self.resumed_loss_sum = 0.0
         self.part_groups: dict[str, int] = {}  # set by create_optimizer
@@ -71,7 +71,7 @@ class LLaVATrainer(Trainer):
         self.logged_rates: dict[str, float] = {}
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from llava_hydra.progress import RunLog
+        from llava_hydra.train.progress import RunLog
 
         self.remove_callback(PrinterCallback)
         self.remove_callback(ProgressCallback)
@@ -107,7 +107,7 @@ class LLaVATrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         """Packed rows: the packing's own sampler (re-packs every epoch, random steps of rows
         balanced by real tokens). Otherwise the grouped sampler when asked, else the Trainer's."""
-        from llava_hydra.packing import PackedDataset
+        from llava_hydra.sampling.packing import PackedDataset
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         step_world = self.args.world_size * self.args.gradient_accumulation_steps  # one megabatch = one step
@@ -231,7 +231,7 @@ class LLaVATrainer(Trainer):
         (exclude_frozen_parameters=True: a 7B model's checkpoint stays megabytes). Trainer would
         load that with a strict module load, which fails on the missing frozen weights: load it
         non-strictly instead. The frozen weights are already in place from the model's own files;
-        the checkpoint was written under this spec (checked before loading, llava_hydra.checkpoints),
+        the checkpoint was written under this spec (checked before loading, llava_hydra.train.checkpoints),
         so it holds every trainable weight, and ZeRO restores them from its fp32 partitions."""
         if not (resume_from_checkpoint and self.is_deepspeed_enabled and self.save_projector_only):
             return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)

@@ -1,7 +1,8 @@
 """Where this process stands among the run's processes, read from the launcher's environment
 (torchrun, deepspeed, SLURM through ``launch.adopt_slurm_ranks``) without starting anything:
 no torch import, so the entry point and config code can ask too; and the one way a process
-joins the run's process group (``start_process_group``: training and the eval app)."""
+joins the run's process group (``start_process_group``: training and the eval app) and leaves it
+(``end_process_group``: every entry point that joined)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def start_process_group(cpu: bool = False, deepspeed: bool = False) -> str | Non
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     gloo = cpu or not torch.cuda.is_available()
     return str(PartialState(cpu=cpu, backend="gloo" if gloo else None).device)
+
+
+def end_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo rank whose group is still
+    alive then can abort ("terminate called without an active exception"), and torchrun reports
+    a finished run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

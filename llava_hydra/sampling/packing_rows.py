@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from llava_hydra.validate import check_range
+from llava_hydra.config.validate import check_range
 
 FILL = 0.86  # default target fill of a row (real tokens / capacity)
 AHEAD = 1.25  # a run's token budget over its share of what is left: steps that can take more do
@@ -264,7 +264,7 @@ def packed_epoch(sample_lengths, capacity: int, batch_size: int, world_size: int
     """One epoch: the rows (lists of sample indices) and the global order to visit them in (the
     module docstring). ``counts``: ``pack_rows``' counts, if already known (they cost a
     best-fit-decreasing pass over the data)."""
-    from llava_hydra.sampler import _longest_first, _shuffle_steps, _sort_and_split
+    from llava_hydra.sampling.sampler import _longest_first, _shuffle_steps, _sort_and_split
 
     lens, sizes_t = _sizes(sample_lengths, capacity)
     if counts is None:

@@ -49,7 +49,7 @@ def sweep_job() -> tuple[str | None, list[str]]:
     (None, []) for a single run."""
     from hydra.core.hydra_config import HydraConfig
 
-    from llava_hydra.sweep import SWEEP_KEYS_ENV, in_multirun, sweep_root
+    from llava_hydra.commands.sweep import SWEEP_KEYS_ENV, in_multirun, sweep_root
 
     if not in_multirun():  # a worker of a sweep job's launcher.nproc_per_node gets its group from the job
         return os.environ.get(GROUP_ENV) or None, []

@@ -6,8 +6,8 @@ directory.
 
 The other copies of a spec and why each stays: Hydra's ``.hydra/`` (the unresolved config and
 the command-line overrides: how to repeat the command), ``launch_spec.yaml`` (the workers'
-input, as composed: llava_hydra.launch) and each checkpoint's ``run_record.json`` (what a
-resume is checked against: llava_hydra.checkpoints).
+input, as composed: llava_hydra.commands.launch) and each checkpoint's ``run_record.json`` (what a
+resume is checked against: llava_hydra.train.checkpoints).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from llava_hydra.distributed import is_main_process
+from llava_hydra.config.distributed import is_main_process
 
 SPEC_FILE = "llava_hydra_spec.yaml"
 LOCAL_MODEL_KEYS = ("llm", "vision_tower", "pretrained_llava")

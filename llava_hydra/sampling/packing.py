@@ -17,7 +17,7 @@ token of one sample never learns to predict the first of the next (the model shi
 by one internally). Image features are scattered into ``<image>`` positions in order, so the
 images of a packed batch are stacked row by row, sample by sample.
 
-Rows (``llava_hydra.packing_rows``): every step is a random draw of samples of one modality
+Rows (``llava_hydra.sampling.packing_rows``): every step is a random draw of samples of one modality
 (a contiguous run of a random permutation, as long as the step's token budget allows) packed
 best-fit decreasing into that step's rows, which are dealt to the ranks by real tokens. The
 number of rows is the same every epoch (as the Trainer's step count needs); which samples share
@@ -42,7 +42,7 @@ import torch
 
 from llava_hydra.data.dataset import stack_images
 from llava_hydra.data.labels import IGNORE_INDEX
-from llava_hydra.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
+from llava_hydra.sampling.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
                                       step_counts)
 
 __all__ = ["IGNORE_INDEX", "PackedCollator", "PackedDataset", "PackedSampler", "bin_lengths", "block_causal_mask",
@@ -76,7 +76,7 @@ class PackedDataset(torch.utils.data.Dataset):
     inspection and for samplers other than ``PackedSampler``, which may use a few more rows:
     ``counts_for``). ``dataset`` needs ``modality_lengths`` (as ``LazySupervisedDataset``).
     ``len`` and ``modality_lengths`` (tokens per row, negative for a text-only row) are fixed.
-    ``fill``: the target share of real tokens in a row (``llava_hydra.packing_rows``)."""
+    ``fill``: the target share of real tokens in a row (``llava_hydra.sampling.packing_rows``)."""
 
     def __init__(self, dataset, capacity: int, seed: int = 0, group_by_modality: bool = True, fill: float = FILL):
         self.dataset, self.capacity, self.seed, self.fill = dataset, capacity, seed, fill
