@@ -7,7 +7,8 @@
   turn without ``<image>``, the suffix on a new line; the recorded prompt starts with
   ``<image>\\n`` for image questions (eval_science_qa.py counts those as IMG).
 - ``mmbench``: model_vqa_mmbench's TSV (``index``, ``question``, ``hint``, ``A``..``D``, base64
-  ``image``): hint, question, then ``A. option`` lines, then the suffix.
+  ``image``): the prompt mmbench.py builds as LLaVA does (hint, question, ``A. option`` lines up
+  to the first missing option), then the suffix.
 - ``training``: a held-out file in the training format: the conversation up to its last answer
   (owndata.py scores against that answer), its images (one, or several in tag order) as paths.
 """
@@ -15,13 +16,13 @@
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llava_hydra.eval.mmbench import prompts
 
 FORMATS = ("vqa_loader", "science_qa", "mmbench", "training")
 
@@ -75,39 +76,16 @@ def science_qa(path: str, image_folder: str | None, suffix: str | None) -> list[
     return items
 
 
-def _is_none(value) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
-
-
 def _decode_image(data: str):
     from PIL import Image
 
     return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
 
 
-def read_tsv(path: str) -> list[dict]:
-    csv.field_size_limit(sys.maxsize)  # base64 images
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
 def mmbench(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
-    items = []
-    for row in read_tsv(path):
-        question = row["question"]
-        if not _is_none(row.get("hint")):
-            question = row["hint"] + "\n" + question
-        options = []
-        for letter in "ABCD":
-            if _is_none(row.get(letter)):
-                break
-            options.append(row[letter])
-            question += f"\n{letter}. {row[letter]}"
-        text = _with_suffix(question, suffix)
-        index = int(row["index"]) if row["index"].lstrip("-").isdigit() else row["index"]
-        items.append(Item(index, text, question, _decode_image(row["image"]),
-                          {"round_id": 0, "options": options, "option_char": list("ABCD"[:len(options)])}))
-    return items
+    return [Item(q["index"], _with_suffix(q["prompt"], suffix), q["prompt"], _decode_image(q["image"]),
+                 {"round_id": 0, "options": q["options"], "option_char": q["option_char"]})
+            for q in prompts(path)]
 
 
 def training(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:

@@ -1,27 +1,38 @@
 """LLaVA-1.5's scoring scripts, reimplemented: each takes the answers (LLaVA's answers JSONL rows,
-in question-file order) and the benchmark's local ground truth, and returns flat metrics.
+in question-file order) and the benchmark's local ground truth, and returns flat metrics
+(percentages) equal to what LLaVA's script prints for the same answers file.
 
-- ``pope``: llava/eval/eval_pope.py (first sentence; "no"/"No"/"not" among its words -> no;
-  answers of a category zipped in order with ``coco_pope_<category>.json``); accuracy,
-  precision, recall, F1, yes-ratio per category, and the mean F1 LLaVA-1.5 reports.
-- ``science_qa``: llava/eval/eval_science_qa.py (the letter, "X. ...", or "The answer is X");
-  accuracy over the split and over its image questions (ScienceQA-IMG).
-- ``gqa``: scripts/convert_gqa_for_eval.py (``text.rstrip('.').lower()``) + GQA's exact match.
-- ``vqa``: TextVQA / VQAv2 accuracy (vqa_normalize); TextVQA annotations are matched as
-  eval_textvqa.py does, by (image id, question), VQAv2 annotations by question id.
-- ``mme``: convert_answer_to_mme.py + MME's calculation.py: per subtask accuracy and accuracy+
-  (both questions of an image right), score = 100 * (acc + acc+), perception / cognition totals.
-Accuracies are percentages; missing answers count as wrong.
+- ``pope``: llava/eval/eval_pope.py. An answer's first sentence (up to the first ``.``), commas
+  dropped, split on spaces: "no", "No" or "not" among the words -> no, else yes. The answers of a
+  category, in answers-file order, are zipped with ``coco_pope_<category>.json``'s labels (row i
+  with label i: the label files carry no LLaVA question ids). Accuracy, precision, recall, F1,
+  yes-ratio per category; ``f1`` = their mean F1 (LLaVA-1.5's POPE column).
+- ``science_qa``: llava/eval/eval_science_qa.py. The letter is the whole answer if it is one of
+  A-E exactly (no stripping), else the first character of an answer starting "X. ", else the one
+  match of ``The answer is ([A-Z]).`` (any character after the letter; none or several ->
+  FAILED); a letter past the problem's choices is wrong. Answers pair with ``pid_splits.json``'s
+  ids by ``question_id`` as written (a string, as model_vqa_science writes it); a problem without
+  an answer is wrong. ``img_accuracy`` (ScienceQA-IMG) counts answers whose prompt has ``<image>``.
+- ``gqa``: scripts/convert_gqa_for_eval.py (``text.rstrip('.').lower()``) + GQA's eval.py:
+  exact match over the balanced questions (``isBalanced``; LLaVA's testdev_balanced file has only
+  those); ``binary`` / ``open`` split by ``types.structural == "query"`` as eval.py does.
+- ``vqa``: TextVQA (annotations with ``data``): eval_textvqa.py: answers matched to annotations by
+  (image id, question read from the prompt), scored by m4c's TextVQAAccuracyEvaluator. VQAv2
+  (annotations with ``annotations``): by question id, the official VQA rule on the answer LLaVA's
+  converter uploads (vqa_normalize.vqav2_accuracy).
+- ``mme``: see mme.py.
+A partial answers file (``max_samples``) is scored over the questions it answers for GQA and
+VQAv2 (GQA's eval.py and the VQA API refuse one), over the whole split for ScienceQA (as LLaVA).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
-from llava_hydra.eval.vqa_normalize import vqa_accuracy
+from llava_hydra.eval.mme import mme  # noqa: F401  (the scorer named "mme")
+from llava_hydra.eval.vqa_normalize import textvqa_accuracy, vqav2_accuracy
 
 
 def _jsonl(path) -> list[dict]:
@@ -44,10 +55,11 @@ def pope_says_yes(text: str) -> bool:
 def pope_split(answers: list[dict], labels: list[str]) -> dict:
     preds = [pope_says_yes(a["text"]) for a in answers]
     gold = [label != "no" for label in labels]
-    tp = sum(p and g for p, g in zip(preds, gold))
-    fp = sum(p and not g for p, g in zip(preds, gold))
-    tn = sum(not p and not g for p, g in zip(preds, gold))
-    fn = sum(not p and g for p, g in zip(preds, gold))
+    pairs = list(zip(preds, gold))  # eval_pope.py zips: a partial answers file scores its first labels
+    tp = sum(p and g for p, g in pairs)
+    fp = sum(p and not g for p, g in pairs)
+    tn = sum(not p and not g for p, g in pairs)
+    fn = sum(not p and g for p, g in pairs)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -64,7 +76,7 @@ def pope(answers: list[dict], questions: list[dict], annotations: str) -> dict:
         cur = [a for a in answers if category.get(a["question_id"]) == name]
         if not cur:
             continue
-        if len(cur) != len(labels):
+        if len(cur) > len(labels):
             raise ValueError(f"{path}: {len(labels)} labels but {len(cur)} answers of category {name!r}")
         for key, value in pope_split(cur, labels).items():
             out[f"{name}/{key}"] = value
@@ -78,28 +90,32 @@ def pope(answers: list[dict], questions: list[dict], annotations: str) -> dict:
 # --- ScienceQA ------------------------------------------------------------------------------
 
 OPTIONS = ["A", "B", "C", "D", "E"]
+ANSWER_IS = re.compile(r"The answer is ([A-Z]).")  # sic: "." is any character, as in eval_science_qa.py
 
 
 def science_qa_letter(text: str) -> str:
     """The option letter LLaVA's eval_science_qa.py reads from an answer, or FAILED."""
-    text = text.replace("\n", ". ")
-    if text.strip() in OPTIONS:
-        return text.strip()
+    if text in OPTIONS:
+        return text
     if len(text) >= 3 and text[0] in OPTIONS and text[1:3] == ". ":
         return text[0]
-    match = re.search(r"The answer is ([A-E])\.", text) or re.search(r"The answer is ([A-E])", text)
-    return match.group(1) if match else "FAILED"
+    found = ANSWER_IS.findall(text)
+    return found[0] if len(found) == 1 else "FAILED"
 
 
 def science_qa(answers: list[dict], annotations: str, split: str = "test") -> dict:
     base = Path(annotations)
     ids = json.loads((base / "pid_splits.json").read_text())[split]
     problems = json.loads((base / "problems.json").read_text())
-    by_id = {str(a["question_id"]): a for a in answers}
+    by_id = {a["question_id"]: a for a in answers}
+    if answers and not any(pid in by_id for pid in ids):
+        raise ValueError(f"{base / 'pid_splits.json'}: none of the {len(answers)} answers' question_id is an id "
+                         f"of split {split!r} (ids are strings, e.g. {ids[:1]}; answers have "
+                         f"{answers[0]['question_id']!r})")
     correct = img_correct = img_total = 0
     for pid in ids:
         prob = problems[pid]
-        pred = by_id.get(str(pid), {"text": "FAILED", "prompt": "Unknown"})
+        pred = by_id.get(pid, {"text": "FAILED", "prompt": "Unknown"})
         letter = science_qa_letter(pred["text"])
         index = OPTIONS.index(letter) if letter in OPTIONS[:len(prob["choices"])] else -1
         hit = index == prob["answer"]
@@ -116,9 +132,17 @@ def science_qa(answers: list[dict], annotations: str, split: str = "test") -> di
 def gqa(answers: list[dict], annotations: str) -> dict:
     gold = json.loads(Path(annotations).read_text())
     pred = {str(a["question_id"]): a["text"].rstrip(".").lower() for a in answers}
-    asked = [qid for qid in gold if qid in pred] or list(gold)
-    correct = sum(pred.get(qid) == gold[qid]["answer"] for qid in asked)
-    return {"accuracy": _pct(correct, len(asked)), "n": len(asked)}
+    balanced = [qid for qid, q in gold.items() if q.get("isBalanced", True)]
+    asked = [qid for qid in balanced if qid in pred] or balanced
+    if answers and not any(qid in gold for qid in pred):
+        raise ValueError(f"{annotations}: none of the {len(answers)} answers' question_id is a question of it")
+    hits = {qid: pred.get(qid) == gold[qid]["answer"] for qid in asked}
+    out = {"accuracy": _pct(sum(hits.values()), len(asked)), "n": len(asked)}
+    if all("types" in gold[qid] for qid in asked):
+        for kind in ("binary", "open"):
+            cur = [hits[q] for q in asked if (gold[q]["types"].get("structural") == "query") == (kind == "open")]
+            out[kind] = _pct(sum(cur), len(cur))
+    return out
 
 
 # --- TextVQA / VQAv2 ------------------------------------------------------------------------
@@ -142,64 +166,15 @@ def vqa(answers: list[dict], annotations: str) -> dict:
     scores = []
     if "data" in data:  # TextVQA: matched by (image id, question), as eval_textvqa.py does
         gold = {(row["image_id"], row["question"].lower()): row["answers"] for row in data["data"]}
-        for a in answers:
-            scores.append(vqa_accuracy(a["text"], gold[(a["question_id"], textvqa_question(a["prompt"]))]))
-    else:  # VQAv2 annotations: by question id
+        for i, a in enumerate(answers):
+            key = (a["question_id"], textvqa_question(a["prompt"]))
+            if key not in gold:
+                raise KeyError(f"answer {i}: no annotation in {annotations} for image {key[0]!r}, question {key[1]!r}")
+            scores.append(textvqa_accuracy(a["text"], gold[key]))
+    else:  # VQAv2 annotations: by question id, the official rule
         gold = {row["question_id"]: [x["answer"] for x in row["answers"]] for row in data["annotations"]}
-        scores = [vqa_accuracy(a["text"], gold[a["question_id"]]) for a in answers]
+        for i, a in enumerate(answers):
+            if a["question_id"] not in gold:
+                raise KeyError(f"answer {i}: question_id {a['question_id']!r} is not in {annotations}")
+            scores.append(vqav2_accuracy(a["text"], gold[a["question_id"]]))
     return {"accuracy": _pct(sum(scores), len(scores)), "n": len(scores)}
-
-
-# --- MME ------------------------------------------------------------------------------------
-
-PERCEPTION = ["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
-              "OCR"]
-COGNITION = ["commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"]
-MME_SUFFIX = "Answer the question using a single word or phrase."
-
-
-def mme_label(text: str) -> str:
-    text = text.lower()
-    if text in ("yes", "no"):
-        return text
-    return "yes" if "yes" in text[:4] else "no" if "no" in text[:4] else "other"
-
-
-def mme_ground_truth(root: str) -> dict:
-    """{(category, txt file name, question): answer} from MME's release folders."""
-    gt = {}
-    for category in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        qa_dir = category / "questions_answers_YN" if (category / "images").is_dir() else category
-        for txt in qa_dir.glob("*.txt"):
-            for line in txt.read_text().splitlines():
-                if line.strip():
-                    question, answer = line.split("\t")
-                    gt[(category.name, txt.name, question)] = answer
-    return gt
-
-
-def _mme_gold(gt: dict, category: str, file: str, prompt: str) -> str:
-    prompt = prompt.replace(MME_SUFFIX, "").strip()
-    if "Please answer yes or no." not in prompt:
-        prompt += " Please answer yes or no."
-        if (category, file, prompt) not in gt:  # some MME questions have two spaces
-            prompt = prompt.replace(" Please answer yes or no.", "  Please answer yes or no.")
-    return gt[(category, file, prompt)]
-
-
-def mme(answers: list[dict], annotations: str) -> dict:
-    gt = mme_ground_truth(annotations)
-    images = defaultdict(lambda: defaultdict(list))  # category -> image -> [hit, ...]
-    for a in answers:
-        qid = str(a["question_id"])
-        category, file = qid.split("/")[0], qid.split("/")[-1].split(".")[0] + ".txt"
-        gold = _mme_gold(gt, category, file, a["prompt"]).lower()
-        images[category][file].append(mme_label(a["text"]) == gold)
-    out = {}
-    for category, by_image in images.items():
-        hits = [h for pair in by_image.values() for h in pair]
-        acc, acc_plus = _pct(sum(hits), len(hits)), _pct(sum(all(p) for p in by_image.values()), len(by_image))
-        out[f"{category}/acc"], out[f"{category}/acc_plus"], out[f"{category}/score"] = acc, acc_plus, acc + acc_plus
-    out["perception"] = sum(out.get(f"{c}/score", 0.0) for c in PERCEPTION)
-    out["cognition"] = sum(out.get(f"{c}/score", 0.0) for c in COGNITION)
-    return out

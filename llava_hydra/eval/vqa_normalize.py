@@ -1,10 +1,20 @@
-"""The VQA challenge's answer normalisation (EvalAI's answer processor, which LLaVA's m4c_evaluator
-uses for TextVQA and convert_vqav2_for_submission for VQAv2), and VQA accuracy over 10 human answers.
+"""VQA answer normalisation and accuracy, as the tools LLaVA-1.5 scores with compute them.
 
-``normalize``: lower-case, drop ``,`` ``?``, split ``'s``, punctuation removed or turned into a
-space, full stops not inside numbers dropped, number words to digits, articles dropped,
-contractions restored. ``vqa_accuracy``: an answer scores min(1, matches / 3) against each
-leave-one-out set of 9 human answers, averaged over the 10 sets.
+``normalize``: m4c_evaluator.py's ``EvalAIAnswerProcessor`` (TextVQA's scorer, and what
+convert_vqav2_for_submission.py writes for the VQAv2 server): lower-case, drop ``,`` ``?``,
+split ``'s``, punctuation removed or turned into a space, full stops not before a digit dropped,
+number words to digits, articles dropped, contractions restored. Its full-stop pass is
+``PERIOD_STRIP.sub("", text, re.UNICODE)``: the third argument of ``Pattern.sub`` is *count*, so
+at most ``re.UNICODE`` = 32 full stops go (the official VQA evaluation has the same call); kept.
+
+``textvqa_accuracy``: m4c's TextVQAAccuracyEvaluator: prediction and every human answer
+normalised, then min(1, matches / 3) over each leave-one-out set of 9, averaged over the 10 sets.
+
+``vqav2_accuracy``: the official VQA evaluation (GT-Vision-Lab/VQA vqaEval.py, master a013f00) on
+the answer LLaVA's converter uploads (``normalize(text)``): answer and human answers lose ``\n``,
+``\t`` and outer spaces; when the human answers differ, all of them and the answer get the
+punctuation and digit/article passes; when they all agree, neither side is touched (the
+uploaded answer must equal the raw human answer); then the same leave-one-out average.
 """
 
 from __future__ import annotations
@@ -46,36 +56,52 @@ NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four
 ARTICLES = {"a", "an", "the"}
 PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
                "!"]
-PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: "(?!<=" is a look-ahead in the original too
+COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")  # m4c_evaluator.py
+OFFICIAL_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")  # vqaEval.py
 
 
-def _punctuation(text: str) -> str:
+def punctuation(text: str, comma_strip: re.Pattern = COMMA_STRIP) -> str:
     out = text
     for p in PUNCTUATION:
-        if (p + " " in text or " " + p in text) or COMMA_STRIP.search(text) is not None:
+        if (p + " " in text or " " + p in text) or comma_strip.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return PERIOD_STRIP.sub("", out)
+    return PERIOD_STRIP.sub("", out, re.UNICODE)  # count=32, as both originals call it
 
 
-def _digits_articles(text: str) -> str:
+def digits_articles(text: str) -> str:
     words = [NUMBERS.get(w, w) for w in text.lower().split()]
     return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
 
 
 def normalize(answer: str) -> str:
+    """EvalAIAnswerProcessor()(answer)."""
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _digits_articles(_punctuation(text))
+    return digits_articles(punctuation(text))
 
 
-def vqa_accuracy(prediction: str, human_answers: list[str]) -> float:
-    """VQA accuracy of one prediction against its human answers (10 in VQAv2 / TextVQA)."""
-    humans = [normalize(a) for a in human_answers]
-    pred = normalize(prediction)
-    if pred not in humans:
-        return 0.0
+def _leave_one_out(pred: str, humans: list[str]) -> float:
     accs = [min(1.0, sum(h == pred for j, h in enumerate(humans) if j != i) / 3) for i in range(len(humans))]
-    return sum(accs) / len(accs)
+    return sum(accs) / len(accs) if accs else 0.0
+
+
+def textvqa_accuracy(prediction: str, human_answers: list[str]) -> float:
+    """m4c TextVQAAccuracyEvaluator's score of one prediction (10 human answers)."""
+    return _leave_one_out(normalize(prediction), [normalize(a) for a in human_answers])
+
+
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def vqav2_accuracy(prediction: str, human_answers: list[str]) -> float:
+    """The official VQA score of the answer LLaVA's converter uploads for ``prediction``."""
+    res = _clean(normalize(prediction))
+    humans = [_clean(a) for a in human_answers]
+    if len(set(humans)) > 1:
+        humans = [digits_articles(punctuation(h, OFFICIAL_COMMA_STRIP)) for h in humans]
+        res = digits_articles(punctuation(res, OFFICIAL_COMMA_STRIP))
+    return _leave_one_out(res, humans)
