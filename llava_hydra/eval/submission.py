@@ -45,7 +45,7 @@ def mmbench(answers: list[dict], question_tsv: str, out_dir: Path) -> Path:
     except ImportError:
         out = out_dir / "mmbench_submission.tsv"
         with out.open("w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t")
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(columns)
             writer.writerows([["" if cell is None else cell for cell in row] for row in table])
         log.warning("pandas/openpyxl not installed: wrote %s; the MMBench server takes .xlsx", out)
