@@ -63,6 +63,7 @@ class SyntheticSpec:
 class DataConfig:
     name: str = MISSING
     data_path: str = MISSING  # LLaVA-format JSON list
+    preset_path: Optional[str] = None  # the data_path its data file names; another data_path names the run dir
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
     template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
     image_aspect_ratio: str = "square"  # square | pad
@@ -292,6 +293,9 @@ def check_resolves(cfg) -> None:
 
 
 def register_configs() -> None:
+    from llava_hydra.config.run_dir import register_resolvers
+
+    register_resolvers()  # the default run directory's suffixes (llava_hydra.config.run_dir)
     cs = ConfigStore.instance()
     cs.store(name="llava_hydra_schema", node=LlavaHydraConfig)
     try:  # the submitit plugin's schemas, under names our conf/hydra/launcher/*.yaml extend
