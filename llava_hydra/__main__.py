@@ -71,6 +71,9 @@ def main(cfg: DictConfig):
                 print(message)
                 return None
             raise SystemExit(f"error: {message}")
+    from llava_hydra.commands.console import quiet_console
+
+    quiet_console(cfg)  # other libraries' warnings and bars: in the log file, not on the console
     from llava_hydra.commands.runner import run
     from llava_hydra.train.checkpoints import CheckpointError, RunDirError
 

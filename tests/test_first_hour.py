@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -57,6 +58,60 @@ def test_a_run_in_training_output_dir_writes_its_record_and_log_there(tmp_path):
     assert "train done" in (target / "tiny_pretrain.log").read_text()
     assert (target / "metrics.json").is_file() and (target / "mm_projector.safetensors").is_file()
     assert not (tmp_path / "out" / "tiny").exists()  # nothing went to the default run directory
+    # the console: our lines and our bar only; the other libraries' noise is in the log file, at DEBUG
+    console = done.stdout + done.stderr
+    for noise in NOISE:
+        assert noise not in console, noise
+    assert "train done" in console and "it/s]" in console  # our log lines and our progress bar
+    log = (target / "tiny_pretrain.log").read_text()
+    assert "[DeepSpeed][DEBUG] - Setting accelerator to CPU" in log
+    assert not re.search(r"\]\[(bitsandbytes|DeepSpeed|py\.warnings)[^\]]*\]\[WARNING\]", log)
+
+
+NOISE = ("gemm_4bit", "Setting accelerator to CPU", "Saving the dataset", "Loading weights", "Writing model shards",
+         "FutureWarning", "DeprecationWarning", "torchrun")
+
+
+def test_other_packages_warnings_go_to_the_log_file_at_debug(tmp_path):
+    import io
+    import logging
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from llava_hydra.commands.console import quiet_console
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    console, file = logging.StreamHandler(io.StringIO()), logging.FileHandler(tmp_path / "run.log")
+    fmt = logging.Formatter("[%(name)s][%(levelname)s] - %(message)s")
+    console.setFormatter(fmt), file.setFormatter(fmt)
+    root.handlers[:] = [console, file]
+    root.setLevel(logging.INFO)
+    try:
+        quiet_console(OmegaConf.create({"lora": {"enable": False, "bits": 16}, "deepspeed": None}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn_explicit("`foo` is deprecated", FutureWarning, "transformers/x.py", 1)
+            warnings.warn_explicit("torch.distributed.launch is deprecated, use torchrun", FutureWarning,
+                                   "torch/distributed/launch.py", 2)
+            warnings.warn_explicit("your images are all black", UserWarning, "somelib/y.py", 3)
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward")
+        logging.getLogger("DeepSpeed").warning("Setting accelerator to CPU. If you have GPU ...")
+        logging.getLogger("llava_hydra").warning("3 samples skipped")
+    finally:
+        logging.captureWarnings(False)
+        logging.getLogger("DeepSpeed").filters.clear()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        file.close()
+    shown = console.stream.getvalue()
+    assert "deprecated" not in shown and "gemm_4bit" not in shown and "Setting accelerator" not in shown
+    assert "your images are all black" in shown and "[llava_hydra][WARNING] - 3 samples skipped" in shown
+    log = (tmp_path / "run.log").read_text()
+    assert "[py.warnings][DEBUG]" in log and "FutureWarning: `foo` is deprecated" in log and "use torchrun" in log
+    assert "[bitsandbytes.backends.cpu.ops][DEBUG] - Failed to load CPU gemm_4bit_forward" in log
+    assert "[DeepSpeed][DEBUG] - Setting accelerator to CPU" in log
 
 
 # -- refusals: no traceback, before torch -----------------------------------------------------------
