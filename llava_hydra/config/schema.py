@@ -70,7 +70,7 @@ class DataConfig:
     eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
     on_bad_sample: str = "raise"  # raise (stop, naming file/sample/problem) | skip (log each once, count at the end)
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
-    allow_images_outside_folder: bool = False  # image paths resolving outside image_folder (../, absolute, symlinks)
+    allow_images_outside_folder: bool = False  # image paths written to leave image_folder (../, absolute; symlinks in it are fine)
     max_image_pixels: Optional[int] = 50_000_000  # larger images refused before decoding; null: PIL's own limit
 
 
