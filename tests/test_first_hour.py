@@ -215,3 +215,30 @@ def test_resuming_a_finished_run_says_so_and_leaves_its_metrics(tmp_path, fake_t
                    "nothing to resume, metrics.json left as it is. A new run beside it: "
                    "training.output_dir=outputs/tiny/pretrain-2\n")
     assert (tmp_path / "outputs" / "tiny" / "pretrain" / "metrics.json").read_bytes() == metrics
+
+
+# -- loss.png ----------------------------------------------------------------------------------------
+
+def test_the_smoothed_loss_has_no_lag_and_ends_at_the_raw_loss():
+    from llava_hydra.train.progress import smoothed
+
+    assert smoothed([float(i) for i in range(40)]) == [float(i) for i in range(40)]  # a straight line kept
+    # a short run's loss still falling (35 logged points, as stage 2 of the default): the line ends at it
+    raw = [5.0 * 0.9 ** i + (0.05 if i % 2 else -0.05) for i in range(35)]
+    assert abs(smoothed(raw)[-1] - raw[-1]) < 0.06  # an exponential average (weight 0.9) ends 0.41 above
+
+
+def test_an_eval_point_at_one_is_drawn_whole_and_the_legend_covers_no_point(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from llava_hydra.train.progress import loss_figure, plot_loss
+
+    history = [{"loss": 5.0 - 0.1 * s, "step": s} for s in range(1, 31)] + [
+        {"eval_accuracy": 0.5, "step": 10}, {"eval_accuracy": 1.0, "step": 30}]
+    fig = loss_figure(history)
+    ax, acc = fig.axes
+    fig.canvas.draw()
+    assert acc.get_ylim()[1] > 1.0  # room above 1.0 for the marker
+    assert ax.get_legend().get_window_extent().y0 >= ax.get_window_extent().y1 - 1  # above the plotting area
+    plt.close(fig)
+    assert plot_loss(history, tmp_path / "loss.png") and (tmp_path / "loss.png").stat().st_size > 1000
