@@ -1,9 +1,13 @@
 """Command-line entry: ``python -m llava_hydra [overrides]``.
 
 Only Hydra, the config schema and its check are imported here, so ``--cfg job``, ``--help``
-and config errors answer in about a second: the task function first validates the spec
-(llava_hydra.config.validate: bad choices, numbers, ``+training`` keys, missing local model paths,
-each by key name), then imports the runner (torch, transformers).
+and config errors answer in about a second. Before Hydra composes, the command line's words are
+checked (llava_hydra.config.overrides: a key typed without ``+`` that is no field, with the key it
+nearly is; a path typed as a group's option; an unknown option). The task function then validates
+the spec (llava_hydra.config.validate: bad choices, numbers, ``+training`` keys, missing local model
+and data paths, each by key name), answers a run directory another run left (commands.taken_run_dir:
+the ways out that work; a finished run asked to resume: exit 0), quiets other libraries' console
+noise (commands.console), and only then imports the runner (torch, transformers).
 
 Under a multi-process launcher (torchrun, ``deepspeed --module``) every rank composes the
 same spec into the same run directory (it has no timestamp); only rank 0 writes Hydra's

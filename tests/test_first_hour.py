@@ -43,6 +43,14 @@ def test_runs_that_train_different_things_get_different_directories(compose_spec
         assert cfg.stage.pretrain_mm_mlp_adapter == f"/o/{cfg.model.name}/pretrain/mm_projector.safetensors"
 
 
+def test_a_data_file_of_ones_own_names_the_run_directory(compose_spec, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my_charts.yaml").write_text(
+        "name: my_charts\ndata_path: /d/charts.json\nimage_folder: /d/img\ntemplate: v1\n")
+    cfg = compose_spec("paths.output_root=/o", "stage=finetune", "data=my_charts", f"hydra.searchpath=[file://{tmp_path}]")
+    assert cfg.run_dir == "/o/tiny/finetune_my_charts"
+
+
 def test_training_output_dir_moves_the_hydra_record_too(compose_spec):
     cfg = compose_spec("training.output_dir=/elsewhere/x", return_hydra_config=True)
     assert cfg.hydra.run.dir == "/elsewhere/x" and cfg.run_dir == "outputs/tiny/pretrain"

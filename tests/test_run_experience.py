@@ -109,7 +109,7 @@ def test_own_data_with_readmes_overrides_exits_0(tmp_path):
     done = cli(tmp_path, "stage=finetune", f"data.data_path={mine / 'qa.json'}", f"data.image_folder={mine / 'images'}",
                "training.max_steps=2", "training.per_device_train_batch_size=2")
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "tiny" / "finetune_qa" / "metrics.json").read_text())  # its own run dir
     assert metrics["train_samples"] == 6 and "eval_accuracy" not in metrics
     assert "no evaluation: data.eval_data_path is the synthetic held-out set" in done.stdout
 
