@@ -7,7 +7,7 @@ fails this test until it is classified here, and a listed command that README no
 it too. Training commands get small step counts appended (SMALL: later overrides of the same run);
 README's own-data paths (/data/mine) are replaced by a copy of the synthetic data (MINE), and the
 Optuna sweep runs 2 trials instead of 12 (REWRITES). Slow: 104 s of CPU, 6.5 min wall on a
-shared 2-core machine (load 9), about 2.5 min alone: marked ``e2e``.
+shared 2-core machine at load 9 (not measured alone): marked ``e2e``.
 """
 
 from __future__ import annotations
