@@ -1,9 +1,13 @@
 """Command-line entry: ``python -m llava_hydra [overrides]``.
 
 Only Hydra, the config schema and its check are imported here, so ``--cfg job``, ``--help``
-and config errors answer in about a second: the task function first validates the spec
-(llava_hydra.config.validate: bad choices, numbers, ``+training`` keys, missing local model paths,
-each by key name), then imports the runner (torch, transformers).
+and config errors answer in about a second. Before Hydra composes, the command line's words are
+checked (llava_hydra.config.overrides: a key typed without ``+`` that is no field, with the key it
+nearly is; a path typed as a group's option; an unknown option). The task function then validates
+the spec (llava_hydra.config.validate: bad choices, numbers, ``+training`` keys, missing local model
+and data paths, each by key name), answers a run directory another run left (commands.taken_run_dir:
+the ways out that work; a finished run asked to resume: exit 0), quiets other libraries' console
+noise (commands.console), and only then imports the runner (torch, transformers).
 
 Under a multi-process launcher (torchrun, ``deepspeed --module``) every rank composes the
 same spec into the same run directory (it has no timestamp); only rank 0 writes Hydra's
@@ -21,7 +25,8 @@ from omegaconf import DictConfig
 
 from llava_hydra.config.schema import register_configs
 from llava_hydra.config.distributed import is_main_process
-from llava_hydra.config.validate import SpecError, group_option_problems, validate
+from llava_hydra.config.overrides import override_problems
+from llava_hydra.config.validate import TYPED_GROUPS, SpecError, group_option_problems, validate
 
 register_configs()
 
@@ -58,14 +63,37 @@ def main(cfg: DictConfig):
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweep marks this job failed (summary.json) and runs the others
         raise SystemExit(f"error: {e}") from None
-    from llava_hydra.commands.runner import run
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if not multirun:  # a directory another run left: the ways out that work, before torch (commands.taken_run_dir)
+        from llava_hydra.commands.launch import resume_request
+        from llava_hydra.commands.taken_run_dir import run_dir_verdict
 
-    return run(cfg)
+        verdict = run_dir_verdict(cfg, resume_request(cfg.training.resume_from_checkpoint))
+        if verdict is not None:
+            status, message = verdict
+            if status == 0:
+                print(message)
+                return None
+            raise SystemExit(f"error: {message}")
+    from llava_hydra.commands.console import quiet_console
+
+    quiet_console(cfg)  # other libraries' warnings and bars: in the log file, not on the console
+    from llava_hydra.commands.runner import run
+    from llava_hydra.train.checkpoints import CheckpointError, RunDirError
+
+    try:
+        return run(cfg)
+    except (RunDirError, CheckpointError) as e:  # a run directory in use, a damaged checkpoint: the message says it all
+        if multirun:
+            raise
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *quiet_non_zero_rank(take_local_rank(sys.argv[1:]))]
-    unknown = group_option_problems(sys.argv[1:])  # model=vicuna14b: with a "did you mean"
+    # training.learnig_rate=1e-4, model=/models/x (llava_hydra.config.overrides), model=vicuna14b: one line each
+    flagged = override_problems(sys.argv[1:], (*TYPED_GROUPS, "recipe"))
+    unknown = [p for _, p in flagged] + group_option_problems([a for a in sys.argv[1:] if a not in dict(flagged)])
     if unknown:
         raise SystemExit("error: " + "\n".join(unknown))
     try:

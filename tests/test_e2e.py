@@ -102,7 +102,7 @@ def test_packed_run_trains_on_rows_and_reports_a_skipped_sample(compose_spec, tm
     data.write_text(json.dumps(records + [broken]))
 
     run(compose_spec(*base, f"data.data_path={data}", "data.on_bad_sample=skip", "training.packing=true"))
-    metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "tiny" / "finetune_with_a_broken_image" / "metrics.json").read_text())  # its data
     assert metrics["train_samples"] == len(records) + 1 and metrics["skipped_samples"] == 1
     unpacked_steps = -(-(len(records) + 1) // 4)
     assert 0 < metrics["train_steps"] < unpacked_steps * 0.7, metrics  # about two samples per row

@@ -19,14 +19,15 @@ from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.images import ImageError
 from stand_ins import turns
 
-NAMES = ["ok.jpg", "gone.jpg", "cut.jpg", "big.png", "elsewhere/x.png"]  # sample i uses NAMES[i]
+NAMES = ["ok.jpg", "gone.jpg", "cut.jpg", "big.png", "../other/x.png"]  # sample i uses NAMES[i]
 KINDS = {"missing_image": 1, "unreadable_image": 2, "image_too_large": 3, "image_outside_folder": 4}
 
 
 @pytest.fixture()
 def data(tmp_path):
     """tmp/images/ with a good JPEG, a truncated one, a 60,000-pixel PNG and a subfolder that is a
-    symlink to tmp/other/; tmp/d.json: one record per NAMES entry."""
+    symlink to tmp/other/ (accepted: the user's own link); tmp/d.json: one record per NAMES entry
+    (the last written as ../other/x.png: it leaves the folder)."""
     images, other = tmp_path / "images", tmp_path / "other"
     images.mkdir()
     other.mkdir()
@@ -53,7 +54,7 @@ def test_a_skip_run_counts_each_image_problem_under_its_kind(data):
     assert report["by_reason"] == {"missing_image": 1, "unreadable_image": 1, "image_too_large": 1,
                                    "image_outside_folder": 1}
     for i, problem in ((1, "image file not found"), (2, "truncated"), (3, "over data.max_image_pixels=50000"),
-                       (4, "resolves outside data.image_folder")):  # messages still name file, index, id
+                       (4, "leaves data.image_folder")):  # messages still name file, index, id
         assert any(f"d.json: sample {i} (id='r{i}'): " in m and problem in m for m in report["examples"])
 
 
@@ -70,7 +71,7 @@ def test_data_check_reports_them_by_kind(data, tmp_path_factory, capsys, decode)
     expected = KINDS if decode else {"missing_image": 1, "image_outside_folder": 4}
     assert {kind: [i for i, *_ in found[kind]] for kind in KINDS} == {
         kind: [i] if kind in expected else [] for kind, i in KINDS.items()}
-    assert f"[image_outside_folder] sample 4 (id='r4'): image path 'elsewhere/x.png' resolves outside" in out
+    assert f"[image_outside_folder] sample 4 (id='r4'): image path '../other/x.png' leaves" in out
     assert "data.allow_images_outside_folder=true" in out
     if decode:
         assert "[unreadable_image] sample 2 (id='r2'): cannot read image" in out

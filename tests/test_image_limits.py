@@ -40,11 +40,11 @@ def test_each_refusal_says_what_and_where(folder):
     cut = src.check("cut.jpg", decode=True)
     assert cut.kind == "unreadable_image" and "cannot read image" in str(cut) and "truncated" in str(cut)
     assert src.check("cut.jpg") is None  # without decode only the path is checked
-    for name, how in (("../outside.png", "a '../' path"), (str(folder.parent / "outside.png"), "an absolute path"),
-                      ("link.png", "a symlink")):
+    for name, how in (("../outside.png", "a '../' path"), (str(folder.parent / "outside.png"), "an absolute path")):
         problem = str(src.check(name))
-        assert f"image path {name!r} resolves outside data.image_folder" in problem and how in problem
+        assert f"image path {name!r} leaves data.image_folder" in problem and how in problem
         assert "data.allow_images_outside_folder=true" in problem
+    assert src.check("link.png", decode=True) is None  # a symlink in the user's own folder: followed (checked lexically)
     assert "300x200 = 0.1 MP, over data.max_image_pixels=50000" in str(src.check("big.png", decode=True))
     with pytest.raises(ImageError, match="over data.max_image_pixels"):
         src.open("big.png")
@@ -66,14 +66,14 @@ def _dataset(tmp_path, folder, on_bad_sample, **kw):
 def test_training_refuses_them_naming_file_index_and_id(tmp_path, folder):
     ds = _dataset(tmp_path, folder, "raise")
     assert ds[0]["pixel_values"].shape == (3, 32, 32)
-    for i, problem in ((1, "truncated"), (2, "resolves outside data.image_folder"), (3, "(a symlink"),
-                       (4, "over data.max_image_pixels")):
+    assert ds[3]["pixel_values"].shape == (3, 32, 32)  # link.png: a symlink inside the folder is followed
+    for i, problem in ((1, "truncated"), (2, "leaves data.image_folder"), (4, "over data.max_image_pixels")):
         with pytest.raises(BadSampleError, match=rf"d\.json: sample {i} \(id='r{i}'\): .*") as e:
             ds[i]
         assert problem in str(e.value)
     skip = _dataset(tmp_path, folder, "skip")
     assert all(skip[i]["pixel_values"].shape == (3, 32, 32) for i in range(5))  # each replaced by sample 0
-    assert skip.report()["skipped"] == 4
+    assert skip.report()["skipped"] == 3
     allowed = _dataset(tmp_path, folder, "raise", allow_images_outside_folder=True)
     assert allowed[2]["pixel_values"].shape == allowed[3]["pixel_values"].shape == (3, 32, 32)
 
@@ -83,7 +83,7 @@ def test_data_check_images_finds_the_same(tmp_path, folder):
     decoded = check_dataset(ds, decode_images=True)
     by_kind = lambda report, kind: [i for i, *_ in report["found"][kind]]  # noqa: E731
     assert by_kind(decoded, "unreadable_image") == [1] and by_kind(decoded, "image_too_large") == [4]
-    assert by_kind(decoded, "image_outside_folder") == [2, 3]
-    assert decoded["errors"] == 4
+    assert by_kind(decoded, "image_outside_folder") == [2]
+    assert decoded["errors"] == 3
     looked_up = check_dataset(ds, decode_images=False)  # paths are checked even without --images
-    assert by_kind(looked_up, "image_outside_folder") == [2, 3] and looked_up["errors"] == 2
+    assert by_kind(looked_up, "image_outside_folder") == [2] and looked_up["errors"] == 1

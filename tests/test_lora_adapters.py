@@ -149,7 +149,7 @@ def test_lora_run_checkpoints_merge_into_a_model_that_generates(compose_spec, pa
     run(compose_spec(*spec_overrides(parts, cache), f"paths.output_root={tmp_path}", "stage=finetune",
                      "stage.pretrain_mm_mlp_adapter=null", f"lora={lora}", "lora.r=4", "lora.alpha=8",
                      "training.learning_rate=1e-2", *SMALL))
-    run_dir = tmp_path / "tiny" / "finetune"
+    run_dir = tmp_path / "tiny" / f"finetune_{lora}"  # a LoRA run's own directory (config/run_dir.py)
     for step in (2, 4):  # every checkpoint holds the adapter and the projector
         saved = load_file(run_dir / f"checkpoint-{step}" / "adapter_model.safetensors")
         assert {k.split(".multi_modal_projector.")[1] for k in saved if ".multi_modal_projector." in k} == {

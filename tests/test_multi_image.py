@@ -213,7 +213,7 @@ def test_a_run_on_multi_image_records(compose_spec, cache, tmp_path, packing):
                      "stage.pretrain_mm_mlp_adapter=null", f"data.data_path={path}", f"data.image_folder={folder}",
                      "data.synthetic=null", "training.max_steps=2", "training.per_device_train_batch_size=4",
                      "training.logging_steps=1", "eval.enable=false", f"training.packing={str(packing).lower()}"))
-    metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "tiny" / "finetune_multi" / "metrics.json").read_text())  # multi.json's run
     assert metrics["train_steps"] == 2 and metrics["skipped_samples"] == 0
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["train_loss_mean"])
 

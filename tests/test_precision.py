@@ -111,6 +111,7 @@ def test_bf16_run_trains_fp32_weights_under_the_trainers_autocast(compose_spec, 
                      "lora.r=4", "lora.alpha=8", f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}",
                      "data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
                      "training.max_steps=2", "training.per_device_train_batch_size=4", "eval.max_samples=4"))
-    metrics = json.loads((tmp_path / "tiny" / "finetune" / "metrics.json").read_text())
+    run_dir = tmp_path / "tiny" / ("finetune_lora" if lora == "lora" else "finetune")  # LoRA: its own directory
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train_steps"] == 2 and metrics["eval_samples"] == 4
     assert torch.isfinite(torch.tensor(metrics["train_loss_mean"]))

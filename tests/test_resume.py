@@ -216,5 +216,7 @@ def test_rerunning_the_default_command_says_how_to_resume(tmp_path, cache):
                            f"paths.cache_dir={cache}"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode != 0
     assert "already holds another run (run run-a" in done.stderr
-    assert "training.resume_from_checkpoint=auto" in done.stderr
+    # its checkpoint was written under another spec: resuming would be refused, so it is not offered
+    assert "continuing it is refused" in done.stderr and "training.resume_from_checkpoint=auto" not in done.stderr
+    assert f"add training.output_dir={run_dir}-2" in done.stderr
     assert "train data:" not in done.stderr + (run_dir / "tiny_pretrain.log").read_text()  # refused before loading

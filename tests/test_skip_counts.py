@@ -63,5 +63,5 @@ def test_metrics_json_holds_the_total_of_two_processes_with_workers(tmp_path):
                     "training.num_train_epochs=1", "training.max_steps=-1", "training.logging_steps=1",
                     "training.group_by_modality_length=false", "eval.enable=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
-    metrics = json.loads((out / "tiny" / "finetune" / "metrics.json").read_text())
+    metrics = json.loads((out / "tiny" / "finetune_data" / "metrics.json").read_text())  # data.json's run directory
     assert metrics["train_samples"] == 40 and metrics["skipped_samples"] == 8, metrics

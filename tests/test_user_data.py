@@ -45,7 +45,7 @@ def test_run_and_check_only_read_the_users_data(compose_spec, tmp_path, user_dat
                  "stage=finetune", "stage.pretrain_mm_mlp_adapter=null", f"paths.cache_dir={cache}"]
     run(compose_spec(*overrides, f"paths.output_root={tmp_path / 'out'}", "training.max_steps=2",
                      "training.per_device_train_batch_size=2"))
-    metrics = json.loads((tmp_path / "out" / "tiny" / "finetune" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "tiny" / "finetune_qa" / "metrics.json").read_text())  # named by qa.json
     assert metrics["train_samples"] == 6  # the user's records, not 1,800 synthetic ones
     assert "eval_accuracy" not in metrics  # not the synthetic held-out set
     assert check.main([*overrides, "--json", str(tmp_path / "report.json")]) == 0

@@ -63,13 +63,14 @@ class SyntheticSpec:
 class DataConfig:
     name: str = MISSING
     data_path: str = MISSING  # LLaVA-format JSON list
+    preset_path: Optional[str] = None  # the data_path its data file names; another data_path names the run dir
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
     template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
     image_aspect_ratio: str = "square"  # square | pad
     eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
     on_bad_sample: str = "raise"  # raise (stop, naming file/sample/problem) | skip (log each once, count at the end)
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
-    allow_images_outside_folder: bool = False  # image paths resolving outside image_folder (../, absolute, symlinks)
+    allow_images_outside_folder: bool = False  # image paths written to leave image_folder (../, absolute; symlinks in it are fine)
     max_image_pixels: Optional[int] = 50_000_000  # larger images refused before decoding; null: PIL's own limit
 
 
@@ -292,6 +293,9 @@ def check_resolves(cfg) -> None:
 
 
 def register_configs() -> None:
+    from llava_hydra.config.run_dir import register_resolvers
+
+    register_resolvers()  # the default run directory's suffixes (llava_hydra.config.run_dir)
     cs = ConfigStore.instance()
     cs.store(name="llava_hydra_schema", node=LlavaHydraConfig)
     try:  # the submitit plugin's schemas, under names our conf/hydra/launcher/*.yaml extend

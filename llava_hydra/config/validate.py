@@ -41,7 +41,9 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
     check_resolves(cfg)  # a missing value behind an interpolation: an error naming both keys
     problems = [*choice_problems(cfg), *number_problems(cfg), *training_key_problems(cfg)]
     if local_paths:
-        problems += path_problems(cfg)
+        from llava_hydra.config.local_data import data_path_problems
+
+        problems += path_problems(cfg) + data_path_problems(cfg)  # model paths, then data files and folders
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise SpecError(f"the run spec has {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems))

@@ -4,8 +4,8 @@ Owns everything between an image path and the vision tower's input, and what is 
 way (each refusal an ``ImageError`` saying what is wrong, the same in training and in
 ``data.check --images``, its ``kind`` set where it is raised; :data:`IMAGE_KINDS`):
 
-- ``image_outside_folder``: a path that resolves outside the image folder (``../``, absolute, a
-  symlink pointing out), unless ``data.allow_images_outside_folder``;
+- ``image_outside_folder``: a path written to leave the image folder (``../`` past its top, absolute;
+  checked lexically: symlinks inside the folder are followed), unless ``data.allow_images_outside_folder``;
 - ``image_too_large``: an image over ``data.max_image_pixels`` (width x height from the header,
   before decoding) or over PIL's decompression-bomb limit;
 - ``missing_image``: no file at the path;
@@ -115,10 +115,17 @@ def open_rgb(path: str | Path, max_pixels: int | None = None,
         raise ImageError(f"cannot read image {path}: {e}", "unreadable_image") from None
 
 
-def resolved_outside(folder: str | Path, name: str) -> str | None:
-    """Where ``folder / name`` resolves (symlinks, ``..``) when that lies outside ``folder``, else None."""
-    root, real = os.path.realpath(folder), os.path.realpath(Path(folder) / name)
-    return real if os.path.commonpath([root, real]) != root else None
+def outside_folder(folder: str | Path, name: str) -> str | None:
+    """Where ``folder / name`` points when the path *as written* leaves ``folder`` (absolute, or ``..``
+    past its top), else None. Lexical, never resolved: a symlink inside the folder is the user's own
+    (LLaVA's playground links ``coco/``, ``gqa/`` ... in) and is followed; what a data file may not do
+    is name a file outside the folder it was given."""
+    if os.path.isabs(name):
+        return os.path.normpath(name)
+    norm = os.path.normpath(name)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        return os.path.normpath(os.path.join(os.path.abspath(folder), name))
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,16 +138,15 @@ class ImageSource:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def path(self, name: str) -> Path:
-        """The file a record's image path names; ImageError if it resolves outside the folder."""
+        """The file a record's image path names; ImageError if the path leaves the folder."""
         path = self.folder / name
         if self.allow_outside:
             return path
-        real = resolved_outside(self.folder, name)
+        real = outside_folder(self.folder, name)
         if real is not None:
-            how = ("an absolute path" if os.path.isabs(name) else
-                   "a '../' path" if ".." in Path(name).parts else "a symlink")
-            raise ImageError(f"image path {name!r} resolves outside data.image_folder={str(self.folder)!r} "
-                             f"({how} to {real}); set data.allow_images_outside_folder=true to allow it",
+            how = "an absolute path" if os.path.isabs(name) else "a '../' path"
+            raise ImageError(f"image path {name!r} leaves data.image_folder={str(self.folder)!r} "
+                             f"({how}, to {real}); set data.allow_images_outside_folder=true to allow it",
                              "image_outside_folder")
         return path
 

@@ -1,13 +1,13 @@
 """Image-folder pre-flight: a run's image paths checked against ``data.image_folder`` before
-its model loads, so that a path resolving outside the folder (a symlinked subfolder pointing
-elsewhere, ``../``, an absolute path) stops the run in seconds instead of at the first image
-batch after a 7B model has loaded.
+its model loads, so that a path written to leave the folder (``../`` past its top, an absolute
+path) stops the run in seconds instead of at the first image batch after a 7B model has loaded.
+Checked lexically (images.outside_folder): symlinked subfolders inside the folder (LLaVA's
+playground layout) are the user's own and are accepted.
 
 Cheap by design: the paths come from the record store's ``images`` column (store.image_paths,
 no record decoded), and only the distinct folders they go through are resolved (a few for
 LLaVA-665K, hundreds for LLaVA-Pretrain's numbered subfolders), never each file: no existence
-check (that is ``data.check``'s job) and no file-level symlinks (images.ImageSource refuses
-those when it loads one). Refused unless ``data.allow_images_outside_folder``; under
+check (that is ``data.check``'s job). Refused unless ``data.allow_images_outside_folder``; under
 ``data.on_bad_sample=skip`` the run goes on and the log says how many records point outside
 and that they will be skipped (each then counted under ``image_outside_folder``).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_hydra.data.images import resolved_outside
+from llava_hydra.data.images import outside_folder
 from llava_hydra.data.records import BadSampleError, record_id
 
 log = logging.getLogger(__name__)
@@ -29,17 +29,17 @@ FLAG = "data.allow_images_outside_folder=true"
 
 @dataclass
 class Outside:
-    """A folder that image paths go through and that resolves outside the image folder."""
+    """A folder that image paths go through and that leaves the image folder (as written)."""
 
     folder: str  # as the paths spell it ("" for files directly in the image folder)
-    resolved: str  # where it resolves
+    resolved: str  # where it points
     records: np.ndarray  # indices of the records with an image under it (sorted, distinct)
     example: str  # the first such image path
 
 
 def folders_outside(records, image_folder) -> list[Outside]:
-    """The folders the records' image paths go through that resolve outside ``image_folder``
-    (each distinct folder resolved once), in the order of their first record."""
+    """The folders the records' image paths go through that leave ``image_folder`` as written
+    (each distinct folder checked once), in the order of their first record."""
     import pyarrow.compute as pc
 
     from llava_hydra.data.store import image_paths
@@ -50,7 +50,7 @@ def folders_outside(records, image_folder) -> list[Outside]:
     folders = pc.replace_substring_regex(paths, pattern="[^/]*$", replacement="", max_replacements=1)
     encoded = pc.dictionary_encode(folders)  # each distinct folder once, the paths as codes into them
     names = encoded.dictionary.to_pylist()
-    where = {k: r for k, name in enumerate(names) if (r := resolved_outside(image_folder, name or ".")) is not None}
+    where = {k: r for k, name in enumerate(names) if (r := outside_folder(image_folder, name or ".")) is not None}
     if not where:
         return []
     codes = encoded.indices.to_numpy(zero_copy_only=False)
@@ -75,8 +75,8 @@ def check_image_folder(records, data_path, image_folder, on_bad_sample: str = "r
     n = len(np.unique(np.concatenate([o.records for o in outside])))
     first = outside[0]
     i = int(first.records[0])
-    where = (f"image path {first.example!r} goes through {first.folder.rstrip('/') or '.'!r}, which resolves "
-             f"outside data.image_folder={str(image_folder)!r} (to {first.resolved})")
+    where = (f"image path {first.example!r} goes through {first.folder.rstrip('/') or '.'!r}, which leaves "
+             f"data.image_folder={str(image_folder)!r} (to {first.resolved})")
     others = f"; {n} record(s) in all have images outside it" if n > 1 else ""
     if on_bad_sample != "skip":
         raise BadSampleError(f"{data_path}: sample {i} (id={record_id(records[i])!r}): {where}{others}. "

@@ -41,7 +41,7 @@ FINAL_OUTPUTS = ("mm_projector.safetensors", "model.safetensors", "model.safeten
                  "adapter_model.safetensors", "metrics.json")
 # keys that may change when a run is resumed: where it writes, how often it saves/logs, what it
 # reports; everything else (model, data, stage, LoRA, DeepSpeed, optimizer, schedule, seeds) must match
-RESUMABLE_CHANGES = ("run_dir", "paths.", "eval.", "launcher.", "tracking.", "training.output_dir",
+RESUMABLE_CHANGES = ("run_dir", "data.preset_path", "paths.", "eval.", "launcher.", "tracking.", "training.output_dir",
                      "training.resume_from_checkpoint", "training.resume_allow_spec_change",
                      "training.overwrite_output_dir", "training.save_steps",
                      "training.save_total_limit", "training.save_strategy", "training.logging_steps",

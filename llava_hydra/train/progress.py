@@ -7,7 +7,7 @@ time left; off with ``training.disable_tqdm=true``), and instead of a bare dict 
 written through the ``llava_hydra`` logger, so it lands in the run's log file too. The last
 step is always logged, so a run shorter than ``logging_steps`` still reports its loss.
 
-``plot_loss`` draws ``loss.png``: train loss raw and smoothed, held-out accuracy where there is any.
+``plot_loss`` draws ``loss.png``: train loss raw and smoothed (centred: no lag), held-out accuracy where there is any.
 """
 
 from __future__ import annotations
@@ -105,28 +105,35 @@ def final_loss(log_history: list[dict]) -> float | None:
     return losses[-1] if losses else None
 
 
-def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average, bias-corrected (TensorBoard's smoothing): starts at the first value."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight ** i))
+def smoothed(values: list[float], points_per_side: int | None = None) -> list[float]:
+    """Centred moving average, its window narrowed symmetrically at both ends: no lag, so on a short
+    run whose loss is still falling the line ends at the last losses (an exponential average, as
+    TensorBoard draws, trails them by ~10 points). A straight line is kept as it is. Half-width:
+    ``points_per_side``, default a twentieth of the points (at least 1)."""
+    n = len(values)
+    h = max(1, n // 20) if points_per_side is None else points_per_side
+    out = []
+    for i in range(n):
+        k = min(h, i, n - 1 - i)
+        window = values[i - k:i + k + 1]
+        out.append(sum(window) / len(window))
     return out
 
 
-def plot_loss(log_history: list[dict], path: Path) -> bool:
-    """Write loss.png: train loss (raw and smoothed) by step, held-out accuracy on a second axis
-    where the run evaluated. False (nothing written) when no loss was logged."""
+def loss_figure(log_history: list[dict]):
+    """The figure of loss.png (None when no loss was logged): train loss raw and smoothed by step,
+    held-out accuracy on a second axis (0 to 1, with room above 1.0) where the run evaluated; the
+    legend above the plot, where it covers no point."""
     points = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     if not points:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps, losses = zip(*points)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.plot(steps, losses, color="tab:blue", alpha=0.35, marker="o" if len(points) < 3 else None, label="train loss")
     if len(points) > 2:
         ax.plot(steps, smoothed(list(losses)), color="tab:blue", label="train loss (smoothed)")
@@ -136,13 +143,24 @@ def plot_loss(log_history: list[dict], path: Path) -> bool:
     handles, labels = ax.get_legend_handles_labels()
     if evals:
         acc = ax.twinx()
-        acc.plot(*zip(*evals), color="tab:orange", marker="s", linestyle="--", label="eval accuracy")
+        acc.plot(*zip(*evals), color="tab:orange", marker="s", linestyle="--", label="eval accuracy", clip_on=False)
         acc.set_ylabel("eval accuracy")
-        acc.set_ylim(0, 1)
+        acc.set_ylim(0, 1.05)  # a point at 1.0 drawn whole
         more = acc.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
-    ax.legend(handles, labels, loc="upper right", fontsize="small")
+    ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize="small",
+              frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_loss(log_history: list[dict], path: Path) -> bool:
+    """Write loss.png (``loss_figure``). False (nothing written) when no loss was logged."""
+    fig = loss_figure(log_history)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
