@@ -1,9 +1,9 @@
 """What every optimizer step checks before it is applied: is it finite, was the run asked to
 stop, is a time-based save due. All ranks decide together.
 
-``StepGuard`` is a TrainerCallback that ``LLaVATrainer`` feeds at two points of each step: the
-loss of every micro-batch (``note_loss``) and, once the gradient norm is known and before the
-optimizer applies the step, ``decide``. ``decide`` makes one small all-reduce (MAX of four
+``StepGuard`` is a TrainerCallback that ``LLaVATrainer`` feeds at two points of each step
+(``GuardedSteps``, a base class of it): the loss of every micro-batch (``note_loss``) and, once
+the gradient norm is known and before the optimizer applies the step, ``decide``. ``decide`` makes one small all-reduce (MAX of four
 numbers; none with one process) so every rank takes the same decision at the same step, even
 when only one rank saw a NaN, a signal or its clock pass the save interval:
 
@@ -142,6 +142,22 @@ class StepGuard(TrainerCallback):
         if self.stop_signal:
             self.signals.hand_on(self.stop_signal, step, self.checkpoint)
         self.signals.restore()
+
+
+class GuardedSteps:
+    """The two points of a step ``LLaVATrainer`` (a Trainer with ``self.guard``) feeds its guard."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.guard.note_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The step's gradient norm; then, before the optimizer applies the step, the guard's
+        decision (stop on NaN, skip, save now, stop on a signal)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self.guard.decide(self, grad_norm)
+        return grad_norm
 
 
 def skip_next_optimizer_step(optimizer) -> None:

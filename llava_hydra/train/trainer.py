@@ -11,6 +11,8 @@
    ``/mm_projector``, ``/vision_tower``); ``learning_rate`` is the rate of ``training.learning_rate``'s
    group (the Trainer's would be the first group's: the projector's when it has its own rate).
    Progress is shown by ``llava_hydra.train.progress.RunLog`` (bar + log lines) instead of printed dicts.
+6. Every optimizer step is guarded (``llava_hydra.train.guards``): NaN stops it, a stop signal or
+   ``save_every_minutes`` saves it, all ranks agreeing; a failed save names a full disk.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
 from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
+from llava_hydra.train.guards import GuardedSteps
 from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
@@ -62,7 +65,7 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-class LLaVATrainer(Trainer):
+class LLaVATrainer(GuardedSteps, Trainer):
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -86,18 +89,6 @@ class LLaVATrainer(Trainer):
         self.guard = StepGuard(self.args.on_nonfinite, self.args.save_every_minutes, self.args.checkpoint_on_signals,
                                deepspeed=self.is_deepspeed_enabled, loss_scaling=self.args.fp16)
         self.add_callback(self.guard)  # finite steps, stop signals, time-based saves: agreed by all ranks
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self.guard.note_loss(loss)
-        return loss
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        """The step's gradient norm; then, before the optimizer applies the step, the guard's
-        decision (stop on NaN, skip, save now, stop on a signal)."""
-        grad_norm = super()._get_grad_norm(model, grad_norm)
-        self.guard.decide(self, grad_norm)
-        return grad_norm
 
     def _get_learning_rate(self) -> float:
         """The rate of training.learning_rate's group, noting every part's rate for ``log``."""
