@@ -3,10 +3,11 @@
 - ``nonfinite_problem``: a safetensors file whose tensors hold NaN or infinity is damaged (a
   run that went NaN, or a file overwritten); ``llava_hydra.train.checkpoints`` skips such a
   checkpoint under ``resume_from_checkpoint=auto`` with a warning naming the file and tensor, and
-  refuses an explicit path to one. The scan reads every tensor once, one at a time (memory: the
-  largest tensor), summing in float64 (finite iff every value is). Cost: the file's size read
-  from disk plus one pass over it; a tiny model's milliseconds, a 7B model's 13.5 GB bf16
-  ``model.safetensors`` about 5-15 s from a local disk. Only safetensors files are scanned:
+  refuses an explicit path to one. The scan reads every tensor once, one at a time (memory: twice
+  the largest tensor), taking max(|x|) (NaN propagates through max, so it is finite iff every value
+  is). Cost: the file read from disk plus ~1.5 GiB/s of CPU on one thread (measured, bf16); a
+  projector's or adapter's milliseconds, a 7B model's 13.5 GB bf16 ``model.safetensors`` about
+  10 s from the page cache, more from a cold network disk. Only safetensors files are scanned:
   pickled files (``optimizer.pt``, DeepSpeed's ``global_step*/*.pt``) are not opened here.
 - The run's own list of what it wrote: after every checkpoint lands, rank 0 adds its name and
   the sha256 of its manifest to ``<run dir>/run.json`` (``checkpoints``). ``auto`` resumes only
@@ -54,7 +55,7 @@ def nonfinite_problem(f: str | os.PathLike) -> str | None:
     with safe_open(str(f), framework="pt") as fh:
         for key in fh.keys():
             t = fh.get_tensor(key)
-            if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float64)):
+            if t.is_floating_point() and t.numel() and not torch.isfinite(t.abs().amax()):  # amax keeps NaN
                 bad = int((~torch.isfinite(t)).sum())
                 return f"tensor {key!r} holds {bad} NaN or infinite values of {t.numel()}"
     return None
