@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava_hydra.train.checkpoints import (MANIFEST, RUN_RECORD, CheckpointError, RunDirError, claim_run_dir,
+from llava_hydra.train.checkpoint_trust import note_written
+from llava_hydra.train.checkpoints import (MANIFEST, RUN_FILE, RUN_RECORD, CheckpointError, RunDirError, claim_run_dir,
                                      find_resume_checkpoint, lock_run_dir, write_checkpoint_record)
 
 HELPER = Path(__file__).parent / "helpers" / "run_and_die.py"
@@ -94,6 +95,9 @@ def make_checkpoint(run_dir: Path, step: int, spec: dict | None = None, run_id: 
     (path / "optimizer.pt").write_bytes(b"x" * 100)
     (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     write_checkpoint_record(path, run_id, spec if spec is not None else SPEC, train_loss_sum=1.5)
+    if not (run_dir / RUN_FILE).exists():  # as claim_run_dir starts a run
+        (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "checkpoints": []}))
+    note_written(run_dir / RUN_FILE, path, MANIFEST)  # as the trainer lists what the run wrote
     return path
 
 

@@ -207,7 +207,8 @@ def run(cfg: DictConfig) -> float | None:
     metrics = {"model": cfg.model.name, "stage": cfg.stage.name,
                "train_loss": final_loss(trainer.state.log_history),  # RunLog logs the last step
                "train_loss_mean": result.training_loss, "train_steps": trainer.state.global_step,
-               "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"]}
+               "train_samples": data_report["samples"], "skipped_samples": data_report["skipped"],
+               "skipped_steps": len(trainer.guard.skipped_steps)}  # non-finite ones, training.on_nonfinite=skip
     #    Sharded across ranks; under bf16/fp16 in the Trainer's autocast (trainable parts are fp32).
     if cfg.eval.enable and eval_set is not None:
         from llava_hydra.eval.heldout import exact_match

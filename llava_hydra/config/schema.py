@@ -140,6 +140,13 @@ class TrainingConfig:
     overwrite_output_dir: bool = False
     # resume a checkpoint written under a spec that differs in model/data/optimizer keys (else: refused)
     resume_allow_spec_change: bool = False
+    # what protects a run (llava_hydra.train.preemption, .guards; README "What protects a run"):
+    # also save a checkpoint once this many minutes passed since the last one, whatever save_steps says (null: off)
+    save_every_minutes: Optional[float] = None
+    # these signals make the run save a checkpoint at the next optimizer step and exit 128+signal
+    # (SIGTERM: scancel/preemption/kill; SIGUSR1: sbatch --signal=USR1@120; SIGUSR2: submitit's); [] = off
+    checkpoint_on_signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+    on_nonfinite: str = "stop"  # NaN/inf loss or gradient norm: stop (error naming the step) | skip (drop the step, counted)
 
 
 @dataclass
@@ -213,6 +220,8 @@ CHOICES: Dict[str, tuple] = {
     "lora.bits": (16, 8, 4),
     "lora.quant_type": ("nf4", "fp4"),  # bitsandbytes'
     "training.length_grouping": ("random_steps", "llava", "sorted_steps"),  # sampler.MODES (read from here)
+    "training.on_nonfinite": ("stop", "skip"),  # train.guards
+    "training.checkpoint_on_signals": ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP", "SIGQUIT", "SIGXCPU"),
     "deepspeed.zero_optimization.stage": (0, 1, 2, 3),
     "deepspeed.zero_optimization.offload_optimizer.device": ("none", "cpu", "nvme"),
     "deepspeed.zero_optimization.offload_param.device": ("none", "cpu", "nvme"),
@@ -238,6 +247,7 @@ RANGES: Dict[str, str] = {
     "training.logging_steps": "> 0",
     "training.save_steps": "> 0",
     "training.length_grouping_pool": ">= 1",
+    "training.save_every_minutes": "> 0",
     "lora.r": ">= 1",
     "lora.alpha": "> 0",
     "lora.dropout": "[0, 1)",

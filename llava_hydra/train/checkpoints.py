@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from llava_hydra.train.checkpoint_trust import listed_entries, nonfinite_problem, unlisted_problem
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint_manifest.json"
@@ -47,7 +49,8 @@ RESUMABLE_CHANGES = ("run_dir", "data.preset_path", "paths.", "eval.", "launcher
                      "training.save_total_limit", "training.save_strategy", "training.logging_steps",
                      "training.report_to", "training.run_name", "training.disable_tqdm",
                      "training.dataloader_num_workers", "training.per_device_eval_batch_size",
-                     "training.eval_strategy")
+                     "training.eval_strategy", "training.save_every_minutes", "training.checkpoint_on_signals",
+                     "training.on_nonfinite")
 HOW_TO_RESUME = "training.resume_from_checkpoint=auto"
 
 
@@ -100,6 +103,9 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
             return f"{f} has {f.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
         if f.suffix == ".safetensors" and (bad := _safetensors_problem(f)):
             return f"{f}: {bad}"
+    for name in files:  # after the cheap checks: reads the weights (llava_hydra.train.checkpoint_trust)
+        if name.endswith(".safetensors") and (bad := nonfinite_problem(path / name)):
+            return f"{path / name}: {bad}"
     return None
 
 
@@ -153,6 +159,9 @@ def find_resume_checkpoint(run_dir: str | os.PathLike, request) -> str | None:
         return str(request)
     damaged = []
     for path in numbered_checkpoints(run_dir):
+        if unlisted := unlisted_problem(Path(run_dir) / RUN_FILE, path, MANIFEST):  # never opened
+            log.warning("skipping checkpoint %s: %s", path, unlisted)
+            continue
         if problem := checkpoint_problem(path):
             log.warning("skipping damaged checkpoint %s: %s", path, problem)
             damaged.append(problem)
@@ -283,7 +292,8 @@ def claim_run_dir(run_dir: str, spec: dict, request, *, is_main: bool, overwrite
     else:
         run_id = _new_run_id()
     if is_main and (not owner or owner.get("run_id") != run_id):
-        _write_json(Path(run_dir) / RUN_FILE, {"run_id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        _write_json(Path(run_dir) / RUN_FILE, {"run_id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                               "checkpoints": listed_entries(checkpoint, MANIFEST) if inside else []})
     return checkpoint, run_id
 
 

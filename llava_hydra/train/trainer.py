@@ -11,6 +11,8 @@
    ``/mm_projector``, ``/vision_tower``); ``learning_rate`` is the rate of ``training.learning_rate``'s
    group (the Trainer's would be the first group's: the projector's when it has its own rate).
    Progress is shown by ``llava_hydra.train.progress.RunLog`` (bar + log lines) instead of printed dicts.
+6. Every optimizer step is guarded (``llava_hydra.train.guards``): NaN stops it, a stop signal or
+   ``save_every_minutes`` saves it, all ranks agreeing; a failed save names a full disk.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
 
-from llava_hydra.train.checkpoints import STAGING_DIR, read_record, write_checkpoint_record
+from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
+from llava_hydra.train.guards import GuardedSteps
+from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.train.param_groups import parameter_groups, part_groups
@@ -41,9 +45,13 @@ class LlavaTrainingArguments(TrainingArguments):
     group_by_modality_length: bool = False
     length_grouping: str = "random_steps"
     length_grouping_pool: int | None = None
+    save_every_minutes: float | None = None  # llava_hydra.train.guards
+    checkpoint_on_signals: list[str] | None = None  # llava_hydra.train.preemption
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
         check_choice("training.length_grouping", self.length_grouping)
+        check_choice("training.on_nonfinite", self.on_nonfinite)
         ds = self.deepspeed
         if isinstance(ds, str) and os.path.isfile(ds):
             with open(ds) as f:
@@ -57,7 +65,7 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-class LLaVATrainer(Trainer):
+class LLaVATrainer(GuardedSteps, Trainer):
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -76,6 +84,11 @@ class LLaVATrainer(Trainer):
         self.remove_callback(PrinterCallback)
         self.remove_callback(ProgressCallback)
         self.add_callback(RunLog(bar=not self.args.disable_tqdm))
+        from llava_hydra.train.guards import StepGuard
+
+        self.guard = StepGuard(self.args.on_nonfinite, self.args.save_every_minutes, self.args.checkpoint_on_signals,
+                               deepspeed=self.is_deepspeed_enabled, loss_scaling=self.args.fp16)
+        self.add_callback(self.guard)  # finite steps, stop signals, time-based saves: agreed by all ranks
 
     def _get_learning_rate(self) -> float:
         """The rate of training.learning_rate's group, noting every part's rate for ``log``."""
@@ -173,7 +186,8 @@ class LLaVATrainer(Trainer):
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the rename
         self._get_output_dir = lambda trial=None: staging
         try:
-            super()._save_checkpoint(model, trial)
+            with save_errors_named(os.path.join(staging, name), staging):  # a full disk named as such
+                super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
             self.args.save_total_limit = limit
@@ -182,11 +196,13 @@ class LLaVATrainer(Trainer):
         self._point_best_checkpoint_at(run_dir, staging)
         if self.args.should_save:
             staged = os.path.join(staging, name)
-            self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
-            write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum)
+            with save_errors_named(staged, staging):
+                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
+                write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum)
             if os.path.exists(final):  # re-saving a step after a resume: replace it
                 shutil.rmtree(final)
             os.replace(staged, final)
+            note_written(os.path.join(run_dir, RUN_FILE), final, MANIFEST)  # what auto may resume
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
@@ -217,7 +233,12 @@ class LLaVATrainer(Trainer):
         self.resumed_loss_sum = 0.0
         if isinstance(resume_from_checkpoint, str):
             self.resumed_loss_sum = float(read_record(resume_from_checkpoint).get("train_loss_sum") or 0.0)
-        out = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.guard.start()  # stop signals noted from here (llava_hydra.train.preemption)
+        try:
+            out = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self.guard.signals.restore()
+        self.guard.finish(self.state.global_step)  # after a stop signal: hands it on (exit 128 + signal)
         if self.state.global_step == 0:
             raise ValueError(f"training ran zero optimizer steps (training.num_train_epochs="
                              f"{self.args.num_train_epochs}, training.max_steps={self.args.max_steps}, "
