@@ -194,7 +194,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             self._table, hit = lengths_mod.cached(
                 self.cache_dir, key,
                 lambda: lengths_mod.compute(len(self), self._prepare_for_lengths, self.tokenizer,
-                                            self.num_image_tokens, self.model_max_length))
+                                            self.num_image_tokens, self.model_max_length), n=len(self))
             log.info("lengths of %d samples %s in %.1fs", len(self), "read from the cache" if hit else "computed",
                      time.time() - started)
         return self._table
