@@ -10,8 +10,9 @@ concatenate every sample's images in order (``stack_images``), as the model fill
 image-token runs in order.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
-the sample index and id and the problem; ``skip`` logs each bad sample once and hands out the
-next good sample in its place (deterministic: index i+1, i+2, ... wrapping around). A sample
+the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
+good sample drawn uniformly in its place (stand_in.py: deterministic per index and epoch, so no
+good sample is made more likely). A sample
 left with nothing to train on after truncation is always replaced the same way, never handed
 to the trainer with zero loss. ``report()`` counts what was skipped (across DataLoader worker
 processes too: each skip is appended to a small JSONL file the dataset owns;
@@ -36,6 +37,7 @@ from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
 from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt  # noqa: F401
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
+from llava_hydra.data.stand_in import candidates, stand_in
 from llava_hydra.data.store import open_records
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
+        self.epoch = 0  # set_epoch: skip's stand-ins are drawn per epoch
         self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
         where = Path(cache_dir) / "skips" if cache_dir else Path(tempfile.gettempdir())
         self.skip_log = where / f"skips-{os.getpid()}-{time.time_ns()}.jsonl"
@@ -115,12 +118,12 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     # -- the policy ----------------------------------------------------------------------------
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __getitem__(self, i: int) -> dict:
         n = len(self)
-        for step in range(n):
-            j = (i + step) % n
-            if j in self._known_bad:
-                continue
+        for j in candidates(i, self.epoch, n, self._known_bad):  # i, then uniform draws of a good stand-in
             try:
                 return self.build(j)
             except BadSampleError as e:
@@ -219,11 +222,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             n = len(self)
             if len(self._known_bad) == n:
                 raise BadSampleError(f"{self.data_path}: no usable sample among its {n} records")
-            for i in sorted(self._known_bad):
-                j = i
-                while j in self._known_bad:
-                    j = (j + 1) % n
-                lengths[i] = lengths[j]
+            for i in sorted(self._known_bad):  # epoch 0's stand-in (stand_in.py)
+                lengths[i] = lengths[stand_in(i, 0, n, self._known_bad)]
         return lengths
 
 

@@ -183,7 +183,7 @@ class LLaVATrainer(Trainer):
         if self.args.should_save:
             staged = os.path.join(staging, name)
             self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
-            write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum)
+            write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum, getattr(self, "run_data", None))
             if os.path.exists(final):  # re-saving a step after a resume: replace it
                 shutil.rmtree(final)
             os.replace(staged, final)
