@@ -34,6 +34,7 @@ import torch
 from llava_hydra.data import lengths as lengths_mod
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
+from llava_hydra.data.pixels import shortest_edge
 from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt  # noqa: F401
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
@@ -65,7 +66,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             self.records, self.data_digest = load_records(data_path, skip_bad_lines=on_bad_sample == "skip")
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.template, self.image_folder = template, Path(image_folder or ".")
-        self.images = ImageSource(self.image_folder, allow_images_outside_folder, max_image_pixels)
+        self.images = ImageSource(self.image_folder, allow_images_outside_folder, max_image_pixels,
+                                  image_aspect_ratio, shortest_edge(image_processor))
         self.image_aspect_ratio, self.model_max_length = image_aspect_ratio, model_max_length
         self.image_token_id = (image_token_id if image_token_id is not None
                                else tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
