@@ -21,9 +21,11 @@ from omegaconf import DictConfig
 
 from llava_hydra.config.schema import register_configs
 from llava_hydra.config.distributed import is_main_process
+from llava_hydra.config.sweep_dir import register_resolver
 from llava_hydra.config.validate import SpecError, group_option_problems, validate
 
 register_configs()
+register_resolver()  # ${llava_sweep_dir:...}: hydra.sweep.dir, one per sweep
 
 
 def take_local_rank(argv: list[str]) -> list[str]:
