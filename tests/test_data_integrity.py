@@ -182,3 +182,15 @@ def test_same_size_corruption_of_the_length_cache_is_recomputed(data, tok, tmp_p
         again = make(data, tok, cache).length_table()
     assert np.array_equal(again.tokens, full.tokens)
     assert any("Bad CRC-32" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_digest_memo_is_not_trusted(data, tmp_path, monkeypatch):
+    """The remembered digest (cache_dir/digests/) with one hex digit changed: the file is hashed again."""
+    monkeypatch.setattr(store, "RACY_NS", -10**12)  # remembered, as for a file written a while ago
+    cache = tmp_path / "cache"
+    right = store.file_digest(data, cache)
+    (memo,) = (cache / "digests").glob("*.json")
+    saved = json.loads(memo.read_text())
+    wrong = ("0" if right[0] != "0" else "1") + right[1:]
+    memo.write_text(json.dumps({**saved, "sha256": wrong}))  # same size
+    assert store.file_digest(data, cache) == right == hashlib.sha256(data.read_bytes()).hexdigest()

@@ -16,7 +16,7 @@ The store lives at ``<cache_dir>/records/<key>`` where the key is the sha256 of 
 bytes plus whether bad lines are kept (``on_bad_sample=skip``). The sha256 is computed once per
 file version: it is remembered under ``<cache_dir>/digests/`` beside the file's path, size,
 inode, mtime_ns and ctime_ns (of the open file whose bytes were hashed, checked unchanged after
-hashing), and a later run whose stat matches reads it instead of hashing
+hashing) and a checksum of the two (a damaged memo is not trusted), and a later run whose stat matches reads it instead of hashing
 again (not for a file changed within 2 s of hashing: a same-size rewrite within the clock's
 granularity would leave its stat unchanged). One process builds it under
 a file lock into a temporary folder and renames it into place; others wait on the lock and
@@ -68,8 +68,8 @@ def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
         memo = Path(cache_dir) / "digests" / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.json"
         try:
             saved = json.loads(memo.read_text())
-            if saved["stat"] == [real, *_stat(st)]:
-                return saved["sha256"]
+            if saved["stat"] == [real, *_stat(st)] and saved["check"] == _memo_check(saved["stat"], saved["sha256"]):
+                return saved["sha256"]  # (a damaged memo fails its check and the file is hashed again)
         except (OSError, ValueError, KeyError, TypeError):
             pass
     hashed_at = time.time_ns()
@@ -79,9 +79,14 @@ def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
     if memo is not None and st.st_mtime_ns < hashed_at - RACY_NS and st.st_ctime_ns < hashed_at - RACY_NS:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stat": [real, *_stat(st)], "sha256": digest}))
+        stamp = [real, *_stat(st)]
+        tmp.write_text(json.dumps({"stat": stamp, "sha256": digest, "check": _memo_check(stamp, digest)}))
         os.replace(tmp, memo)
     return digest
+
+
+def _memo_check(stamp: list, digest: str) -> str:
+    return hashlib.sha256(json.dumps([stamp, digest]).encode()).hexdigest()[:16]
 
 
 def _stat(st: os.stat_result) -> list[int]:
