@@ -27,8 +27,10 @@ from llava_hydra.config.schema import register_configs
 from llava_hydra.config.distributed import is_main_process
 from llava_hydra.config.overrides import override_problems
 from llava_hydra.config.validate import TYPED_GROUPS, SpecError, group_option_problems, validate
+from llava_hydra.config.sweep_dir import register_resolver
 
 register_configs()
+register_resolver()  # ${llava_sweep_dir:...}: hydra.sweep.dir, one per sweep
 
 
 def take_local_rank(argv: list[str]) -> list[str]:

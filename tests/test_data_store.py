@@ -63,7 +63,7 @@ def test_samples_and_errors_equal_the_list_path(tmp_path, tok, policy):
         with pytest.raises(BadSampleError, match=r"d\.jsonl: sample 1 \(id='c'\): 'conversations' is empty"):
             stored[1]
     else:
-        assert stored[1]["input_ids"].tolist() == plain[2]["input_ids"].tolist()
+        assert stored[1]["input_ids"].tolist() == plain[1]["input_ids"].tolist() == plain[0]["input_ids"].tolist()
 
 
 def test_second_run_reuses_and_changed_file_rebuilds(tmp_path, monkeypatch):

@@ -151,7 +151,8 @@ def test_tags_and_images_that_do_not_match(tmp_path, tok, folder, images, tags, 
         ds[1]
     assert str(e.value).startswith(f"{tmp_path / 'data.json'}: sample 1 (id='m3'): {problem}")
     skipping = dataset(tmp_path, tok, folder, [TWO_TURNS, bad, SINGLE], policy="skip")
-    assert colours(skipping[1]["pixel_values"][None]) == [GREEN] and skipping.report()["skipped"] == 1
+    # sample 1's stand-in in epoch 0 is record 0 (data/stand_in.py): its two images, red then blue
+    assert colours(skipping[1]["pixel_values"]) == [RED, BLUE] and skipping.report()["skipped"] == 1
 
 
 def test_a_missing_second_image_names_the_sample_and_the_file(tmp_path, tok, folder):

@@ -141,6 +141,12 @@ def run(cfg: DictConfig) -> float | None:
         for name in (cfg.model.llm, cfg.model.vision_tower):
             pretrained_path(name, cfg.paths.cache_dir)
     preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
+    from llava_hydra.train.data_tie import EpochToDataset, check_resume_data, data_record, file_record
+
+    evaluates = cfg.eval.enable or cfg.eval.steps  # resuming on edited data: refused before the model loads
+    check_resume_data(resume, file_record(cfg.paths.cache_dir, train=cfg.data.data_path,
+                                          eval=eval_data_path(cfg) if evaluates else None),
+                      cfg.training.resume_allow_spec_change)
 
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
     #    together: under ZeRO-3 loading is a collective).
@@ -191,6 +197,9 @@ def run(cfg: DictConfig) -> float | None:
     # 6. Train, resuming from the checkpoint chosen in step 1; every checkpoint records the run's
     #    id and spec.
     trainer.run_id, trainer.run_spec = run_id, spec
+    trainer.run_data = data_record(train=samples, eval=eval_set)  # the bytes the datasets were built from
+    check_resume_data(resume, trainer.run_data, cfg.training.resume_allow_spec_change)
+    trainer.add_callback(EpochToDataset(samples))  # skip's substitutes are drawn per epoch
     trackers = Trackers(cfg, spec, out_dir, run_id)  # wandb / TensorBoard / MLflow: name, spec, run dir
     trackers.start(trainer)
     result = trainer.train(resume_from_checkpoint=resume)

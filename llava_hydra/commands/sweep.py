@@ -27,6 +27,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from llava_hydra.config.distributed import is_main_process
+from llava_hydra.config.sweep_dir import register_resolver
+
+register_resolver()  # hydra.sweep.dir's resolver, also in processes a launcher starts for a job (submitit)
 
 ROW_FILE = "job_summary.json"
 SWEEP_KEYS_ENV = "LLAVA_HYDRA_SWEEP_KEYS"  # the swept keys, for the jobs' tracker run names

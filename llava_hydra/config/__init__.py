@@ -4,5 +4,5 @@
 pre-flight that names every bad key or value), ``hf_source`` (transformers' names read from its
 source without importing it), ``distributed`` (rank / world from the launcher's environment, and
 joining / leaving the process group), ``run_spec`` (the resolved spec a run leaves for the
-commands after it). Imports nothing from the package's other layers; no torch at import time.
+commands after it), ``sweep_dir`` (the directory a sweep claims). Imports nothing from the package's other layers; no torch at import time.
 """

@@ -10,8 +10,9 @@ concatenate every sample's images in order (``stack_images``), as the model fill
 image-token runs in order.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
-the sample index and id and the problem; ``skip`` logs each bad sample once and hands out the
-next good sample in its place (deterministic: index i+1, i+2, ... wrapping around). A sample
+the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
+good sample drawn uniformly in its place (stand_in.py: deterministic per index and epoch, so no
+good sample is made more likely). A sample
 left with nothing to train on after truncation is always replaced the same way, never handed
 to the trainer with zero loss. ``report()`` counts what was skipped (across DataLoader worker
 processes too: each skip is appended to a small JSONL file the dataset owns;
@@ -33,9 +34,11 @@ import torch
 from llava_hydra.data import lengths as lengths_mod
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
+from llava_hydra.data.pixels import shortest_edge
 from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encode, encode_prompt  # noqa: F401
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
+from llava_hydra.data.stand_in import candidates, stand_in
 from llava_hydra.data.store import open_records
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             self.records, self.data_digest = load_records(data_path, skip_bad_lines=on_bad_sample == "skip")
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.template, self.image_folder = template, Path(image_folder or ".")
-        self.images = ImageSource(self.image_folder, allow_images_outside_folder, max_image_pixels)
+        self.images = ImageSource(self.image_folder, allow_images_outside_folder, max_image_pixels,
+                                  image_aspect_ratio, shortest_edge(image_processor))
         self.image_aspect_ratio, self.model_max_length = image_aspect_ratio, model_max_length
         self.image_token_id = (image_token_id if image_token_id is not None
                                else tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
@@ -71,6 +75,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
+        self.epoch = 0  # set_epoch: skip's stand-ins are drawn per epoch
         self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
         where = Path(cache_dir) / "skips" if cache_dir else Path(tempfile.gettempdir())
         self.skip_log = where / f"skips-{os.getpid()}-{time.time_ns()}.jsonl"
@@ -115,12 +120,12 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     # -- the policy ----------------------------------------------------------------------------
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __getitem__(self, i: int) -> dict:
         n = len(self)
-        for step in range(n):
-            j = (i + step) % n
-            if j in self._known_bad:
-                continue
+        for j in candidates(i, self.epoch, n, self._known_bad):  # i, then uniform draws of a good stand-in
             try:
                 return self.build(j)
             except BadSampleError as e:
@@ -194,7 +199,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             self._table, hit = lengths_mod.cached(
                 self.cache_dir, key,
                 lambda: lengths_mod.compute(len(self), self._prepare_for_lengths, self.tokenizer,
-                                            self.num_image_tokens, self.model_max_length))
+                                            self.num_image_tokens, self.model_max_length), n=len(self))
             log.info("lengths of %d samples %s in %.1fs", len(self), "read from the cache" if hit else "computed",
                      time.time() - started)
         return self._table
@@ -219,11 +224,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             n = len(self)
             if len(self._known_bad) == n:
                 raise BadSampleError(f"{self.data_path}: no usable sample among its {n} records")
-            for i in sorted(self._known_bad):
-                j = i
-                while j in self._known_bad:
-                    j = (j + 1) % n
-                lengths[i] = lengths[j]
+            for i in sorted(self._known_bad):  # epoch 0's stand-in (stand_in.py)
+                lengths[i] = lengths[stand_in(i, 0, n, self._known_bad)]
         return lengths
 
 

@@ -7,7 +7,11 @@ way (each refusal an ``ImageError`` saying what is wrong, the same in training a
 - ``image_outside_folder``: a path written to leave the image folder (``../`` past its top, absolute;
   checked lexically: symlinks inside the folder are followed), unless ``data.allow_images_outside_folder``;
 - ``image_too_large``: an image over ``data.max_image_pixels`` (width x height from the header,
-  before decoding) or over PIL's decompression-bomb limit;
+  before decoding) or over PIL's decompression-bomb limit, or one whose largest intermediate image
+  would be (pixels.peak_size, from the size it is decoded at: ``pad``'s square canvas, so a
+  1x30000 strip is refused instead of taking a 30000x30000 canvas; the shortest-edge resize's output
+  under ``square``). At the default 50 MP: under pad a longer side up to 7071 px, under square an
+  aspect ratio up to 50e6 / 336**2 = 443 for a 336 px tower;
 - ``missing_image``: no file at the path;
 - ``unreadable_image``: a file that is empty, zero-sized, or does not decode to its end
   (truncated, corrupt).
@@ -28,7 +32,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from llava_hydra.data.pixels import pipeline
+from llava_hydra.data.pixels import draft_size, peak_size, pipeline, shortest_edge
 
 DEFAULT_MAX_PIXELS = 50_000_000  # data.max_image_pixels' default; PIL's own warning starts at ~89 MP
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -83,11 +87,13 @@ def _allow_pixels(max_pixels: int | None) -> None:
 
 
 def open_rgb(path: str | Path, max_pixels: int | None = None,
-             draft: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
+             draft: Callable[[int, int], tuple[int, int]] | None = None,
+             peak: Callable[[int, int], tuple[int, str]] | None = None) -> Image.Image:
     """The image decoded to its end, upright (EXIF) and RGB; ImageError when it cannot be.
     ``max_pixels``: refuse larger images from the header, before decoding (None: PIL's own check).
     ``draft(w, h) -> (w', h')``: the least size the caller needs; a JPEG is decoded at the
-    smallest DCT scale (1/2, 1/4, 1/8) that keeps at least that many pixels."""
+    smallest DCT scale (1/2, 1/4, 1/8) that keeps at least that many pixels. ``peak(w, h) ->
+    (pixels, what)``: the largest image the pixel path will make of it, refused over ``max_pixels``."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}", "missing_image")
@@ -104,6 +110,11 @@ def open_rgb(path: str | Path, max_pixels: int | None = None,
                                  f"{max_pixels} ({max_pixels / 1e6:g} MP): {path}", "image_too_large")
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft(w, h))
+            if max_pixels is not None and peak is not None:
+                pixels, what = peak(*img.size)  # the size it decodes at (a JPEG's draft scale)
+                if pixels > max_pixels:
+                    raise ImageError(f"image is {w}x{h}: {what} = {pixels / 1e6:.1f} MP, over data.max_image_pixels="
+                                     f"{max_pixels} ({max_pixels / 1e6:g} MP): {path}", "image_too_large")
             img.load()  # decodes to the end now: a truncated or corrupt file fails here, not in collate
             img = ImageOps.exif_transpose(img, in_place=False) if img.getexif().get(0x0112, 1) != 1 else img
             return to_rgb(img)
@@ -131,11 +142,14 @@ def outside_folder(folder: str | Path, name: str) -> str | None:
 @dataclass(frozen=True)
 class ImageSource:
     """Where a dataset's images come from and what it refuses (data.image_folder,
-    data.allow_images_outside_folder, data.max_image_pixels)."""
+    data.allow_images_outside_folder, data.max_image_pixels; ``aspect`` and ``edge``, the
+    processor's shortest edge, bound the pixel path's largest image in ``check``)."""
 
     folder: Path = Path(".")
     allow_outside: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    aspect: str = "square"
+    edge: int | None = None
 
     def path(self, name: str) -> Path:
         """The file a record's image path names; ImageError if the path leaves the folder."""
@@ -150,13 +164,14 @@ class ImageSource:
                              "image_outside_folder")
         return path
 
-    def open(self, name: str, draft=None) -> Image.Image:
-        return open_rgb(self.path(name), self.max_pixels, draft)
+    def open(self, name: str, draft=None, peak=None) -> Image.Image:
+        return open_rgb(self.path(name), self.max_pixels, draft, peak)
 
     def load(self, name: str, aspect: str, image_processor):
         """Record image path -> pixel values (C, H, W); ImageError for an unusable image."""
         pixels = pipeline(image_processor)
-        return pixels(self.open(name, pixels.draft_size(aspect)), aspect)
+        img = self.open(name, pixels.draft_size(aspect), peak_size(aspect, shortest_edge(image_processor)))
+        return pixels(img, aspect)
 
     def check(self, name: str, decode: bool = False) -> ImageError | None:
         """None if the image is usable, else the problem (its ``kind`` and message). Without
@@ -169,7 +184,7 @@ class ImageSource:
                     return ImageError(f"image file not found: {path}", "missing_image")
                 empty = path.stat().st_size == 0
                 return ImageError(f"image file is empty (0 bytes): {path}", "unreadable_image") if empty else None
-            self.open(name)
+            self.open(name, draft_size(self.aspect, self.edge), peak_size(self.aspect, self.edge))
         except ImageError as e:
             return e
         return None

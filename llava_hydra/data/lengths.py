@@ -13,7 +13,9 @@ ranges' tables are joined in order.
 
 The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
 tokenizer (its full serialization, specials and chat template), the template, the image
-token count and model_max_length; a second run with the same key only reads it.
+token count and model_max_length; a second run with the same key only reads it, after checking
+it (``cached``): a file that does not read back whole (its members' CRC) or does not cover exactly
+the dataset's records is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -203,16 +205,32 @@ def load(path: Path) -> LengthTable:
         return LengthTable(z["tokens"], z["first_label"], z["has_image"], problems)
 
 
-def cached(cache_dir: str | Path | None, key: str, make: Callable[[], LengthTable]) -> tuple[LengthTable, bool]:
-    """(table, whether it came from the cache). No cache_dir: always computed."""
+def coverage_problem(table: LengthTable, n: int) -> str | None:
+    """What makes a length table unusable for ``n`` records (None: it covers exactly them)."""
+    sizes = {len(table.tokens), len(table.first_label), len(table.has_image)}
+    if sizes != {n}:
+        return f"it covers {min(sizes)} of the {n} records"
+    outside = [i for i in table.problems if not 0 <= i < n]
+    return f"it lists a problem for record {outside[0]}, past the {n} records" if outside else None
+
+
+def cached(cache_dir: str | Path | None, key: str, make: Callable[[], LengthTable],
+           n: int | None = None) -> tuple[LengthTable, bool]:
+    """(table, whether it came from the cache). No cache_dir: always computed. A cache file that
+    is unreadable (a same-size corruption fails the npz members' CRC) or, given ``n``, does not
+    cover exactly ``n`` records is recomputed with a warning, never trusted or crashed on."""
     if cache_dir is None:
         return make(), False
     path = Path(cache_dir) / "lengths" / f"{key}.npz"
     if path.exists():
         try:
-            return load(path), True
-        except (OSError, ValueError, KeyError) as e:  # a damaged file is recomputed, not trusted
-            log.warning("length cache %s unreadable (%s): recomputing", path, e)
+            table = load(path)
+            problem = coverage_problem(table, n) if n is not None else None
+        except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, OSError, ValueError, KeyError, ...
+            problem = f"unreadable ({type(e).__name__}: {e})"
+        if problem is None:
+            return table, True
+        log.warning("length cache %s is damaged or incomplete: %s; recomputing it", path, problem)
     table = make()
     save(table, path)
     return table, False

@@ -16,7 +16,10 @@ Three paths, chosen once per image processor and logged (``images: ...``):
 - ``processor``: anything else (other resizes, padding, tiling): the processor itself.
 
 ``draft_size`` tells images.open_rgb how small a JPEG may be decoded (DCT scaling) so that the
-resize still starts from at least as many pixels as it keeps.
+resize still starts from at least as many pixels as it keeps; ``peak_size`` how large the largest
+image is that the path makes of a decoded one (``pad``'s square canvas, side = the longer side; a
+shortest-edge resize's output, edge x edge * long / short), which images.py bounds by
+``data.max_image_pixels`` before anything is allocated.
 """
 
 from __future__ import annotations
@@ -96,15 +99,7 @@ class Pipeline:
 
     def draft_size(self, aspect: str) -> Callable[[int, int], tuple[int, int]] | None:
         """(w, h) of the file -> the least (w, h) to decode it at, or None (decode in full)."""
-        size = getattr(self.processor, "size", None)
-        edge = getattr(size, "shortest_edge", None) if size is not None else None
-        if not getattr(self.processor, "do_resize", False) or not edge or getattr(size, "longest_edge", None):
-            return None
-
-        def least(w: int, h: int) -> tuple[int, int]:
-            side = max(w, h) if aspect == "pad" else min(w, h)  # pad: the square's side is the longer one
-            return math.ceil(w * edge * DRAFT_GAP / side), math.ceil(h * edge * DRAFT_GAP / side)
-        return least
+        return draft_size(aspect, shortest_edge(self.processor))
 
     def _torch(self, img, aspect: str):
         import torch
@@ -134,6 +129,43 @@ class Pipeline:
             x = x[..., top:top + ch, left:left + cw]
         x = x[0].to(torch.float32)  # a new contiguous tensor: scaled in place, one pass each
         return x.mul_(p["scale"]).add_(p["shift"])
+
+
+def shortest_edge(processor) -> int | None:
+    """The edge a processor resizes the shorter side to (aspect kept), or None for any other resize."""
+    size = getattr(processor, "size", None) if processor else None
+    edge = getattr(size, "shortest_edge", None) if size is not None else None
+    if not getattr(processor, "do_resize", False) or not edge or getattr(size, "longest_edge", None):
+        return None
+    return int(edge)
+
+
+def draft_size(aspect: str, edge: int | None) -> Callable[[int, int], tuple[int, int]] | None:
+    """(w, h) of the file -> the least (w, h) to decode it at for a shortest-edge resize, or None."""
+    if not edge:
+        return None
+
+    def least(w: int, h: int) -> tuple[int, int]:
+        side = max(w, h) if aspect == "pad" else min(w, h)  # pad: the square's side is the longer one
+        return math.ceil(w * edge * DRAFT_GAP / side), math.ceil(h * edge * DRAFT_GAP / side)
+    return least
+
+
+def peak_size(aspect: str, edge: int | None) -> Callable[[int, int], tuple[int, str]]:
+    """(w, h) of the decoded image -> (pixels, what) of the largest image the path makes of it:
+    under pad the square canvas (then resized to edge x edge); under square the shortest-edge
+    resize's output (a 1x30000 strip resized to 336 on its short side is 336 x 10,080,000)."""
+    def peak(w: int, h: int) -> tuple[int, str]:
+        if aspect == "pad":
+            side = max(w, h)
+            return max(side * side, (edge or 0) ** 2), f"its padded square canvas is {side}x{side}"
+        if edge:
+            short, long = min(w, h), max(w, h)
+            resized = (edge, int(edge * long / short))  # transformers' get_resize_output_image_size
+            if resized[0] * resized[1] > w * h:
+                return resized[0] * resized[1], f"resized to {edge} on its short side it is {resized[0]}x{resized[1]}"
+        return w * h, "it is that large"
+    return peak
 
 
 def _one_thread(fn, *args):

@@ -15,11 +15,19 @@ pages are shared through the page cache instead of copied per process.
 The store lives at ``<cache_dir>/records/<key>`` where the key is the sha256 of the file's
 bytes plus whether bad lines are kept (``on_bad_sample=skip``). The sha256 is computed once per
 file version: it is remembered under ``<cache_dir>/digests/`` beside the file's path, size,
-inode, mtime_ns and ctime_ns, and a later run whose stat matches reads it instead of hashing
+inode, mtime_ns and ctime_ns (of the open file whose bytes were hashed, checked unchanged after
+hashing) and a checksum of the two (a damaged memo is not trusted), and a later run whose stat matches reads it instead of hashing
 again (not for a file changed within 2 s of hashing: a same-size rewrite within the clock's
 granularity would leave its stat unchanged). One process builds it under
 a file lock into a temporary folder and renames it into place; others wait on the lock and
 then open the finished store, so processes starting at once build it once.
+
+The store is keyed by the bytes it was built from: the build hashes the very bytes it parses
+(records.load_records), and if the file changed after it was hashed (replaced while being
+hashed or read) the store is filed under the digest of what was read, never under the earlier
+one. A store is checked against what was built on every open (store_check: its files' sizes
+and sha256, rehashed only when their stat changed since the last verification); a missing,
+incomplete or damaged one is rebuilt with a warning naming the file.
 """
 
 from __future__ import annotations
@@ -36,10 +44,11 @@ from pathlib import Path
 import numpy as np
 
 from llava_hydra.data.records import RecordError, images_of, load_records
+from llava_hydra.data.store_check import expected_rows, record_content, store_problem
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # bump when what is stored changes (3: has_image as int8; 4: the images column)
+FORMAT = 5  # bump when what is stored changes (3: has_image as int8; 4: the images column; 5: content.json)
 COLUMN = "record"
 IMAGE_COLUMN = "has_image"
 PATHS_COLUMN = "images"
@@ -53,34 +62,52 @@ def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     st = path.stat()
-    stamp = [os.path.realpath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    real = os.path.realpath(path)
     memo = None
     if cache_dir is not None:
-        memo = Path(cache_dir) / "digests" / f"{hashlib.sha256(stamp[0].encode()).hexdigest()[:32]}.json"
+        memo = Path(cache_dir) / "digests" / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.json"
         try:
             saved = json.loads(memo.read_text())
-            if saved["stat"] == stamp:
-                return saved["sha256"]
+            if saved["stat"] == [real, *_stat(st)] and saved["check"] == _memo_check(saved["stat"], saved["sha256"]):
+                return saved["sha256"]  # (a damaged memo fails its check and the file is hashed again)
         except (OSError, ValueError, KeyError, TypeError):
             pass
     hashed_at = time.time_ns()
-    digest = _hash_file(path)
+    digest, st = _hash_file(path)
     # a file modified within RACY_NS of hashing may change again within the filesystem's timestamp
     # granularity without its stat changing (git's "racy" case): such a digest is not remembered
     if memo is not None and st.st_mtime_ns < hashed_at - RACY_NS and st.st_ctime_ns < hashed_at - RACY_NS:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stat": stamp, "sha256": digest}))
+        stamp = [real, *_stat(st)]
+        tmp.write_text(json.dumps({"stat": stamp, "sha256": digest, "check": _memo_check(stamp, digest)}))
         os.replace(tmp, memo)
     return digest
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
+def _memo_check(stamp: list, digest: str) -> str:
+    return hashlib.sha256(json.dumps([stamp, digest]).encode()).hexdigest()[:16]
+
+
+def _stat(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _hash_file(path: Path, tries: int = 3) -> tuple[str, os.stat_result]:
+    """(sha256, stat of the file hashed): the open file's stat before and after hashing and the
+    path's stat after must agree (a file written or replaced meanwhile is hashed again)."""
+    for _ in range(tries):
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            h = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+            after = os.fstat(f.fileno())
+        if _stat(before) == _stat(after) == _stat(path.stat()):
+            return h.hexdigest(), before
+        log.warning("data file %s changed while it was being hashed: hashing it again", path)
+    raise RuntimeError(f"data file {path} kept changing while it was being hashed ({tries} tries); "
+                       f"let whatever writes it finish, then start again")
 
 
 def has_image(records) -> np.ndarray:
@@ -171,37 +198,77 @@ class RecordStore:
         return (self[i] for i in range(len(self)))
 
 
-def _build(path: Path, skip_bad_lines: bool, final: Path) -> None:
+def _build(path: Path, records: list, final: Path) -> None:
     import datasets
     import pyarrow as pa
 
-    records, _ = load_records(path, skip_bad_lines=skip_bad_lines)
     rows = [json.dumps(r, ensure_ascii=False) for r in records]
     images = np.array([bool(r.get("image")) for r in records], dtype=np.int8)
     paths = [_paths_of(r) for r in records]
-    del records
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     table = pa.table({COLUMN: pa.array(rows, pa.string()), IMAGE_COLUMN: pa.array(images, pa.int8()),
                       PATHS_COLUMN: pa.array(paths, pa.list_(pa.string()))})  # typed by pyarrow: fast
     datasets.Dataset(table).save_to_disk(str(tmp))
+    record_content(tmp, len(rows))  # what was built, for the check on every open (store_check)
     os.replace(tmp, final)
 
 
-def open_records(path: str | Path, cache_dir: str | Path, skip_bad_lines: bool = False) -> tuple[RecordStore, str]:
-    """(store of the file's records, sha256 of its bytes): built on first use, then only opened.
-    A bad JSONL line without ``skip_bad_lines`` raises BadSampleError as load_records does."""
-    path = Path(path)
-    digest = file_digest(path, cache_dir)
-    key = hashlib.sha256(json.dumps([FORMAT, digest, bool(skip_bad_lines)]).encode()).hexdigest()[:32]
-    root = Path(cache_dir) / "records"
-    final = root / key
+def _key(digest: str, skip_bad_lines: bool) -> str:
+    return hashlib.sha256(json.dumps([FORMAT, digest, bool(skip_bad_lines)]).encode()).hexdigest()[:32]
+
+
+def _verified(final: Path, source: Path, warn: bool = True) -> RecordStore | None:
+    """The store in ``final`` if it is there, whole and unchanged since it was built; else None
+    (a damaged or incomplete one with a warning naming what is wrong)."""
     if not final.is_dir():
+        return None
+    problem = store_problem(final)
+    if problem is None:
+        try:
+            store = RecordStore(final)
+            if len(store) == expected_rows(final):
+                return store
+            problem = f"{final} holds {len(store)} records, {expected_rows(final)} when it was built"
+        except Exception as e:  # noqa: BLE001 - whatever a damaged Arrow file raises: rebuilt, not crashed on
+            problem = f"{final} is unreadable ({type(e).__name__}: {e})"
+    if warn:
+        log.warning("record store of %s is damaged or incomplete: %s; rebuilding it", source, problem)
+    return None
+
+
+def open_records(path: str | Path, cache_dir: str | Path, skip_bad_lines: bool = False) -> tuple[RecordStore, str]:
+    """(store of the file's records, sha256 of the bytes it was built from): built on first use,
+    then opened (and checked: a damaged store is rebuilt with a warning). A bad JSONL line
+    without ``skip_bad_lines`` raises BadSampleError as load_records does."""
+    path = Path(path)
+    root = Path(cache_dir) / "records"
+    digest = file_digest(path, cache_dir)
+    loaded = None  # (records, sha256 of the bytes they were parsed from)
+    for _ in range(3):
+        final = root / _key(digest, skip_bad_lines)
+        if (found := _verified(final, path)) is not None:
+            return found, digest
         root.mkdir(parents=True, exist_ok=True)
-        with open(root / f"{key}.lock", "w") as lock:
+        with open(root / f"{final.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
-            if not final.is_dir():  # another process may have built it while this one waited
+            # another process may have built (or rebuilt) it while this one waited
+            if (found := _verified(final, path, warn=False)) is not None:
+                return found, digest
+            if loaded is None or loaded[1] != digest:
+                loaded = load_records(path, skip_bad_lines=skip_bad_lines)  # hashes the bytes it parses
+            if loaded[1] == digest:
+                if final.exists():  # damaged: moved aside (processes that mapped it keep their pages)
+                    aside = final.with_name(f"{final.name}.damaged.{os.getpid()}.tmp")
+                    os.replace(final, aside)
+                    shutil.rmtree(aside, ignore_errors=True)
                 started = time.time()
-                _build(path, skip_bad_lines, final)
+                _build(path, loaded[0], final)
                 log.info("record store for %s built in %.1fs: %s", path, time.time() - started, final)
-    return RecordStore(final), digest
+                return RecordStore(final), digest
+        # the file changed between hashing and reading: its store is keyed by what was read
+        log.warning("data file %s changed after it was hashed (sha256 %s... then, %s... when read): "
+                    "using what was read", path, digest[:12], loaded[1][:12])
+        digest = loaded[1]
+    raise RuntimeError(f"data file {path} kept changing while it was being read; let whatever writes it "
+                       f"finish, then start again")

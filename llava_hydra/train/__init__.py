@@ -2,6 +2,7 @@
 
 ``trainer`` (LLaVATrainer and its TrainingArguments), ``param_groups`` (the optimizer's groups:
 each trained part at its own rate), ``checkpoints`` (staged writes, manifests, run records,
-resume), ``progress`` (the log line, progress bar and loss.png). Imports from ``config``,
+resume), ``data_tie`` (the data digest checkpoints record and a resume checks; the epoch handed to
+the dataset), ``progress`` (the log line, progress bar and loss.png). Imports from ``config``,
 ``data``, ``sampling``, ``model`` and ``eval`` (held-out accuracy during training).
 """

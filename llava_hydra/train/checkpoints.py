@@ -65,11 +65,13 @@ class CheckpointError(RuntimeError):
 # -- manifest --------------------------------------------------------------------------------
 
 def write_checkpoint_record(path: str | os.PathLike, run_id: str | None, spec: dict | None,
-                            train_loss_sum: float) -> None:
-    """Write run_record.json, then the manifest of every file in the checkpoint (sizes), each
-    flushed to disk; called on the staging directory before it is renamed into place."""
+                            train_loss_sum: float, data: dict | None = None) -> None:
+    """Write run_record.json (with ``data``: the data files' digests, train.data_tie), then the
+    manifest of every file in the checkpoint (sizes), each flushed to disk; called on the staging
+    directory before it is renamed into place."""
     path = Path(path)
-    _write_json(path / RUN_RECORD, {"run_id": run_id, "spec": spec, "train_loss_sum": train_loss_sum})
+    _write_json(path / RUN_RECORD, {"run_id": run_id, "spec": spec, "train_loss_sum": train_loss_sum,
+                                    **({"data": data} if data else {})})
     files = {}
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.name != MANIFEST:

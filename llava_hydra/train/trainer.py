@@ -198,7 +198,7 @@ class LLaVATrainer(GuardedSteps, Trainer):
             staged = os.path.join(staging, name)
             with save_errors_named(staged, staging):
                 self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
-                write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum)
+                write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum, getattr(self, "run_data", None))
             if os.path.exists(final):  # re-saving a step after a resume: replace it
                 shutil.rmtree(final)
             os.replace(staged, final)
