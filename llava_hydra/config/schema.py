@@ -60,9 +60,23 @@ class SyntheticSpec:
 
 
 @dataclass
+class SourceConfig:
+    """One source of a mixture (data.sources; llava_hydra.data.mixture)."""
+
+    data_path: str = MISSING  # LLaVA-format JSON / JSONL (a mixture .yaml may call it json_path, as LLaVA-NeXT)
+    name: Optional[str] = None  # in logs and trackers (loss/<name>); default: the file's name without suffix
+    image_folder: Optional[str] = None  # default: data.image_folder
+    video_folder: Optional[str] = None  # accepted, not read yet (no video support: a note in the log)
+    sampling_strategy: str = "all"  # all | first:N% | end:N% | random:N% | first:N | end:N | random:N
+    repeat: int = 1  # the selection appears this many times per epoch
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
-    data_path: str = MISSING  # LLaVA-format JSON list
+    # LLaVA-format JSON list, or a mixture .yaml (LLaVA-NeXT's datasets: list); null when data.sources is set
+    data_path: Optional[str] = MISSING
+    sources: Optional[List[SourceConfig]] = None  # a mixture given inline (llava_hydra.data.mixture)
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
     template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
     image_aspect_ratio: str = "square"  # square | pad
