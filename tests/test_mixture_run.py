@@ -110,3 +110,24 @@ def test_data_check_reports_per_source_and_in_total(mixture, capsys, tmp_path):
     found = json.loads(report.read_text())
     assert [found["sources"][s]["text_only_samples"] for s in ("qa", "captions")] == [8, 0]
     assert found["total"]["image_samples"] == 96 and found["total"]["errors"] == 0
+
+
+def test_two_processes_log_the_sums_of_both_ranks(compose_spec, tmp_path, mixture):
+    """Under 2 processes each rank sees half of every step: the per-source sums are added across
+    ranks before logging, so step 1 (the same 4 samples as one process with batch 4: the sampler's
+    global order) logs the same tokens and losses per source as the single process; rank 0's sums
+    alone would hold about half the tokens."""
+    pytest.importorskip("tensorboard")
+    from launching import torchrun
+
+    mix, cache = mixture
+    common = [f"paths.cache_dir={cache}", *SMALL, f"data.data_path={mix}", "training.report_to=[tensorboard]"]
+    run(compose_spec(f"paths.output_root={tmp_path / 'one'}", *common, "training.max_steps=1"))
+    done = torchrun("-m", "llava_hydra", "deepspeed=none", f"paths.output_root={tmp_path / 'two'}", *common,
+                    "training.max_steps=1", "training.per_device_train_batch_size=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    one, two = (scalars(tmp_path / d / "tiny" / "finetune") for d in ("one", "two"))
+    for source in ("qa", "captions"):
+        assert two[f"train/tokens/{source}"] == one[f"train/tokens/{source}"]
+        assert two[f"train/loss/{source}"][1] == pytest.approx(one[f"train/loss/{source}"][1], rel=1e-4)
+    assert sum(one[f"train/tokens/{s}"][1] for s in ("qa", "captions")) == 18  # 8 + 10 answer tokens in step 1
