@@ -274,3 +274,21 @@ def test_the_fairness_bound_fails_a_sampler_of_one_length_steps():
                                    mode="sorted_steps", seed=42)
     steps = mixture.source_of()[np.asarray(list(sampler))].reshape(125, 8)
     assert int((steps == 0).all(axis=1).sum()) == 112 and int((steps == 1).all(axis=1).sum()) == 12
+
+
+def test_sources_from_the_command_line_and_the_data_group(compose_spec):
+    from llava_hydra.config.validate import validate
+
+    cfg = compose_spec("stage=finetune", "data.data_path=null",
+                       "data.sources=[{data_path: /d/a.json, sampling_strategy: 'first:10%'}, "
+                       "{data_path: /d/b.jsonl, name: bee, image_folder: /img/b, repeat: 3}]")
+    validate(cfg, local_paths=False)
+    assert read_sources(cfg.data) == [
+        Source("a", "/d/a.json", cfg.data.image_folder, None, "first:10%", 1),
+        Source("bee", "/d/b.jsonl", "/img/b", None, "all", 3)]
+    cfg = compose_spec("stage=finetune", "data=synthetic_mixture", "paths.cache_dir=/c")
+    assert [(s.name, s.data_path, s.image_folder, s.sampling_strategy, s.repeat) for s in read_sources(cfg.data)] == [
+        ("qa", "/c/synthetic/qa.json", "/c/synthetic/images", "first:50%", 1),
+        ("captions", "/c/synthetic/captions.json", "/c/synthetic/images", "random:25%", 2)]
+    with pytest.raises(MixtureError, match="both set"):
+        read_sources(compose_spec("data.sources=[{data_path: a.json}]").data)

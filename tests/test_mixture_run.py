@@ -131,3 +131,20 @@ def test_two_processes_log_the_sums_of_both_ranks(compose_spec, tmp_path, mixtur
         assert two[f"train/tokens/{source}"] == one[f"train/tokens/{source}"]
         assert two[f"train/loss/{source}"][1] == pytest.approx(one[f"train/loss/{source}"][1], rel=1e-4)
     assert sum(one[f"train/tokens/{s}"][1] for s in ("qa", "captions")) == 18  # 8 + 10 answer tokens in step 1
+
+
+def test_inline_sources_packed_log_loss_per_source(compose_spec, tmp_path, mixture):
+    """data=synthetic_mixture (data.sources in the config) under training.packing: rows hold samples
+    of both sources, and the per-source losses still average to the logged loss."""
+    pytest.importorskip("tensorboard")
+    _, cache = mixture
+    run(compose_spec(f"paths.output_root={tmp_path}", f"paths.cache_dir={cache}", *SMALL, "data=synthetic_mixture",
+                     "training.packing=true", "training.report_to=[tensorboard]", "training.max_steps=2"))
+    out = tmp_path / "tiny" / "finetune"
+    assert json.loads((out / "metrics.json").read_text())["train_samples"] == 28 + 2 * 12  # first:50% of 56, 2 x 25% of 48
+    tags = scalars(out)
+    assert sorted(tags["train/loss"]) == [1, 2]
+    for step, loss in tags["train/loss"].items():
+        tokens = {s: tags[f"train/tokens/{s}"][step] for s in ("qa", "captions")}
+        weighted = sum(tags[f"train/loss/{s}"][step] * n for s, n in tokens.items() if n) / sum(tokens.values())
+        assert weighted == pytest.approx(loss, rel=1e-4)
