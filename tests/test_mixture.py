@@ -292,3 +292,10 @@ def test_sources_from_the_command_line_and_the_data_group(compose_spec):
         ("captions", "/c/synthetic/captions.json", "/c/synthetic/images", "random:25%", 2)]
     with pytest.raises(MixtureError, match="both set"):
         read_sources(compose_spec("data.sources=[{data_path: a.json}]").data)
+
+
+def test_no_data_at_all_is_named_before_anything_loads(compose_spec):
+    from llava_hydra.data.mixture import data_files
+
+    with pytest.raises(MixtureError, match="no training data: set data.data_path .* or data.sources"):
+        data_files(compose_spec("data.data_path=null"))

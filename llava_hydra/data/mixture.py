@@ -208,7 +208,7 @@ def _folder(folder, base: Path | None):
 
 def data_files(cfg) -> list[tuple[str, str | None]]:
     """(data file, image folder) of every training file of a spec: the mixture's sources, or data.data_path."""
-    if is_mixture(cfg.data):
+    if is_mixture(cfg.data) or cfg.data.data_path is None:  # the latter: read_sources says what is missing
         return [(s.data_path, s.image_folder) for s in read_sources(cfg.data)]
     return [(cfg.data.data_path, cfg.data.image_folder)]
 

@@ -193,7 +193,7 @@ def train_dataset(cfg, tokenizer, image_processor, num_image_tokens: int, image_
     from llava_hydra.data.mixture import is_mixture
     from llava_hydra.data.spec import spec_dataset
 
-    if is_mixture(cfg.data):
+    if is_mixture(cfg.data) or cfg.data.data_path is None:  # the latter: read_sources says what is missing
         return mixture_dataset(cfg, tokenizer, image_processor, num_image_tokens, image_token_id, on_bad_sample)
     return spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, num_image_tokens,
                         image_token_id=image_token_id, on_bad_sample=on_bad_sample)
