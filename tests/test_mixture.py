@@ -65,6 +65,17 @@ def test_one_generator_for_the_mixture_consumed_by_random_sources_in_order():
     assert selections(sources, totals, seed=42) == selections(sources, totals, seed=42)  # deterministic
 
 
+def test_fractional_repeat_adds_a_seeded_part_of_the_selection():
+    """end:7 of 10 at repeat 0.5: round(3.5) = 4 of its 7 records; first:4 at 1.5: all 4, then 2 of them.
+    The strategies' own draws are untouched (no random strategy here consumes the mixture's generator)."""
+    sources = [Source("a", "a.json", sampling_strategy="end:7", repeat=0.5),
+               Source("b", "b.json", sampling_strategy="first:4", repeat=1.5)]
+    assert selections(sources, [10, 10], seed=5) == [[8, 5, 6, 9], [0, 1, 2, 3, 1, 0]]
+    mixed = [Source("r", "r.json", sampling_strategy="random:3", repeat=1.5), Source("s", "s.json", sampling_strategy="random:3")]
+    plain = [Source("r", "r.json", sampling_strategy="random:3"), Source("s", "s.json", sampling_strategy="random:3")]
+    assert selections(mixed, [10, 10], 42)[1] == selections(plain, [10, 10], 42)[1]  # the repeat draws on its own
+
+
 @pytest.mark.parametrize("strategy, problem", [
     ("first", "needs a number"), ("sample:10", "unknown sampling_strategy"), ("First:10", "unknown"),
     ("end:0", "selects no record"), ("first:0%", "selects no record"), ("first:2.5%", "whole number"),
@@ -124,7 +135,8 @@ def test_yaml_with_our_keys_and_relative_paths(tmp_path):
 
 @pytest.mark.parametrize("entry, problem", [
     ("  - json_path: a.json\n    sampling_stratgy: all\n", r"unknown key\(s\) \['sampling_stratgy'\]"),
-    ("  - json_path: a.json\n    repeat: 0\n", "repeat must be a whole number >= 1"),
+    ("  - json_path: a.json\n    repeat: 0\n", "repeat must be a number > 0"),
+    ("  - json_path: a.json\n    repeat: two\n", "repeat must be a number > 0"),
     ("  - json_path: a.json\n    data_path: a.json\n", "two names of one key"),
     ("  - sampling_strategy: all\n", "no json_path"),
     ("  - json_path: a.parquet\n", "a .json or .jsonl file"),

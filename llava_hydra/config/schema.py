@@ -68,7 +68,7 @@ class SourceConfig:
     image_folder: Optional[str] = None  # default: data.image_folder
     video_folder: Optional[str] = None  # accepted, not read yet (no video support: a note in the log)
     sampling_strategy: str = "all"  # all | first:N% | end:N% | random:N% | first:N | end:N | random:N
-    repeat: int = 1  # the selection appears this many times per epoch
+    repeat: float = 1  # the selection this many times per epoch (a fraction: a random part of it)
 
 
 @dataclass

@@ -86,11 +86,13 @@ TOTALS = ("samples", "image_samples", "multi_image_samples", "text_only_samples"
 def check_mixture(mixture, decode_images: bool = False) -> dict:
     """Findings per source of a MixtureDataset (each source's whole file, as ``check_dataset``,
     plus what the mixture selects of it) and their sums under ``total``."""
+    from llava_hydra.data.mixture import selected_count
+
     sources = {}
     for name, ds, source, sel in zip(mixture.names, mixture.datasets, mixture.sources, mixture.selected):
         report = check_dataset(ds, decode_images)
         report.update(name=name, sampling_strategy=source.sampling_strategy, repeat=source.repeat,
-                      selected=len(sel) // source.repeat, mixture_samples=len(sel))
+                      selected=selected_count(len(ds), source.sampling_strategy), mixture_samples=len(sel))
         sources[name] = report
     total = {key: sum(r[key] for r in sources.values()) for key in (*TOTALS, "selected", "mixture_samples")}
     return {"sources": sources, "total": total}
@@ -99,7 +101,7 @@ def check_mixture(mixture, decode_images: bool = False) -> dict:
 def _print_mixture(report: dict, limit: int, out=None) -> None:
     p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
     for name, r in report["sources"].items():
-        repeat = f", x{r['repeat']}" if r["repeat"] > 1 else ""
+        repeat = f", x{r['repeat']:g}" if r["repeat"] != 1 else ""
         p(f"== source {name}: {r['selected']} of {r['samples']} records selected ({r['sampling_strategy']}{repeat}), "
           f"{r['mixture_samples']} samples per epoch")
         _print(r, limit, out)

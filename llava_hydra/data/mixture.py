@@ -20,7 +20,11 @@ and is recorded in the run spec (``data.selection``). A number beyond the file k
 (Python's slices, as LLaVA-NeXT). Refused where LLaVA-NeXT would silently train on the whole file
 or on nothing: an unknown strategy or a missing number (its loader trains on all records), ``N=0``
 (``end:0`` selects the whole file there), a negative or fractional N, a selection of no records.
-``repeat: k`` lists the selection k times per epoch (upsampling; LLaVA-NeXT lists a file twice).
+``repeat: r`` (a number > 0, default 1) puts ``r`` times the selection in each epoch: ``int(r)`` whole
+copies (LLaVA-NeXT's way is to list a file twice) and, for the fractional part ``f``, a random
+``round(f * selected)`` of the selected records (no record twice; drawn from a generator of its
+own, seeded with the seed and the source's position, so the strategies' draws stay LLaVA-NeXT's):
+``repeat: 0.5`` halves a source, ``2.5`` weighs it 2.5 times.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class Source:
     image_folder: str | None = None
     video_folder: str | None = None
     sampling_strategy: str = "all"
-    repeat: int = 1
+    repeat: float = 1
 
 
 def parse_strategy(text, where: str = "") -> tuple[str, int | None, bool]:
@@ -105,17 +109,22 @@ def select(total: int, text: str, rng: random.Random, where: str = "") -> list[i
 
 
 def selections(sources: list[Source], totals: list[int], seed: int) -> list[list[int]]:
-    """Every source's selected indices, each repeated ``repeat`` times; one generator for the
-    mixture, seeded with ``seed``, consumed by the random sources in order."""
+    """Every source's selected indices, ``repeat`` times over; one generator for the mixture,
+    seeded with ``seed``, consumed by the random sources in order."""
     rng = random.Random(seed)
     out = []
-    for source, total in zip(sources, totals):
+    for k, (source, total) in enumerate(zip(sources, totals)):
         where = f"data source {source.name!r} ({source.data_path})"
         chosen = select(total, source.sampling_strategy, rng, where)
         if not chosen:
             raise MixtureError(f"{where}: sampling_strategy {source.sampling_strategy!r} selects none of its "
                                f"{total} records")
-        out.append(chosen * source.repeat)
+        whole, part = int(source.repeat), source.repeat - int(source.repeat)
+        extra = math.floor(part * len(chosen) + 0.5)
+        repeated = chosen * whole + (random.Random(f"{seed}/repeat/{k}").sample(chosen, extra) if extra else [])
+        if not repeated:
+            raise MixtureError(f"{where}: repeat {source.repeat} of {len(chosen)} selected records leaves none")
+        out.append(repeated)
     return out
 
 
@@ -154,8 +163,8 @@ def read_sources(data) -> list[Source]:
                                f"{', '.join(SOURCE_KEYS[1:])}")
         repeat = entry.get("repeat")
         repeat = 1 if repeat is None else repeat
-        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-            raise MixtureError(f"{at}: repeat must be a whole number >= 1, got {repeat!r}")
+        if not isinstance(repeat, (int, float)) or isinstance(repeat, bool) or not 0 < repeat < math.inf:
+            raise MixtureError(f"{at}: repeat must be a number > 0 (1: the selection once per epoch), got {repeat!r}")
         strategy = entry.get("sampling_strategy") or "all"
         parse_strategy(strategy, at)
         name = str(entry.get("name") or Path(file).name.split(".")[0])

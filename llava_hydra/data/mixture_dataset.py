@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from llava_hydra.data.mixture import (MixtureError, Source, data_seed, indices_digest, read_sources,
-                                      selections)
+                                      selected_count, selections)
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ def mixture_dataset(cfg, tokenizer, image_processor, num_image_tokens: int, imag
                                      image_folder=s.image_folder))
     mixture = MixtureDataset(sources, datasets, data_seed(cfg))
     for s, ds, sel in zip(sources, datasets, mixture.selected):
-        log.info("data source %s: %d of %d records (%s%s) from %s", s.name, len(sel) // s.repeat, len(ds),
-                 s.sampling_strategy, f", x{s.repeat}" if s.repeat > 1 else "", s.data_path)
+        log.info("data source %s: %d of %d records (%s%s) from %s", s.name, selected_count(len(ds), s.sampling_strategy),
+                 len(ds), s.sampling_strategy, f", x{s.repeat:g}: {len(sel)} samples" if s.repeat != 1 else "",
+                 s.data_path)
     return mixture
 
 
@@ -183,7 +184,8 @@ def selection_of(cfg) -> dict:
 def _record(sources: list[Source], digests: list[str], totals: list[int], chosen: list[list[int]]) -> dict:
     return {s.name: {"data_path": str(s.data_path), "sha256": digest, "records": total,
                      "sampling_strategy": s.sampling_strategy, "repeat": s.repeat,
-                     "selected": len(sel) // s.repeat, "samples": len(sel), "indices_sha256": indices_digest(sel)}
+                     "selected": selected_count(total, s.sampling_strategy), "samples": len(sel),
+                     "indices_sha256": indices_digest(sel)}
             for s, digest, total, sel in zip(sources, digests, totals, chosen)}
 
 
