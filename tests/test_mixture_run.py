@@ -148,3 +148,28 @@ def test_inline_sources_packed_log_loss_per_source(compose_spec, tmp_path, mixtu
         tokens = {s: tags[f"train/tokens/{s}"][step] for s in ("qa", "captions")}
         weighted = sum(tags[f"train/loss/{s}"][step] * n for s, n in tokens.items() if n) / sum(tokens.values())
         assert weighted == pytest.approx(loss, rel=1e-4)
+
+
+def test_each_source_reads_images_from_its_own_folder(mixture, capsys, tmp_path):
+    """A source's image_folder replaces data.image_folder for that source alone: captions pointed
+    at a folder holding only 5 of their images report the other 43 missing, the questions none."""
+    import shutil
+
+    from llava_hydra.data.check import main
+
+    _, cache = mixture
+    synthetic = cache / "synthetic"
+    captions = json.loads((synthetic / "captions.json").read_text())
+    partial = tmp_path / "some_images"
+    for record in captions[:5]:
+        (partial / record["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synthetic / "images" / record["image"], partial / record["image"])
+    two = tmp_path / "two.yaml"
+    two.write_text(f"datasets:\n  - json_path: {synthetic / 'qa.json'}\n"
+                   f"  - json_path: {synthetic / 'captions.json'}\n    image_folder: {partial}\n")
+    report = tmp_path / "check.json"
+    assert main([f"paths.cache_dir={cache}", *SMALL, f"data.data_path={two}", "--json", str(report)]) == 1
+    found = json.loads(report.read_text())["sources"]
+    assert len(found["qa"]["found"]["missing_image"]) == 0
+    assert len(found["captions"]["found"]["missing_image"]) == 43
+    capsys.readouterr()
