@@ -56,8 +56,10 @@ def test_percent_rounds_up_as_llava_next():
 
 
 def test_one_generator_for_the_mixture_consumed_by_random_sources_in_order():
-    sources = [Source("a", "a.json", sampling_strategy="first:25%"), Source("b", "b.json", sampling_strategy="random:50%"),
-               Source("c", "c.json", sampling_strategy="end:1", repeat=2), Source("d", "d.json", sampling_strategy="random:2"),
+    sources = [Source("a", "a.json", sampling_strategy="first:25%"),
+               Source("b", "b.json", sampling_strategy="random:50%"),
+               Source("c", "c.json", sampling_strategy="end:1", repeat=2),
+               Source("d", "d.json", sampling_strategy="random:2"),
                Source("e", "e.json")]
     totals = [10, 7, 5, 10, 3]
     assert selections(sources, totals, seed=42) == [[0, 1, 2], [1, 3, 4, 2], [4, 4], [7, 9], [0, 1, 2]]
@@ -71,7 +73,8 @@ def test_fractional_repeat_adds_a_seeded_part_of_the_selection():
     sources = [Source("a", "a.json", sampling_strategy="end:7", repeat=0.5),
                Source("b", "b.json", sampling_strategy="first:4", repeat=1.5)]
     assert selections(sources, [10, 10], seed=5) == [[8, 5, 6, 9], [0, 1, 2, 3, 1, 0]]
-    mixed = [Source("r", "r.json", sampling_strategy="random:3", repeat=1.5), Source("s", "s.json", sampling_strategy="random:3")]
+    mixed = [Source("r", "r.json", sampling_strategy="random:3", repeat=1.5),
+             Source("s", "s.json", sampling_strategy="random:3")]
     plain = [Source("r", "r.json", sampling_strategy="random:3"), Source("s", "s.json", sampling_strategy="random:3")]
     assert selections(mixed, [10, 10], 42)[1] == selections(plain, [10, 10], 42)[1]  # the repeat draws on its own
 
@@ -95,7 +98,8 @@ EXPECTED_IDS = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10
 
 
 def test_llava_next_yaml_selects_what_its_loader_selects(tmp_path, monkeypatch):
-    files = {"coco": write(tmp_path / "coco.json", chats("c", 23)), "ocr": write(tmp_path / "ocr.jsonl", chats("o", 11)),
+    files = {"coco": write(tmp_path / "coco.json", chats("c", 23)),
+             "ocr": write(tmp_path / "ocr.jsonl", chats("o", 11)),
              "text": write(tmp_path / "text.json", chats("t", 9)), "gqa": write(tmp_path / "gqa.json", chats("g", 17))}
     mix = tmp_path / "mix.yaml"
     mix.write_text("datasets:\n"
@@ -228,7 +232,8 @@ def test_per_source_sums_weighted_by_tokens_give_the_models_loss():
     # logits at t predict the label at t+1, counted for the source of t+1
     assert sums[:, 1].tolist() == [3.0, 2.0, 3.0]
     ce = lambda r, t, y: torch.nn.functional.cross_entropy(logits[r, t], torch.tensor(y)).item()  # noqa: E731
-    expected = [ce(0, 1, 4) + ce(0, 2, 5) + ce(0, 3, 6), ce(1, 0, 1) + ce(1, 1, 2), ce(2, 2, 7) + ce(2, 3, 8) + ce(2, 4, 9)]
+    expected = [ce(0, 1, 4) + ce(0, 2, 5) + ce(0, 3, 6), ce(1, 0, 1) + ce(1, 1, 2),
+                ce(2, 2, 7) + ce(2, 3, 8) + ce(2, 4, 9)]
     assert sums[:, 0].tolist() == pytest.approx(expected, rel=1e-6)
     model_loss = ForCausalLMLoss(logits, labels, 11).item()
     assert (sums[:, 0].sum() / sums[:, 1].sum()).item() == pytest.approx(model_loss, rel=1e-6)

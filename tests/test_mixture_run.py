@@ -141,7 +141,8 @@ def test_inline_sources_packed_log_loss_per_source(compose_spec, tmp_path, mixtu
     run(compose_spec(f"paths.output_root={tmp_path}", f"paths.cache_dir={cache}", *SMALL, "data=synthetic_mixture",
                      "training.packing=true", "training.report_to=[tensorboard]", "training.max_steps=2"))
     out = tmp_path / "tiny" / "finetune"
-    assert json.loads((out / "metrics.json").read_text())["train_samples"] == 28 + 2 * 12  # first:50% of 56, 2 x 25% of 48
+    samples = json.loads((out / "metrics.json").read_text())["train_samples"]
+    assert samples == 28 + 2 * 12  # first:50% of 56, twice 25% of 48
     tags = scalars(out)
     assert sorted(tags["train/loss"]) == [1, 2]
     for step, loss in tags["train/loss"].items():

@@ -162,9 +162,9 @@ def mixture_dataset(cfg, tokenizer, image_processor, num_image_tokens: int, imag
                                      image_folder=s.image_folder))
     mixture = MixtureDataset(sources, datasets, data_seed(cfg))
     for s, ds, sel in zip(sources, datasets, mixture.selected):
-        log.info("data source %s: %d of %d records (%s%s) from %s", s.name, selected_count(len(ds), s.sampling_strategy),
-                 len(ds), s.sampling_strategy, f", x{s.repeat:g}: {len(sel)} samples" if s.repeat != 1 else "",
-                 s.data_path)
+        repeat = f", x{s.repeat:g}: {len(sel)} samples" if s.repeat != 1 else ""
+        log.info("data source %s: %d of %d records (%s%s) from %s", s.name,
+                 selected_count(len(ds), s.sampling_strategy), len(ds), s.sampling_strategy, repeat, s.data_path)
     return mixture
 
 
