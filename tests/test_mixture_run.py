@@ -104,8 +104,8 @@ def test_data_check_reports_per_source_and_in_total(mixture, capsys, tmp_path):
     code = main([f"paths.cache_dir={cache}", *SMALL, f"data.data_path={mix}", "--json", str(report)])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "== source qa: 28 of 56 records selected (first:50%), 28 samples per epoch" in printed
-    assert "== source captions: 20 of 48 records selected (random:20), 20 samples per epoch" in printed
+    assert "== source qa: 28 of 56 records selected (first:50%), 28 samples per epoch, 0 of the selected" in printed
+    assert "== source captions: 20 of 48 records selected (random:20), 20 samples per epoch, 0 of" in printed
     assert "== total: 2 sources, 48 samples per epoch (48 records selected of 104)" in printed
     found = json.loads(report.read_text())
     assert [found["sources"][s]["text_only_samples"] for s in ("qa", "captions")] == [8, 0]
@@ -173,4 +173,5 @@ def test_each_source_reads_images_from_its_own_folder(mixture, capsys, tmp_path)
     found = json.loads(report.read_text())["sources"]
     assert len(found["qa"]["found"]["missing_image"]) == 0
     assert len(found["captions"]["found"]["missing_image"]) == 43
+    assert [found["captions"]["bad_selected"], found["qa"]["bad_selected"]] == [43, 0]  # strategy all: every record
     capsys.readouterr()

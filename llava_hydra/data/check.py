@@ -91,10 +91,13 @@ def check_mixture(mixture, decode_images: bool = False) -> dict:
     sources = {}
     for name, ds, source, sel in zip(mixture.names, mixture.datasets, mixture.sources, mixture.selected):
         report = check_dataset(ds, decode_images)
+        bad = {i for kind in ERRORS for i, _, _ in report["found"][kind]}
         report.update(name=name, sampling_strategy=source.sampling_strategy, repeat=source.repeat,
-                      selected=selected_count(len(ds), source.sampling_strategy), mixture_samples=len(sel))
+                      selected=selected_count(len(ds), source.sampling_strategy), mixture_samples=len(sel),
+                      bad_selected=len(bad & set(sel.tolist())))
         sources[name] = report
-    total = {key: sum(r[key] for r in sources.values()) for key in (*TOTALS, "selected", "mixture_samples")}
+    total = {key: sum(r[key] for r in sources.values())
+             for key in (*TOTALS, "selected", "mixture_samples", "bad_selected")}
     return {"sources": sources, "total": total}
 
 
@@ -103,13 +106,13 @@ def _print_mixture(report: dict, limit: int, out=None) -> None:
     for name, r in report["sources"].items():
         repeat = f", x{r['repeat']:g}" if r["repeat"] != 1 else ""
         p(f"== source {name}: {r['selected']} of {r['samples']} records selected ({r['sampling_strategy']}{repeat}), "
-          f"{r['mixture_samples']} samples per epoch")
+          f"{r['mixture_samples']} samples per epoch, {r['bad_selected']} of the selected records bad")
         _print(r, limit, out)
     t = report["total"]
     p(f"== total: {len(report['sources'])} sources, {t['mixture_samples']} samples per epoch "
       f"({t['selected']} records selected of {t['samples']})")
     p(f"  with image(s) {t['image_samples']} ({t['multi_image_samples']} with several), text-only "
-      f"{t['text_only_samples']}, bad {t['bad_samples']} (whole files)")
+      f"{t['text_only_samples']}, bad {t['bad_samples']} (whole files; {t['bad_selected']} of them selected)")
     p(f"{'FAILED' if t['errors'] else 'OK'}: {t['errors']} error(s), {t['warnings']} warning(s) in all sources")
 
 
