@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from llava_hydra.config.schema import check_trackers
+from llava_hydra.config.trackers import check_trackers
 
 
 @pytest.fixture

@@ -100,6 +100,8 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.model import build_model, make_processor
     from llava_hydra.data.tiny import pretrained_path
     from llava_hydra.data.spec import spec_dataset
+    from llava_hydra.data.mixture import is_mixture
+    from llava_hydra.data.mixture_dataset import SourceCollator, selection_of, train_dataset
     from llava_hydra.train.checkpoints import claim_run_dir
     from llava_hydra.train.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
@@ -127,6 +129,10 @@ def run(cfg: DictConfig) -> float | None:
     args = training_arguments(cfg)
     set_seed(args.seed)
     spec = OmegaConf.to_container(cfg, resolve=True)
+    if is_mixture(cfg.data):  # the records each source trains on, recorded and checked on resume (data.mixture)
+        with args.main_process_first(local=False, desc="mixture selection"):
+            prepare_synthetic(cfg)
+            spec["data"]["selection"] = selection_of(cfg)
     resume, run_id = claim_run_dir(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
                                    is_main=is_main_process(),
                                    overwrite=cfg.training.overwrite_output_dir,
@@ -158,12 +164,12 @@ def run(cfg: DictConfig) -> float | None:
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
     image_tokens = (model.config.image_seq_length, model.config.image_token_index)
-    samples = spec_dataset(cfg, cfg.data.data_path, tokenizer, image_processor, *image_tokens)
+    samples = train_dataset(cfg, tokenizer, image_processor, *image_tokens)  # a file, or a mixture of sources
     if cfg.training.group_by_modality_length or cfg.training.packing:
         length_pass_once(samples, args)
     image_samples = int(has_image(samples.records).sum())  # the store's column: no record decoded
     log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
-             len(samples), image_samples, len(samples) - image_samples, cfg.data.data_path,
+             len(samples), image_samples, len(samples) - image_samples, samples.data_path,
              cfg.data.template, cfg.data.image_aspect_ratio)
     train_set, collator = samples, DataCollator(tokenizer.pad_token_id)
     if cfg.training.packing:
@@ -175,6 +181,8 @@ def run(cfg: DictConfig) -> float | None:
         prepare_model_for_packing(model)
         log.info("packing: %d samples in %d rows of at most %d tokens (batch size counts rows)",
                  len(samples), len(train_set), cfg.model.model_max_length)
+    if is_mixture(cfg.data):  # every token's source, for loss/<source> and tokens/<source> (train.source_loss)
+        collator = SourceCollator(collator)
 
     # 5. Trainer: grouped sampler, projector learning rate, projector-only checkpoints in stage 1.
     projector_only = list(cfg.stage.trainable) == ["mm_projector"]

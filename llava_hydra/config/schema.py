@@ -60,9 +60,23 @@ class SyntheticSpec:
 
 
 @dataclass
+class SourceConfig:
+    """One source of a mixture (data.sources; llava_hydra.data.mixture)."""
+
+    data_path: str = MISSING  # LLaVA-format JSON / JSONL (a mixture .yaml may call it json_path, as LLaVA-NeXT)
+    name: Optional[str] = None  # in logs and trackers (loss/<name>); default: the file's name without suffix
+    image_folder: Optional[str] = None  # default: data.image_folder
+    video_folder: Optional[str] = None  # accepted, not read yet (no video support: a note in the log)
+    sampling_strategy: str = "all"  # all | first:N% | end:N% | random:N% | first:N | end:N | random:N
+    repeat: float = 1  # the selection this many times per epoch (a fraction: a random part of it)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
-    data_path: str = MISSING  # LLaVA-format JSON list
+    # LLaVA-format JSON list, or a mixture .yaml (LLaVA-NeXT's datasets: list); null when data.sources is set
+    data_path: Optional[str] = MISSING
+    sources: Optional[List[SourceConfig]] = None  # a mixture given inline (llava_hydra.data.mixture)
     preset_path: Optional[str] = None  # the data_path its data file names; another data_path names the run dir
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
     template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
@@ -259,39 +273,6 @@ RANGES: Dict[str, str] = {
 
 # Keys that name a model or weights file: hub id, builtin://NAME, or a local path that must exist.
 LOCAL_PATH_KEYS = ("model.llm", "model.vision_tower", "model.pretrained_llava", "stage.pretrain_mm_mlp_adapter")
-
-# training.report_to value -> (module transformers imports for it, pip package, our install extra)
-TRACKERS = {
-    "wandb": ("wandb", "wandb", "wandb"),
-    "tensorboard": ("tensorboard", "tensorboard", "tensorboard"),
-    "mlflow": ("mlflow", "mlflow", None),
-    "comet_ml": ("comet_ml", "comet-ml", None),
-    "clearml": ("clearml", "clearml", None),
-    "neptune": ("neptune", "neptune", None),
-    "dvclive": ("dvclive", "dvclive", None),
-    "trackio": ("trackio", "trackio", None),
-    "swanlab": ("swanlab", "swanlab", None),
-}
-
-
-def check_trackers(report_to) -> None:
-    """Every tracker in ``training.report_to`` is installed, or a ValueError naming the package
-    and the install extra; asked before anything heavy is imported or any weights load."""
-    import importlib.util
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
-        if name not in TRACKERS:
-            continue  # none, all, or one transformers itself will judge
-        module, package, extra = TRACKERS[name]
-        present = importlib.util.find_spec(module) is not None
-        if name == "tensorboard" and not present:  # transformers takes tensorboardX instead
-            present = importlib.util.find_spec("tensorboardX") is not None
-        if not present:
-            how = f"pip install 'llava_hydra[{extra}]' (or pip install {package})" if extra else f"pip install {package}"
-            raise ValueError(f"training.report_to includes {name!r}, but the {package} package is not installed: "
-                             f"{how}, or drop it (training.report_to=[none])")
-
 
 def check_resolves(cfg) -> None:
     """Resolve every interpolation of the composed spec now, before anything heavy is loaded, so a

@@ -27,8 +27,8 @@ from dataclasses import fields
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llava_hydra.config.schema import (CHOICES, LOCAL_PATH_KEYS, RANGES, TrainingConfig, check_resolves,
-                                check_trackers)
+from llava_hydra.config.schema import CHOICES, LOCAL_PATH_KEYS, RANGES, TrainingConfig, check_resolves
+from llava_hydra.config.trackers import check_trackers
 
 
 class SpecError(ValueError):

@@ -10,7 +10,8 @@ training opens it), samples longer than model.model_max_length (truncated) and s
 answers all lie beyond it (skipped in training). Each problem names the sample's index and id;
 image problems are counted by the kind the image code gave them (images.IMAGE_KINDS).
 Errors — anything ``data.on_bad_sample=raise`` would stop on — make it exit 1; the length pass
-it runs is the cached one training reuses.
+it runs is the cached one training reuses. A mixture (``data.sources`` or a mixture ``.yaml``) is
+checked source by source (each whole file, with what the mixture selects of it) and in total.
 """
 
 from __future__ import annotations
@@ -78,6 +79,43 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
             "found": named, "seconds": round(time.time() - started, 2)}
 
 
+TOTALS = ("samples", "image_samples", "multi_image_samples", "text_only_samples", "bad_samples", "errors",
+          "warnings")
+
+
+def check_mixture(mixture, decode_images: bool = False) -> dict:
+    """Findings per source of a MixtureDataset (each source's whole file, as ``check_dataset``,
+    plus what the mixture selects of it) and their sums under ``total``."""
+    from llava_hydra.data.mixture import selected_count
+
+    sources = {}
+    for name, ds, source, sel in zip(mixture.names, mixture.datasets, mixture.sources, mixture.selected):
+        report = check_dataset(ds, decode_images)
+        bad = {i for kind in ERRORS for i, _, _ in report["found"][kind]}
+        report.update(name=name, sampling_strategy=source.sampling_strategy, repeat=source.repeat,
+                      selected=selected_count(len(ds), source.sampling_strategy), mixture_samples=len(sel),
+                      bad_selected=len(bad & set(sel.tolist())))
+        sources[name] = report
+    total = {key: sum(r[key] for r in sources.values())
+             for key in (*TOTALS, "selected", "mixture_samples", "bad_selected")}
+    return {"sources": sources, "total": total}
+
+
+def _print_mixture(report: dict, limit: int, out=None) -> None:
+    p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
+    for name, r in report["sources"].items():
+        repeat = f", x{r['repeat']:g}" if r["repeat"] != 1 else ""
+        p(f"== source {name}: {r['selected']} of {r['samples']} records selected ({r['sampling_strategy']}{repeat}), "
+          f"{r['mixture_samples']} samples per epoch, {r['bad_selected']} of the selected records bad")
+        _print(r, limit, out)
+    t = report["total"]
+    p(f"== total: {len(report['sources'])} sources, {t['mixture_samples']} samples per epoch "
+      f"({t['selected']} records selected of {t['samples']})")
+    p(f"  with image(s) {t['image_samples']} ({t['multi_image_samples']} with several), text-only "
+      f"{t['text_only_samples']}, bad {t['bad_samples']} (whole files; {t['bad_selected']} of them selected)")
+    p(f"{'FAILED' if t['errors'] else 'OK'}: {t['errors']} error(s), {t['warnings']} warning(s) in all sources")
+
+
 def _print(report: dict, limit: int, out=None) -> None:
     p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
     p(f"{report['data_path']}")
@@ -120,6 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from llava_hydra.data.mixture import MixtureError, is_mixture
+
+    if is_mixture(cfg.data) and not args.eval:  # per source, and in total
+        from llava_hydra.data.mixture_dataset import mixture_dataset
+        from llava_hydra.data.spec import data_parts
+
+        try:
+            tokenizer, _, n_tokens = data_parts(cfg, image_processor=False)
+            mixture = mixture_dataset(cfg, tokenizer, None, n_tokens, on_bad_sample="skip")
+        except (FileNotFoundError, BadSampleError, MixtureError) as e:
+            print(f"FAILED: {e}")
+            return 1
+        report = check_mixture(mixture, decode_images=args.images)
+        _print_mixture(report, args.limit)
+        return _written(report, args.json, report["total"]["errors"])
     path = eval_data_path(cfg) if args.eval else cfg.data.data_path
     if not path:
         print("no data path: data.eval_data_path is not set", file=sys.stderr)
@@ -131,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = check_dataset(ds, decode_images=args.images)
     _print(report, args.limit)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-    return 1 if report["errors"] else 0
+    return _written(report, args.json, report["errors"])
+
+
+def _written(report: dict, path: Path | None, errors: int) -> int:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

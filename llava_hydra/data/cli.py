@@ -29,6 +29,11 @@ def compose_spec(overrides: list[str]):
 def make_dataset(cfg, data_path: str | None = None, image_processor: bool = True, on_bad_sample: str | None = None):
     """The dataset of ``data_path`` (default: ``data.data_path``) as the spec's run would read it."""
     from llava_hydra.data.spec import data_parts, spec_dataset
+    from llava_hydra.data.mixture import MixtureError, is_mixture
+
+    if data_path is None and is_mixture(cfg.data):
+        raise MixtureError("data.data_path is a mixture (data.sources or a mixture .yaml): name one of its files, "
+                           "data.data_path=<file> data.sources=null (data.check reads a whole mixture)")
 
     tokenizer, processor, n_tokens = data_parts(cfg, image_processor)
     return spec_dataset(cfg, data_path or cfg.data.data_path, tokenizer, processor, n_tokens,

@@ -88,22 +88,23 @@ def check_image_folder(records, data_path, image_folder, on_bad_sample: str = "r
 
 
 def preflight(cfg) -> None:
-    """The image-folder check of a run spec's data files (``data.data_path``, and the held-out
-    file when the run evaluates on it), before the model loads. The records are opened as the
+    """The image-folder check of a run spec's data files (``data.data_path`` or a mixture's sources,
+    and the held-out file when the run evaluates on it), before the model loads. The records are opened as the
     dataset opens them (under ``paths.cache_dir``: the record store it then reuses)."""
     from llava_hydra.data.records import load_records
     from llava_hydra.data.store import open_records
     from llava_hydra.data.synthetic import eval_data_path
 
+    from llava_hydra.data.mixture import data_files
+
     data = cfg.data
     if data.allow_images_outside_folder:
         return
-    files = [data.data_path]
+    files = data_files(cfg)  # a mixture: each source with its own image folder
     if (cfg.eval.enable or cfg.eval.steps) and eval_data_path(cfg):
-        files.append(eval_data_path(cfg))
+        files.append((eval_data_path(cfg), data.image_folder))
     skip = data.on_bad_sample == "skip"
-    folder = Path(data.image_folder or ".")
-    for path in files:
+    for path, folder in files:
         cache = cfg.paths.cache_dir
         records = open_records(path, cache, skip)[0] if cache else load_records(path, skip)[0]
-        check_image_folder(records, path, folder, data.on_bad_sample)
+        check_image_folder(records, path, Path(folder or "."), data.on_bad_sample)

@@ -44,12 +44,14 @@ def data_parts(cfg, image_processor: bool = True):
 
 
 def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_tokens: int,
-                 image_token_id: int | None = None, on_bad_sample: str | None = None):
-    """The dataset of ``data_path`` under the spec's ``data.*`` and ``model.model_max_length``."""
+                 image_token_id: int | None = None, on_bad_sample: str | None = None, image_folder: str | None = None):
+    """The dataset of ``data_path`` under the spec's ``data.*`` and ``model.model_max_length``
+    (``image_folder``: a mixture source's own, instead of ``data.image_folder``)."""
     from llava_hydra.data.dataset import LazySupervisedDataset
 
     return LazySupervisedDataset(
-        data_path, tokenizer, image_processor, template=cfg.data.template, image_folder=cfg.data.image_folder,
+        data_path, tokenizer, image_processor, template=cfg.data.template,
+        image_folder=image_folder or cfg.data.image_folder,
         image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
         image_token_id=image_token_id, num_image_tokens=num_image_tokens,
         on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir,

@@ -113,7 +113,7 @@ def _hash_file(path: Path, tries: int = 3) -> tuple[str, os.stat_result]:
 def has_image(records) -> np.ndarray:
     """Per record, whether it names an image (bool array): the store's column, or for a list of
     records (no cache_dir) one pass over it."""
-    if isinstance(records, RecordStore):
+    if isinstance(records, RecordStore) or hasattr(records, "has_image"):  # a mixture's records too
         return records.has_image
     return np.array([bool(r.get("image")) if isinstance(r, dict) else False for r in records], dtype=bool)
 

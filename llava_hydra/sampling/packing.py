@@ -63,6 +63,8 @@ def pack_samples(samples: list[dict]) -> dict:
     position_ids = torch.cat([torch.arange(n) for n in lengths])
     row = {"input_ids": ids, "labels": labels, "position_ids": position_ids,
            "sample_lengths": torch.tensor(lengths)}
+    if "source" in samples[0]:  # a mixture's samples: their sources, for per-source loss (data.mixture_dataset)
+        row["sources"] = torch.tensor([s["source"] for s in samples])
     images = stack_images(samples)  # a multi-image sample brings all its images, in order
     if images is not None:
         row["pixel_values"] = images

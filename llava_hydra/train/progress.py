@@ -39,6 +39,10 @@ def step_line(logs: dict, step: int, max_steps: int, tokens_per_s: float | None)
         return " | ".join(parts)
     if "loss" in logs:
         parts.append(f"loss {_num(logs['loss'])}")
+    sources = [k[len("tokens/"):] for k in logs if k.startswith("tokens/")]  # a mixture's (train.source_loss)
+    if sources:
+        parts.append("sources " + ", ".join(f"{n} {_num(logs[f'loss/{n}']) if f'loss/{n}' in logs else '-'} "
+                                            f"({logs[f'tokens/{n}']} tok)" for n in sources))
     rates = {k[len(LR_PREFIX):]: v for k, v in logs.items() if k.startswith(LR_PREFIX)}
     if rates:
         parts.append("lr " + ", ".join(f"{part} {v:.4g}" for part, v in rates.items()))
