@@ -30,20 +30,24 @@ def under_launcher() -> bool:
 
 def start_process_group(cpu: bool = False, deepspeed: bool = False) -> str | None:
     """Under a launcher (WORLD_SIZE > 1): join the process group by making accelerate's state, which
-    transformers' Trainer and accelerate then use as made. ``cpu``: accelerate's CPU mode (gloo,
-    every rank on the CPU). Otherwise NCCL with each rank on its own GPU, or gloo where there is no
-    GPU; with ``deepspeed`` DeepSpeed's communication starts the group (under torchrun accelerate
-    must know before the Trainer does: ``ACCELERATE_USE_DEEPSPEED``; its CPU mode would skip that).
-    Returns the rank's device name; a single process starts nothing (None)."""
+    transformers' Trainer and accelerate then use as made. Without a GPU (or with ``cpu``) that is
+    accelerate's CPU mode: gloo, every rank on the CPU, and ``MULTI_CPU``, the state under which the
+    Trainer wraps the model in DDP (accelerate started any other way on a CPU says ``NO`` for a group
+    it started itself: every rank then trained its own copy on its share of the data). Otherwise
+    NCCL with each rank on its own GPU. With ``deepspeed`` DeepSpeed's communication starts the
+    group, on gloo without a GPU (under torchrun accelerate must know before the Trainer does:
+    ``ACCELERATE_USE_DEEPSPEED``; its CPU mode would skip that, and DeepSpeed's engine does the
+    data parallelism). Returns the rank's device name; a single process starts nothing (None)."""
     if world_size() <= 1:
         return None
     import torch
     from accelerate import PartialState
 
+    gloo = cpu or not torch.cuda.is_available()
     if deepspeed:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    gloo = cpu or not torch.cuda.is_available()
-    return str(PartialState(cpu=cpu, backend="gloo" if gloo else None).device)
+        return str(PartialState(backend="gloo" if gloo else None).device)
+    return str(PartialState(cpu=gloo, backend="gloo" if gloo else None).device)
 
 
 def end_process_group() -> None:
