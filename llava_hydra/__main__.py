@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from llava_hydra.config.schema import register_configs
-from llava_hydra.config.distributed import is_main_process
+from llava_hydra.config.distributed import failure_reported_to_launcher, is_main_process
 from llava_hydra.config.validate import SpecError, group_option_problems, validate
 
 register_configs()
@@ -60,7 +60,8 @@ def main(cfg: DictConfig):
         raise SystemExit(f"error: {e}") from None
     from llava_hydra.commands.runner import run
 
-    return run(cfg)
+    with failure_reported_to_launcher():  # torchrun's closing report names this rank's error
+        return run(cfg)
 
 
 if __name__ == "__main__":

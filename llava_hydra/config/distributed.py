@@ -2,10 +2,12 @@
 (torchrun, deepspeed, SLURM through ``launch.adopt_slurm_ranks``) without starting anything:
 no torch import, so the entry point and config code can ask too; and the one way a process
 joins the run's process group (``start_process_group``: training and the eval app) and leaves it
-(``end_process_group``: every entry point that joined)."""
+(``end_process_group``: every entry point that joined); and how a rank's exception reaches
+torchrun's closing report (``failure_reported_to_launcher``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -58,3 +60,22 @@ def end_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def failure_reported_to_launcher():
+    """Under torchrun, an exception leaving the block is written to this worker's error file
+    (``TORCHELASTIC_ERROR_FILE``) before it propagates, so the report torchrun prints last, when it
+    has stopped the other ranks, names it as the root cause with its message and traceback (not
+    "To enable traceback see ..."). What ``torch.distributed.elastic``'s ``@record`` does, for a
+    block: entry points must not import torch before the spec is checked."""
+    try:
+        yield
+    except Exception as e:
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+            handler = get_error_handler()
+            handler.initialize()
+            handler.record_exception(e)
+        raise

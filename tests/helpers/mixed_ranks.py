@@ -86,9 +86,10 @@ logging.basicConfig(level=logging.INFO if RANK == 0 else logging.WARNING)
 register_configs()
 with initialize_config_module("llava_hydra.conf", version_base="1.3"):
     spec = compose("config", overrides=sys.argv[1:])
-try:
-    run(spec)
-finally:
-    from llava_hydra.config.distributed import end_process_group
+from llava_hydra.config.distributed import end_process_group, failure_reported_to_launcher  # noqa: E402
 
+try:
+    with failure_reported_to_launcher():  # as python -m llava_hydra and the workers report an error
+        run(spec)
+finally:
     end_process_group()
