@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from llava_hydra.config.schema import register_configs
-from llava_hydra.config.distributed import is_main_process
+from llava_hydra.config.distributed import failure_reported_to_launcher, is_main_process
 from llava_hydra.config.overrides import override_problems
 from llava_hydra.config.validate import TYPED_GROUPS, SpecError, group_option_problems, validate
 from llava_hydra.config.sweep_dir import register_resolver
@@ -84,7 +84,8 @@ def main(cfg: DictConfig):
     from llava_hydra.train.checkpoints import CheckpointError, RunDirError
 
     try:
-        return run(cfg)
+        with failure_reported_to_launcher():  # torchrun's closing report names this rank's error
+            return run(cfg)
     except (RunDirError, CheckpointError) as e:  # a run directory in use, a damaged checkpoint: the message says it all
         if multirun:
             raise

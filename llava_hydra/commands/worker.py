@@ -16,12 +16,13 @@ def main(spec_file: str) -> None:
     from omegaconf import OmegaConf
 
     from llava_hydra.commands.runner import run
-    from llava_hydra.config.distributed import end_process_group
+    from llava_hydra.config.distributed import end_process_group, failure_reported_to_launcher
 
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        run(OmegaConf.load(spec_file))
+        with failure_reported_to_launcher():  # torchrun's closing report names this rank's error
+            run(OmegaConf.load(spec_file))
     finally:  # a gloo rank exiting with its group alive can abort, and torchrun fails a finished run
         end_process_group()
 

@@ -2,10 +2,12 @@
 (torchrun, deepspeed, SLURM through ``launch.adopt_slurm_ranks``) without starting anything:
 no torch import, so the entry point and config code can ask too; and the one way a process
 joins the run's process group (``start_process_group``: training and the eval app) and leaves it
-(``end_process_group``: every entry point that joined)."""
+(``end_process_group``: every entry point that joined); and how a rank's exception reaches
+torchrun's closing report (``failure_reported_to_launcher``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -30,20 +32,24 @@ def under_launcher() -> bool:
 
 def start_process_group(cpu: bool = False, deepspeed: bool = False) -> str | None:
     """Under a launcher (WORLD_SIZE > 1): join the process group by making accelerate's state, which
-    transformers' Trainer and accelerate then use as made. ``cpu``: accelerate's CPU mode (gloo,
-    every rank on the CPU). Otherwise NCCL with each rank on its own GPU, or gloo where there is no
-    GPU; with ``deepspeed`` DeepSpeed's communication starts the group (under torchrun accelerate
-    must know before the Trainer does: ``ACCELERATE_USE_DEEPSPEED``; its CPU mode would skip that).
-    Returns the rank's device name; a single process starts nothing (None)."""
+    transformers' Trainer and accelerate then use as made. Without a GPU (or with ``cpu``) that is
+    accelerate's CPU mode: gloo, every rank on the CPU, and ``MULTI_CPU``, the state under which the
+    Trainer wraps the model in DDP (accelerate started any other way on a CPU says ``NO`` for a group
+    it started itself: every rank then trained its own copy on its share of the data). Otherwise
+    NCCL with each rank on its own GPU. With ``deepspeed`` DeepSpeed's communication starts the
+    group, on gloo without a GPU (under torchrun accelerate must know before the Trainer does:
+    ``ACCELERATE_USE_DEEPSPEED``; its CPU mode would skip that, and DeepSpeed's engine does the
+    data parallelism). Returns the rank's device name; a single process starts nothing (None)."""
     if world_size() <= 1:
         return None
     import torch
     from accelerate import PartialState
 
+    gloo = cpu or not torch.cuda.is_available()
     if deepspeed:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    gloo = cpu or not torch.cuda.is_available()
-    return str(PartialState(cpu=cpu, backend="gloo" if gloo else None).device)
+        return str(PartialState(backend="gloo" if gloo else None).device)
+    return str(PartialState(cpu=gloo, backend="gloo" if gloo else None).device)
 
 
 def end_process_group() -> None:
@@ -54,3 +60,22 @@ def end_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def failure_reported_to_launcher():
+    """Under torchrun, an exception leaving the block is written to this worker's error file
+    (``TORCHELASTIC_ERROR_FILE``) before it propagates, so the report torchrun prints last, when it
+    has stopped the other ranks, names it as the root cause with its message and traceback (not
+    "To enable traceback see ..."). What ``torch.distributed.elastic``'s ``@record`` does, for a
+    block: entry points must not import torch before the spec is checked."""
+    try:
+        yield
+    except Exception as e:
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+            handler = get_error_handler()
+            handler.initialize()
+            handler.record_exception(e)
+        raise

@@ -7,6 +7,7 @@
 - ``assemble``: the base model, from an LLM + vision tower or a whole LLaVA checkpoint
 - ``freezing``: what learns, and gradient hooks that skip a frozen vision tower
 - ``lora``: LoRA / QLoRA adapters on the LLM (PEFT)
+- ``placeholder``: the vision tower runs on a zero image for micro-batches without one
 - ``build``: ``build_model(cfg)``, the model a run trains
 - ``processor``: ``make_processor``, the AutoProcessor saved beside a model
 """

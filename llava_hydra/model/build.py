@@ -10,6 +10,7 @@ from llava_hydra.model.assemble import build_base, set_special_token_ids
 from llava_hydra.model.freezing import freeze_all_but, hook_input_grads_on_text_only
 from llava_hydra.model.llava import projector_type, trainable_modules
 from llava_hydra.model.lora import apply_lora, lora_base_name
+from llava_hydra.model.placeholder import run_tower_on_text_only
 from llava_hydra.model.precision import fp32_masters, hold_trainable_in_fp32, part_dtypes, pick_attention, pick_dtype
 from llava_hydra.model.projector import load_projector
 from llava_hydra.model.zero3 import full_numel, zero3_enabled
@@ -47,6 +48,7 @@ def build_model(cfg):
             model.enable_input_require_grads()
     if fp32_masters(cfg, dtype):
         hold_trainable_in_fp32(model)
+    run_tower_on_text_only(model)  # every rank runs the same collectives, images or not (model.placeholder)
     n_train = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
     n_all = sum(full_numel(p) for p in model.parameters())
     source = m.pretrained_llava if getattr(m, "pretrained_llava", None) else f"{m.llm} + {m.vision_tower}"
