@@ -26,5 +26,5 @@ def saved_model(compose_spec, parts, out: Path, lora: bool = False) -> Path:
     if lora:
         write_spec(cfg, out)
     else:
-        make_processor(tok, ip, model, cfg.data.template).save_pretrained(out)
+        make_processor(tok, ip, model, cfg.data.template, cfg.data.image_aspect_ratio).save_pretrained(out)
     return out
