@@ -1,6 +1,6 @@
 """Record-level bad input, caught by the one check training and ``data.check`` share
-(records.normalize_turns): ``<image>`` in an answer, a single image's tag outside the first
-human turn, empty answers. Under ``raise`` the error names file, index, id and problem; under
+(records.normalize_turns): ``<image>`` in an answer, empty answers (a single image tagged in a
+later human turn is not one: LLaVA trains it, its tag moved to the front of that turn). Under ``raise`` the error names file, index, id and problem; under
 ``skip`` the sample is replaced and counted with its own reason; ``data.check`` lists it under
 its kind with index and id, and its totals add up (bad records are a row); ``data.preview`` of
 a bad record prints the problem, not a traceback."""
@@ -26,10 +26,6 @@ BAD = {  # case -> (record, kind, problem)
                         "image_in_answer", "turn 1: <image> in an answer (gpt turn)"),
     "image_in_answer_text_only": ({"id": "x", "conversations": turns("Hi", "<image>")},
                                   "image_in_answer", "turn 1: <image> in an answer (gpt turn)"),
-    "single_image_in_second_question": ({"id": "x", "image": "ok.png",
-                                         "conversations": turns("Hi.", "Hello!", "<image>\nWhat is it?", "A dog.")},
-                                        "image_position", "turn 2: the <image> of a single-image record must stand "
-                                                          "in the first human turn"),
     "empty_answer": ({"id": "x", "conversations": turns("Say nothing.", "")},
                      "empty_answer", "turn 1: empty answer"),
     "every_answer_blank": ({"id": "x", "conversations": turns("Hi.", " ", "And?", "  \n ")},
@@ -97,6 +93,20 @@ def test_several_images_may_stand_in_any_human_turn(tok, folder, tmp_path):
     assert dataset(path, tok, folder)[0]["pixel_values"].shape == (2, 3, 32, 32)
 
 
+def test_a_single_image_tagged_in_a_later_human_turn_trains(tok, folder, tmp_path):
+    """LLaVA's preprocess_multimodal takes the tag from any human turn and moves it to the front
+    of that turn; the length pass and data.check accept the record too."""
+    record = {"id": "late", "image": "ok.png",
+              "conversations": turns("Hi.", "Hello!", "What is it?\n<image>", "A dog.")}
+    assert [t["value"] for t in normalize_turns(record)] == ["Hi.", "Hello!", "<image>\nWhat is it?", "A dog."]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([GOOD_TEXT, record]))
+    ds = dataset(path, tok, folder)
+    sample = ds[1]
+    assert sample["pixel_values"].shape == (3, 32, 32) and (sample["labels"] != -100).sum() > 0
+    assert not ds.length_table().problems and ds.modality_lengths[1] == len(sample["input_ids"])
+
+
 # -- data.check and data.preview -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -143,13 +153,12 @@ def test_check_counts_each_new_kind_and_missing_images_as_bad(tmp_path, cache, c
     assert rc == 1
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["samples"], report["image_samples"], report["text_only_samples"], report["bad_samples"]) == \
-        (7, 1, 0, 6)
+        (6, 1, 0, 5)
     found = {kind: [(i, rid) for i, rid, _ in items] for kind, items in report["found"].items() if items}
     assert found == {"missing_image": [(1, "m0")],
                      "empty_answer": [(2, "empty_answer"), (3, "every_answer_blank")],
-                     "image_in_answer": [(4, "image_in_answer"), (5, "image_in_answer_text_only")],
-                     "image_position": [(6, "single_image_in_second_question")]}
-    assert "<image> in an answer (gpt turn)" in out and "<image> outside the first human turn" in out
+                     "image_in_answer": [(4, "image_in_answer"), (5, "image_in_answer_text_only")]}
+    assert "<image> in an answer (gpt turn)" in out and "image_position" not in report["found"]
 
 
 @pytest.mark.parametrize("record,problem", [

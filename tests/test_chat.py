@@ -20,14 +20,16 @@ QUESTION = "What shape is in the picture?"
 
 
 def plain_generate(model_dir: Path, image: Image.Image, max_new_tokens: int = 6) -> str:
-    """What a transformers user writes: AutoProcessor's chat template, generate, decode."""
+    """What a transformers user writes: AutoProcessor's chat template (tokenized by it: the template
+    writes bos, so no second one is added), generate, decode."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    assert inputs["input_ids"][0].tolist().count(processor.tokenizer.bos_token_id) == 1
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 

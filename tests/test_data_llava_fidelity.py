@@ -182,8 +182,11 @@ def generated_conversations(n, seed=0):
 
 @pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("template", ["plain", "v1", "llama_2"])
-def test_same_ids_and_labels_as_llava_on_generated_conversations(vicuna, legacy, template):
-    tok = vicuna[legacy]
+def test_same_ids_and_labels_as_llava_on_generated_conversations(vicuna, llama_like, legacy, template):
+    # plain captions may start with a space: compared with LLaVA's slow (SentencePiece) tokenizer
+    # on a Llama-normalized model; v1 / llama_2 prompts hold "</s>", which that stand-in does not model
+    tok = llama_like[legacy] if template == "plain" else vicuna[legacy]
+    reference = slow(tok) if template == "plain" else tok
     image_id = tok.convert_tokens_to_ids("<image>")
     compared = mismatches = 0
     for conv in generated_conversations(200, seed=len(template) + legacy):
@@ -193,7 +196,7 @@ def test_same_ids_and_labels_as_llava_on_generated_conversations(vicuna, legacy,
                 continue
             conv = conv[:2]
         ours = sample(tok, template, conv, image=has_image)
-        ids, labels, mismatch = llava_sample(template, conv, tok, has_image, image_id, N_IMG)
+        ids, labels, mismatch = llava_sample(template, conv, reference, has_image, image_id, N_IMG)
         assert ours.input_ids == ids, conv
         if mismatch:  # LLaVA zeroes the sample; ours trains every answer
             mismatches += 1
@@ -213,3 +216,133 @@ def test_llava_zeroes_an_answer_that_contains_the_role_text_ours_trains_it(vicun
     assert mismatch and set(labels) == {IGNORE_INDEX} and ours.input_ids == ids
     assert tok.decode([t for t, lab in zip(ours.input_ids, ours.labels) if lab != IGNORE_INDEX]) == (
         "It says ASSISTANT: hello</s> Red</s>")  # decode drops the leading space of "▁It"
+
+
+# -- a single image tagged in a later human turn (LLaVA's preprocess_multimodal) -------------------
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_single_image_tagged_in_a_later_turn_moves_to_the_front_of_that_turn(vicuna, legacy):
+    tok = vicuna[legacy]
+    conv = turns("Hi.", "Hello!", "What is it?\n<image>", "A dog.")
+    normalized = normalize_turns({"conversations": conv, "image": "x.png"})
+    assert [t["value"] for t in normalized] == ["Hi.", "Hello!", "<image>\nWhat is it?", "A dog."]
+    assert render("v1", normalized, tokenizer=tok).text == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: Hi. ASSISTANT: Hello!</s>"
+        "USER: <image>\nWhat is it? ASSISTANT: A dog.</s>")
+    e = sample(tok, "v1", conv)
+    assert labelled(tok, e) == ["▁H", "el", "lo", "!", "</s>", "▁A", "▁dog", ".", "</s>"]
+    toks = pieces(tok, e.input_ids)
+    at = toks.index("<image>")
+    assert toks[at - 3:at + N_IMG + 3] == ["USER", ":", "▁", *["<image>"] * N_IMG, "▁", "<0x0A>", "W"]
+    ids, labels, mismatch = llava_sample("v1", conv, tok, True, tok.convert_tokens_to_ids("<image>"), N_IMG)
+    assert not mismatch and (e.input_ids, e.labels) == (ids, labels)
+
+
+def test_an_image_tag_in_an_answer_is_still_refused():
+    from llava_hydra.data.records import RecordError
+
+    with pytest.raises(RecordError, match=r"turn 3: <image> in an answer") as e:
+        normalize_turns({"conversations": turns("Hi.", "Hello!", "What is it?", "<image> a dog."), "image": "x.png"})
+    assert e.value.kind == "image_in_answer"
+
+
+# -- a plain caption that starts with whitespace: LLaVA's slow tokenizer gives its space a ▁ -------
+
+@pytest.fixture(scope="module")
+def llama_like(tmp_path_factory):
+    """Vicuna-layout tokenizers whose SentencePiece model normalizes as Llama's does (spaces kept)."""
+    root = tmp_path_factory.mktemp("llama_like")
+    return {legacy: testing.vicuna_tokenizer(root / f"legacy_{legacy}", legacy=legacy, llama_normalizer=True)
+            for legacy in (False, True)}
+
+
+def slow(tok):
+    from llava_reference import SlowLlamaTokenizer
+
+    return SlowLlamaTokenizer(str(Path(tok.name_or_path) / "tokenizer.model"), tok.legacy)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("caption,expected", [
+    # the dummy prefix is a "▁" of its own, the caption's space becomes the "▁" of "▁Two"
+    (" Two squares", ["▁", "▁Two", "▁square", "s", "\n"]),
+    ("  Two", ["▁", "▁", "▁Two", "\n"]),
+    (" 3 cats", ["▁", "▁", "<0x33>", "▁cat", "s", "\n"]),
+    ("Two squares", ["▁Two", "▁square", "s", "\n"]),  # no leading space: one "▁", inside "▁Two"
+    ("\tred", ["▁", "<0x09>", "red", "\n"]),
+])
+def test_plain_caption_with_leading_whitespace_gets_llavas_ids(llama_like, legacy, caption, expected):
+    tok = llama_like[legacy]
+    conv = turns("<image>\nDescribe the image.", caption)
+    e = sample(tok, "plain", conv)
+    assert pieces(tok, e.input_ids) == ["<s>", *["<image>"] * N_IMG, *expected]
+    assert labelled(tok, e) == expected  # everything after the image is trained, as preprocess_plain masks
+    # LLaVA: preprocess_plain + tokenizer_image_token through its slow (SentencePiece) LlamaTokenizer
+    ids, labels, _ = llava_sample("plain", conv, slow(tok), True, tok.convert_tokens_to_ids("<image>"), N_IMG)
+    assert (e.input_ids, e.labels) == (ids, labels)
+    # SentencePiece itself agrees on the caption's pieces (transformers' fast tokenizer alone says "▁Two")
+    import sentencepiece as spm
+
+    model = spm.SentencePieceProcessor(model_file=str(Path(tok.name_or_path) / "tokenizer.model"))
+    assert model.encode(caption + "\n", out_type=str) == expected
+    if caption.startswith(" "):
+        assert pieces(tok, tok(caption + "\n", add_special_tokens=False).input_ids) == expected[1:]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_plain_captions_equal_llavas_slow_tokenizer_on_generated_captions(llama_like, legacy):
+    tok = llama_like[legacy]
+    rng = random.Random(7)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    for _ in range(60):
+        caption = rng.choice(["", " ", "  ", "\n", " \n", "\t"]) + rng.choice(STARTS).lstrip("\"") + rng.choice(TAILS)
+        conv = turns("<image>", caption)
+        e = sample(tok, "plain", conv)
+        assert (e.input_ids, e.labels) == llava_sample("plain", conv, slow(tok), True, image_id, N_IMG)[:2], caption
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_the_saved_plain_chat_template_gives_the_whitespace_caption_its_training_ids(llama_like, legacy):
+    from llava_hydra.data.chat_template import chat_template_for
+
+    tok = llama_like[legacy]
+    image_id = tok.convert_tokens_to_ids("<image>")
+    for caption in (" Two squares", "Two squares", "  3 cats"):
+        text = tok.apply_chat_template([{"role": "user", "content": "<image>"}, {"role": "assistant", "content": caption}],
+                                       chat_template=chat_template_for("plain", tok), tokenize=False)
+        whole = []
+        for t in tok(text, add_special_tokens=False).input_ids:
+            whole += [t] * (N_IMG if t == image_id else 1)
+        assert whole == sample(tok, "plain", turns("<image>", caption)).input_ids, (caption, text)
+
+
+def test_length_pass_agrees_with_the_samples_on_these_records(llama_like, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from llava_hydra.data.dataset import LazySupervisedDataset
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    records = [{"id": "ws", "image": "a.png", "conversations": turns("<image>", " Two squares")},
+               {"id": "ws2", "image": "a.png", "conversations": turns("<image>", "  3 cats")},
+               {"id": "late", "image": "a.png", "conversations": turns("Hi.", "Hello!", "What is it? <image>", " A dog.")}]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(records))
+    # plain: <s>, the image run, then "▁ ▁Two ▁square s \\n" (5) and "▁ ▁ ▁ <0x33> ▁cat s \\n" (7)
+    for template, expected in (("plain", [N_IMG + 6, N_IMG + 8, None]), ("v1", [None, None, None])):
+        for max_length in (2048, 1):
+            ds = LazySupervisedDataset(path, llama_like[False], testing.clip_processor(), template,
+                                       image_folder=tmp_path, num_image_tokens=N_IMG, model_max_length=max_length)
+            table = ds.length_table()
+            assert not table.problems
+            full = LazySupervisedDataset(path, llama_like[False], testing.clip_processor(), template,
+                                         image_folder=tmp_path, num_image_tokens=N_IMG)
+            for i in range(len(records)):
+                e = full.encode(i)[0]
+                assert table.tokens[i] == len(e.input_ids), (template, i)
+                if expected[i] is not None:
+                    assert table.tokens[i] == expected[i]
+                if max_length == 1:  # the first labelled token, located from the offsets
+                    assert table.first_label[i] == next(k for k, lab in enumerate(e.labels) if lab != IGNORE_INDEX)

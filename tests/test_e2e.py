@@ -59,8 +59,10 @@ def test_stage1_saves_projector_only_and_stage2_loads_it(compose_spec, tmp_path,
     reloaded = LlavaForConditionalGeneration.from_pretrained(fin)  # Hugging Face-native
     for key, value in projector_state(reloaded).items():
         assert not torch.equal(value, saved[key]), f"{key} did not train in stage 2"
-    assert AutoProcessor.from_pretrained(fin).tokenizer.convert_tokens_to_ids("<image>") == \
-        reloaded.config.image_token_index
+    processor = AutoProcessor.from_pretrained(fin)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == reloaded.config.image_token_index
+    # stage 2 trained with image_aspect_ratio=pad: the folder pads as training did (tests/test_stock_clients.py)
+    assert type(processor.image_processor).__name__ == "LlavaImageProcessorPil" and processor.image_processor.do_pad
 
 
 def test_missing_projector_names_the_command_that_makes_it(compose_spec, tmp_path, cache_dir):

@@ -28,7 +28,8 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None
     merged = adapted.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    make_processor(tokenizer, image_processor, merged, cfg.data.template).save_pretrained(str(out_dir))
+    make_processor(tokenizer, image_processor, merged, cfg.data.template,
+                   cfg.data.image_aspect_ratio).save_pretrained(str(out_dir))
     log.info("wrote the merged model and its processor to %s", out_dir)
     return out_dir
 

@@ -217,7 +217,8 @@ def run(cfg: DictConfig) -> float | None:
     #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).
     trainer.save_model(str(out_dir))
     if not projector_only and trainer.is_world_process_zero():
-        make_processor(tokenizer, image_processor, model, cfg.data.template).save_pretrained(str(out_dir))
+        make_processor(tokenizer, image_processor, model, cfg.data.template,
+                       cfg.data.image_aspect_ratio).save_pretrained(str(out_dir))
     log.info("saved %s to %s", "projector" if projector_only else "model + processor", out_dir)
 
     # 8. Evaluate and write metrics.json (+ loss.png).

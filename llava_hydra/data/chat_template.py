@@ -10,7 +10,9 @@ Training tokenizes as LLaVA does (labels.tokenize): the text is split at each ``
 every piece is tokenized on its own, so a SentencePiece (Llama / Vicuna) tokenizer starts each
 piece with its dummy-prefix ``▁``. A whole-string tokenization adds that prefix only at the
 very start (``legacy: false``), so the template writes it out: a space right after bos and
-after each message's image run (a space before the text becomes that same ``▁``). Whether the
+after each message's image run (a space before the text becomes that same ``▁``). A piece
+that starts with a space gets SentencePiece's ``▁ ▁...`` in training (labels.tokenize), so
+the template writes one more space before it. Whether the
 tokenizer needs the space is measured (``piece_prefix``), not assumed: byte-level BPE
 tokenizers (Llama-3 / Qwen2 family) need none. The template writes bos itself, so a caller
 must tokenize without adding special tokens (transformers' processors do that on their own
@@ -30,6 +32,8 @@ import logging
 
 from llava_hydra.data.conversation import (IMAGE_TOKEN, LLAVA_LLAMA_2_SYSTEM, MPT_ASSISTANT, MPT_SEP, MPT_SYSTEM,
                                            MPT_USER, VICUNA_SYSTEM)
+
+from llava_hydra.data.labels import swallows_leading_space
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ def piece_prefix(tokenizer) -> str:
 # Jinja pieces shared by the templates. ``content(m)``: the message text with its one image moved
 # to the front (LLaVA's preprocess_multimodal), PAD after the image run; a message with several
 # images keeps them where they stand (LLaVA-NeXT's interleaved format), PAD after each tag that
-# text follows (unless that text starts with a space, which becomes the piece's ``▁`` itself).
+# text follows; LEAD instead before a text that starts with a space, where training gives that
+# piece SentencePiece's ``▁ ▁...`` (labels.swallows_leading_space).
 _MACROS = """\
 {%- macro images(m) -%}
 {%- if m['content'] is string -%}{{ m['content'].count('<image>') }}\
@@ -75,7 +80,8 @@ _MACROS = """\
 {%- else -%}{{ m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }}\
 {%- endif -%}
 {%- endmacro -%}
-{%- macro after_image(text) -%}{%- if text and not text.startswith(' ') -%}{{ PAD }}{%- endif -%}{%- endmacro -%}
+{%- macro after_image(text) -%}\
+{%- if text.startswith(' ') -%}{{ LEAD }}{%- elif text -%}{{ PAD }}{%- endif -%}{%- endmacro -%}
 {%- macro interleaved(m) -%}
 {%- if m['content'] is string -%}{%- for piece in m['content'].split('<image>') -%}\
 {%- if not loop.first -%}{{ '<image>' ~ after_image(piece) }}{%- endif -%}{{ piece }}{%- endfor -%}\
@@ -103,7 +109,7 @@ _BODIES = {
 {{- BOS -}}
 {%- for m in ns.turns -%}
 {%- if m['role'] == 'user' -%}{{ '<image>' * (images(m) | int) }}\
-{%- else -%}{{ PAD ~ text(m) ~ '\\n' }}{%- endif -%}
+{%- else -%}{{ after_image(text(m) ~ '\\n') ~ text(m) ~ '\\n' }}{%- endif -%}
 {%- endfor -%}
 """,
     # conv_vicuna_v1: "SYSTEM USER: q ASSISTANT: a</s>USER: ..."
@@ -154,6 +160,7 @@ def chat_template_for(template: str, tokenizer) -> str | None:
                          f"{sorted([*_BODIES, 'chat_template'])}")
     header = {
         "PAD": _literal(piece_prefix(tokenizer)),
+        "LEAD": _literal(" " if swallows_leading_space(tokenizer) else ""),
         "BOS": "bos_token" if _adds_bos(tokenizer) else "''",
         "DEFAULT_SYSTEM": _literal(_SYSTEMS[template]),
         "MPT_SYSTEM_HEADER": _literal(MPT_SYSTEM_HEADER), "MPT_SEP": _literal(MPT_SEP),

@@ -3,9 +3,8 @@
 Validates the dataset a run spec names, before a long run and without loading the model:
 counts samples as with image(s) (of which multi-image) / text-only / bad, and finds what
 training would refuse (records.normalize_turns, the same check: malformed records, ``<image>``
-tag count mismatches, tags in answers or, for one image, outside the first human turn, empty
-answers), missing images of every record and paths outside data.image_folder (``--images``:
-also images that do not decode to their end or exceed data.max_image_pixels, each opened as
+tag count mismatches, tags in answers, empty answers), missing images of every record and
+paths outside data.image_folder (``--images``: also images that do not decode to their end or exceed data.max_image_pixels, each opened as
 training opens it), samples longer than model.model_max_length (truncated) and samples whose
 answers all lie beyond it (skipped in training). Each problem names the sample's index and id;
 image problems are counted by the kind the image code gave them (images.IMAGE_KINDS).

@@ -11,6 +11,12 @@ every piece is tokenized as a string of its own (bos dropped after the first), s
 SentencePiece tokenizer gives the text after an image its dummy-prefix ``▁`` exactly as LLaVA
 trains it. Chat-template renderings (which write their own bos) are tokenized whole.
 
+A piece that starts with a space gets its dummy prefix too, as SentencePiece (and so LLaVA's
+slow ``LlamaTokenizer``) gives it: ``" Two"`` is ``▁ ▁Two``. transformers' fast Llama tokenizer
+(``Metaspace``, prepend scheme ``first``/``always``) adds no prefix to a text that already starts
+with one (``▁Two``); for such a tokenizer (``swallows_leading_space``) that piece is tokenized
+with one more space in front and its offsets moved back onto the piece (``pieces_to_encode``).
+
 Truncation never cuts an image's run of tokens (it stops before the run, and the image is
 then dropped); a sample left with no labelled token raises :class:`NothingToTrain`.
 """
@@ -74,6 +80,42 @@ def drops_bos(first_chunk_ids: list[int], tokenizer) -> bool:
     return bool(first_chunk_ids) and tokenizer.bos_token_id is not None and first_chunk_ids[0] == tokenizer.bos_token_id
 
 
+def swallows_leading_space(tokenizer) -> bool:
+    """Whether ``tokenizer`` drops SentencePiece's dummy prefix before a text that starts with a space
+    (transformers' fast Llama tokenizer: ``" Two"`` -> ``▁Two`` where SentencePiece gives ``▁ ▁Two``).
+    Measured once per tokenizer (a Metaspace pre-tokenizer that gives ``" Two"`` the ids of ``"Two"``)."""
+    known = getattr(tokenizer, "_llava_hydra_swallows_space", None)
+    if known is not None:
+        return known
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    found = False
+    if backend is not None and "Metaspace" in repr(backend.pre_tokenizer):
+        found = (backend.encode(" Two", add_special_tokens=False).ids ==
+                 backend.encode("Two", add_special_tokens=False).ids)
+    try:
+        tokenizer._llava_hydra_swallows_space = found
+    except AttributeError:
+        pass
+    return found
+
+
+def pieces_to_encode(texts: list[str], tokenizer) -> tuple[list[str], list[int]]:
+    """(texts to tokenize, shift of each): a piece that starts with a space gets one more in front
+    (shift 1) where the tokenizer would otherwise drop its dummy prefix (swallows_leading_space)."""
+    if not swallows_leading_space(tokenizer):
+        return list(texts), [0] * len(texts)
+    shifts = [int(t.startswith(" ")) for t in texts]
+    return [" " * s + t for s, t in zip(shifts, texts)], shifts
+
+
+def unshift_offsets(offsets, shift: int) -> list[tuple[int, int]]:
+    """A padded piece's token offsets on the piece itself: the added space's ``▁`` and the token
+    after it both cover the piece's first character (zero-width tokens such as bos stay so)."""
+    if not shift:
+        return list(offsets)
+    return [(a, b) if a == b else (max(a - shift, 0), max(b - shift, 1)) for a, b in offsets]
+
+
 def rust_backend(tokenizer):
     """The fast tokenizer's Rust backend (None for a slow tokenizer), with no truncation or padding
     left on it: transformers' ``__call__`` resets both before each call, and a tokenizer.json saved
@@ -88,13 +130,19 @@ def rust_backend(tokenizer):
 def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple]]]:
     """(ids, character offsets) of each text, from the fast tokenizer's Rust backend as the length
     pass takes them (transformers' ``__call__`` would add only its warning about sequences longer
-    than model_max_length, which ``encode`` truncates itself)."""
+    than model_max_length, which ``encode`` truncates itself). With special tokens (LLaVA's
+    piece-wise tokenization) a text that starts with a space keeps its dummy prefix."""
+    shifts = [0] * len(texts)
+    if add_special_tokens:
+        texts, shifts = pieces_to_encode(texts, tokenizer)
     backend = rust_backend(tokenizer)
     if backend is None:  # a slow (Python) tokenizer
         enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-        return [list(i) for i in enc["input_ids"]], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
-    encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
-    return [e.ids for e in encodings], [e.offsets for e in encodings]
+        ids, offsets = [list(i) for i in enc["input_ids"]], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
+    else:
+        encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        ids, offsets = [e.ids for e in encodings], [e.offsets for e in encodings]
+    return ids, [unshift_offsets(o, s) for o, s in zip(offsets, shifts)]
 
 
 def tokenize(text: str, tokenizer, image_token_id: int,

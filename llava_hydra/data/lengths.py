@@ -31,12 +31,12 @@ from typing import Callable
 import numpy as np
 
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered
-from llava_hydra.data.labels import chunks, drops_bos, rust_backend
+from llava_hydra.data.labels import chunks, drops_bos, pieces_to_encode, rust_backend
 from llava_hydra.data.records import RecordError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when what is stored changes
+FORMAT = 4  # bump when what is stored changes (4: a piece that starts with a space keeps its dummy prefix)
 
 NO_LABEL = -1  # first_label of a record with no labelled token
 FITS = -2  # first_label of a record that fits model_max_length: its first answer trains
@@ -135,12 +135,17 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
                 continue
             has_image[i - lo0] = bool(images)
             split = rendered.add_special_tokens and IMAGE_TOKEN in rendered.text
-            batch.append((i, rendered, chunks(rendered.text) if split else [(0, rendered.text)]))
+            pieces = chunks(rendered.text) if split else [(0, rendered.text)]
+            if rendered.add_special_tokens:  # as labels.tokenize: (start, text to encode, shift)
+                texts, shifts = pieces_to_encode([t for _, t in pieces], tokenizer)
+                batch.append((i, rendered, [(a, t, s) for (a, _), t, s in zip(pieces, texts, shifts)]))
+            else:
+                batch.append((i, rendered, [(a, t, 0) for a, t in pieces]))
         for special in (True, False):
             part = [b for b in batch if b[1].add_special_tokens == special]
             if not part:
                 continue
-            encodings = iter(backend.encode_batch_fast([text for _, _, pieces in part for _, text in pieces],
+            encodings = iter(backend.encode_batch_fast([text for _, _, pieces in part for _, text, _ in pieces],
                                                        add_special_tokens=special))
             over = []
             for i, r, pieces in part:
@@ -151,7 +156,7 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
                 elif r.answer_spans:
                     first[i - lo0] = FITS
             if over:
-                encodings = iter(backend.encode_batch([text for _, _, pieces in over for _, text in pieces],
+                encodings = iter(backend.encode_batch([text for _, _, pieces in over for _, text, _ in pieces],
                                                       add_special_tokens=special))
                 for i, r, pieces in over:
                     first[i - lo0] = _first_label(r, pieces, [next(encodings) for _ in pieces], tokenizer,
@@ -172,7 +177,7 @@ def _first_label(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int)
     if len(pieces) == 1:  # tokenized whole: each <image> in it is one token
         for a, b in r.answer_spans:
             for c in range(a, b):  # the first character of the span that a token covers
-                t = encoded[0].char_to_token(c)
+                t = encoded[0].char_to_token(c + pieces[0][2] if c else 0)
                 if t is not None:
                     return t + (num_image_tokens - 1) * r.text.count(IMAGE_TOKEN, 0, c)
         return NO_LABEL
@@ -183,8 +188,9 @@ def _first_label(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int)
         before += len(e) - (skip if k else 0) + num_image_tokens * (k + 1 < len(encoded))
     for a, b in r.answer_spans:
         for c in range(a, b):
-            k = max(j for j, (start, _) in enumerate(pieces) if start <= c)
-            t = encoded[k].char_to_token(c - pieces[k][0])
+            k = max(j for j, (start, _, _) in enumerate(pieces) if start <= c)
+            at = c - pieces[k][0]  # in the piece; in the encoded text one later if a space was added
+            t = encoded[k].char_to_token(at + pieces[k][2] if at else 0)
             if t is not None and (k == 0 or t >= skip):
                 return starts[k] + t
     return NO_LABEL

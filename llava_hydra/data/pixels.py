@@ -12,8 +12,13 @@ Three paths, chosen once per image processor and logged (``images: ...``):
   uint8 tensor with torch's antialiased interpolation (the kernel torchvision's resize uses),
   about 6x faster than PIL's resize here. Values match the processor's to within one 8-bit
   level before normalization (:data:`TOLERANCE_LEVELS`): the first image each process sees is
-  run through both paths and a larger difference switches to the processor for good.
+  run through both paths and a larger difference switches to the processor for good. A
+  height x width resize that scales the two axes differently (SigLIP, ``square``, a non-square
+  image) goes to the processor: there torch's antialiased resize is up to ~18 levels off PIL's.
 - ``processor``: anything else (other resizes, padding, tiling): the processor itself.
+
+A saved ``pad`` model's ``LlavaImageProcessor`` (``do_pad``, model/saved_pixels.py) is used with its
+padding off (:func:`without_padding`): padding is the ``aspect``'s, done here by expand2square.
 
 ``draft_size`` tells images.open_rgb how small a JPEG may be decoded (DCT scaling) so that the
 resize still starts from at least as many pixels as it keeps; ``peak_size`` how large the largest
@@ -55,6 +60,26 @@ def mean_colour(image_processor) -> tuple[int, int, int]:
     return tuple(int(c * 255) for c in image_processor.image_mean)
 
 
+def pads_to_square(image_processor) -> bool:
+    """transformers' LlavaImageProcessor with ``do_pad``: it pads to a square of ``int(255 * mean)``
+    itself, centred as expand2square centres (what a model saved from a ``pad`` run carries)."""
+    return bool(getattr(image_processor, "do_pad", False)) and \
+        type(image_processor).__name__ in ("LlavaImageProcessor", "LlavaImageProcessorPil")
+
+
+def without_padding(image_processor):
+    """``image_processor`` with its own padding to a square turned off (a copy): the pixel path pads
+    by ``image_aspect_ratio`` itself, so a saved ``pad`` model's processor neither pads twice nor
+    pads a ``square`` run."""
+    if not pads_to_square(image_processor):
+        return image_processor
+    import copy
+
+    out = copy.copy(image_processor)
+    out.do_pad = False
+    return out
+
+
 def check_aspect(aspect: str) -> None:
     if aspect not in ASPECTS:
         raise ValueError(f"image_aspect_ratio must be one of {ASPECTS}, got {aspect!r}")
@@ -73,7 +98,7 @@ class Pipeline:
     """``pipeline(img, aspect) -> (C, H, W)`` tensor; ``name`` says which path."""
 
     def __init__(self, image_processor):
-        self.processor = image_processor
+        self.processor = image_processor = without_padding(image_processor)
         self.plan = _plan(image_processor)
         backends = {c.__name__ for c in type(image_processor).__mro__}
         self.name = ("fast processor (torchvision)" if "TorchvisionBackend" in backends
@@ -118,6 +143,8 @@ class Pipeline:
                 size = (new_long, edge) if w <= h else (edge, new_long)
             else:
                 size = p["hw"]
+                if size[0] * w != size[1] * h:  # unequal scales (SigLIP's height x width on a non-square
+                    return process(img, "square", self.processor)  # image): torch's differ from PIL's by ~18 levels
             if size != (h, w):
                 x = F.interpolate(x, size=size, mode=p["mode"], antialias=True)
         if p["crop"]:

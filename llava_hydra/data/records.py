@@ -7,7 +7,8 @@ has a non-empty ``conversations`` list of ``{"from": "human"|"gpt", "value": str
 alternating from human, at least one answer non-empty, and as many ``<image>`` tags as images, in
 human turns only. ``image`` is one path, a list of paths (LLaVA-NeXT / OneVision interleaved
 format: the k-th tag stands for the k-th image, tags in any human turn), or absent for
-text-only; a single-image record's tag must stand in the first human turn, as LLaVA-1.5 has it.
+text-only. A single image's tag may stand in any human turn: as LLaVA's preprocess_multimodal
+does, it moves to the front of that turn (``<image>\n`` + the rest, stripped).
 A failed check raises :class:`RecordError`, whose ``kind`` groups problems for reports.
 """
 
@@ -32,7 +33,9 @@ class BadSampleError(ValueError):
         self.reason = reason
 
 
-CHECKS_VERSION = 3  # bump when normalize_turns accepts or refuses differently (keys the length cache)
+# bump when normalize_turns accepts or refuses differently (keys the length cache); 4: a single
+# image tagged in a later human turn is accepted
+CHECKS_VERSION = 4
 
 
 class RecordError(ValueError):
@@ -83,7 +86,6 @@ RECORD_KINDS = {  # kind -> what a report calls it
     "malformed": "malformed records",
     "image_tags": "<image> tag count != image count",
     "image_in_answer": "<image> in an answer (gpt turn)",
-    "image_position": "<image> outside the first human turn",
     "empty_answer": "empty answers",
 }
 
@@ -141,7 +143,7 @@ def normalize_turns(record) -> list[dict]:
 
 
 def _check_images(turns: list[dict], images: list[str]) -> None:
-    """Tags only in human turns, one per image; one image's tag in the first human turn."""
+    """Tags only in human turns, one per image (in any human turn, as LLaVA takes them)."""
     for k, turn in enumerate(turns):
         if turn["from"] == GPT and IMAGE_TOKEN in turn["value"]:
             raise RecordError(f"turn {k}: <image> in an answer (gpt turn); tags belong in human turns",
@@ -150,10 +152,6 @@ def _check_images(turns: list[dict], images: list[str]) -> None:
     if n_tags != len(images):
         where = "a text-only sample" if not images else f"{len(images)} image(s)"
         raise RecordError(f"{n_tags} <image> tag(s) in {where}", kind="image_tags")
-    if len(images) == 1 and IMAGE_TOKEN not in turns[0]["value"]:
-        k = next(k for k, t in enumerate(turns) if IMAGE_TOKEN in t["value"])
-        raise RecordError(f"turn {k}: the <image> of a single-image record must stand in the first human turn "
-                          f"(turn 0)", kind="image_position")
 
 
 def record_id(record):

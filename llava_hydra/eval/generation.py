@@ -7,7 +7,7 @@ data/chat_template.py). Images become pixel values by training's own function
 (``images.load_image``: the file checks, JPEG draft decoding, ``aspect`` square or pad, the
 pixels.py pipeline), so a model is evaluated on the pixel values it was trained on for the same
 file; the processor then only expands each ``<image>`` to the model's image-token run and
-tokenizes.
+tokenizes (adding no second bos to a prompt whose template wrote one).
 """
 
 from __future__ import annotations
@@ -58,9 +58,13 @@ def encode(processor, prompts: list[str], images: list, aspect: str, device=None
     pixels = [image_pixels(img, aspect, processor.image_processor) for img in images]
     processor.tokenizer.padding_side = "left"
     # the processor expands each <image> by the pixel values' size and tokenizes; the pixel
-    # values themselves are training's, passed through its image processor unchanged
+    # values themselves are training's, passed through its image processor unchanged. A prompt
+    # whose template wrote bos is tokenized without adding another (transformers' own rule in
+    # processor.apply_chat_template): one <s>, as training had.
+    bos = processor.tokenizer.bos_token
+    written = bool(bos) and all(p.startswith(bos) for p in prompts)
     inputs = processor(text=prompts, images=pixels or None, padding=True, return_tensors="pt",
-                       **(_AS_GIVEN if pixels else {}))
+                       **(_AS_GIVEN if pixels else {}), **({"add_special_tokens": False} if written else {}))
     if pixels:
         inputs["pixel_values"] = torch.stack(pixels)
     return inputs.to(device) if device is not None else inputs

@@ -75,7 +75,7 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
         raise FileNotFoundError(f"{path}: no such directory (give a run directory, checkpoint or model folder)")
     if (path / "adapter_config.json").exists():
         model, tokenizer, image_processor, cfg = adapted_base(path, dtype)
-        processor = make_processor(tokenizer, image_processor, model, cfg.data.template)
+        processor = make_processor(tokenizer, image_processor, model, cfg.data.template, cfg.data.image_aspect_ratio)
         model = model.merge_and_unload()
     elif (path / "config.json").exists():
         kwargs = {"dtype": DTYPES[dtype]} if dtype else {}

@@ -10,6 +10,14 @@ rule that sets every label of the sample to IGNORE when the counted length diffe
 real one. ``llava_sample`` returns ids/labels with LLaVA's single IMAGE_TOKEN_INDEX expanded to
 ``num_image_tokens`` copies of our image token id (labels IGNORE), and whether LLaVA reported a
 mismatch. Not used by the package: the point is an independent second implementation.
+
+``SlowLlamaTokenizer`` is the tokenizer LLaVA's train.py loads (``use_fast=False``: transformers
+4.3x's SentencePiece ``LlamaTokenizer``) for text without special tokens in it, written from that
+class: ``legacy`` true encodes with SentencePiece as is (dummy prefix ``▁`` on); ``legacy`` false
+turns the dummy prefix off in the model, writes ``▁`` in front of the text itself (``tokenize``)
+and, for a text starting with ``▁``/space, encodes ``<unk>`` + text and drops the ``<unk>``
+pieces (``_tokenize``). Either way ``" Two"`` is ``▁ ▁Two``: a space before the text is a ``▁``
+of its own, the dummy prefix another.
 """
 
 from __future__ import annotations
@@ -21,6 +29,45 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 LLAMA_2_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
                   "that the user provides, and assist the user with a variety of tasks using natural language.")
+
+
+class SlowLlamaTokenizer:
+    """transformers 4.3x's slow LlamaTokenizer (as LLaVA loads it) on text with no special tokens."""
+
+    SPIECE_UNDERLINE = "▁"
+
+    def __init__(self, model_file, legacy: bool):
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = open(model_file, "rb").read()
+        if not legacy:  # get_spm_processor: the model's own dummy prefix is turned off
+            model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+            model.normalizer_spec.add_dummy_prefix = False
+            proto = model.SerializeToString()
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.legacy = legacy
+        self.bos_token_id = self.sp.bos_id()
+        self.unk_token = self.sp.id_to_piece(self.sp.unk_id())
+        self.unk_token_length = len(self.sp.encode(self.unk_token))
+
+    def _tokenize(self, text):
+        tokens = self.sp.encode(text, out_type=str)
+        if self.legacy or not text.startswith((self.SPIECE_UNDERLINE, " ")):
+            return tokens
+        tokens = self.sp.encode(self.unk_token + text, out_type=str)
+        return tokens[self.unk_token_length:] if len(tokens) >= self.unk_token_length else tokens
+
+    def tokenize(self, text):
+        if self.legacy or not text:
+            return self._tokenize(text) if text else []
+        return self._tokenize(self.SPIECE_UNDERLINE + text.replace(self.SPIECE_UNDERLINE, " "))
+
+    def __call__(self, text):
+        from types import SimpleNamespace
+
+        assert "<s>" not in text and "</s>" not in text, "special tokens are not modelled here"
+        return SimpleNamespace(input_ids=[self.bos_token_id] + [self.sp.piece_to_id(p) for p in self.tokenize(text)])
 
 
 def tokenizer_image_token(prompt, tok):

@@ -85,8 +85,13 @@ def _chat_corpus(seed: int = 1) -> list[str]:
                    for _ in range(500)]
 
 
-def vicuna_tokenizer(path: str | Path, legacy: bool = False, vocab_size: int = 600, model_max_length: int = 2048):
-    """A SentencePiece tokenizer in Vicuna-v1.5's folder layout, loaded through load_tokenizer."""
+def vicuna_tokenizer(path: str | Path, legacy: bool = False, vocab_size: int = 600, model_max_length: int = 2048,
+                     llama_normalizer: bool = False):
+    """A SentencePiece tokenizer in Vicuna-v1.5's folder layout, loaded through load_tokenizer.
+    ``llama_normalizer``: the model normalizes as Llama's ``tokenizer.model`` does (rule
+    ``identity``, extra whitespace kept), so SentencePiece itself tokenizes ``" Two"`` as
+    ``▁ ▁Two``, as LLaVA's slow tokenizer did (the default trains with SentencePiece's ``nmt_nfkc``,
+    which collapses spaces)."""
     import json
 
     import sentencepiece as spm
@@ -98,7 +103,8 @@ def vicuna_tokenizer(path: str | Path, legacy: bool = False, vocab_size: int = 6
     spm.SentencePieceTrainer.train(sentence_iterator=iter(_chat_corpus()), model_prefix=str(path / "tokenizer"),
                                    vocab_size=vocab_size, model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
                                    byte_fallback=True, split_digits=True, character_coverage=1.0, minloglevel=2,
-                                   num_threads=1)
+                                   num_threads=1, **({"normalization_rule_name": "identity",
+                                                      "remove_extra_whitespaces": False} if llama_normalizer else {}))
     os.remove(path / "tokenizer.vocab")
     config = {"tokenizer_class": "LlamaTokenizer", "legacy": legacy, "add_bos_token": True, "add_eos_token": False,
               "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
