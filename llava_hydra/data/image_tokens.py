@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from llava_hydra.config.families import expand_pinpoints  # noqa: F401 (the data side reads it here)
 from llava_hydra.config.schema import CHOICES
 from llava_hydra.config.validate import check_choice
 
@@ -52,9 +53,6 @@ def image_token_count(vision_config, strategy: str) -> int:
 # when more than N crops' worth remain) and one newline token per row of what is left. Equal to
 # transformers' LlavaNextProcessor / LlavaOnevisionProcessor ``_get_number_of_features`` (tests compare).
 
-FAMILIES = ("llava", "llava_next", "llava_onevision")  # model.family; config.schema.CHOICES reads it
-
-
 def select_best_resolution(height: int, width: int, pinpoints) -> tuple[int, int]:
     """The (height, width) of ``pinpoints`` that keeps most of the image's pixels once it is scaled
     to fit (ties: the least padding), as transformers' and LLaVA-NeXT's ``select_best_resolution``."""
@@ -78,25 +76,6 @@ def unpadded_grid(height: int, width: int, rows: int, cols: int) -> tuple[int, i
         new = int(round(width * (rows / height), 7))
         cols -= (cols - new) // 2 * 2
     return rows, cols
-
-
-def expand_pinpoints(pinpoints, crop: int) -> list[list[int]]:
-    """``image_grid_pinpoints`` as [[height, width], ...] in pixels. LLaVA-NeXT's grid form
-    ``"(1x1),...,(6x6)"`` (OneVision) becomes every grid from the first to the last, times ``crop``."""
-    if isinstance(pinpoints, str):
-        import re
-
-        found = [tuple(map(int, m)) for m in re.findall(r"\((\d+)x(\d+)\)", pinpoints)]
-        if not found:
-            raise ValueError(f"model.image_grid_pinpoints={pinpoints!r}: expected [[h, w], ...] or '(1x1),...,(6x6)'")
-        (r0, c0), (r1, c1) = found[0], found[-1]
-        return [[r * crop, c * crop] for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
-    points = [[int(h), int(w)] for h, w in pinpoints]
-    bad = [p for p in points if p[0] % crop or p[1] % crop or min(p) <= 0]
-    if bad:
-        raise ValueError(f"model.image_grid_pinpoints {bad} are not whole multiples of the vision tower's "
-                         f"input size {crop}")
-    return points
 
 
 def max_crops(aspect: str) -> int | None:
