@@ -74,9 +74,9 @@ def pinpoints_for(family: str, spec_pinpoints, crop: int) -> list[list[int]]:
                             crop)
 
 
-def family_problems(model, data) -> list[str]:
+def family_problems(model, data, training=None) -> list[str]:
     """What does not fit together among model.family, data.image_aspect_ratio and
-    model.mm_patch_merge_type (each a line naming the keys)."""
+    model.mm_patch_merge_type (each a line naming the keys), and what AnyRes does not do yet."""
     family, aspect, merge = model.family, data.image_aspect_ratio, model.get("mm_patch_merge_type")
     if family not in FAMILIES:
         return []  # choice_problems names it
@@ -93,4 +93,7 @@ def family_problems(model, data) -> list[str]:
                         f"AnyRes models merge spatial_unpad only")
     if is_anyres(aspect) and model.get("mm_vision_select_feature") == "cls_patch":
         problems.append("model.mm_vision_select_feature=cls_patch: the AnyRes grid has no place for a CLS token; use patch")
+    if is_anyres(aspect) and training is not None and training.get("packing"):
+        problems.append(f"training.packing with data.image_aspect_ratio={aspect!r}: packing AnyRes samples "
+                        f"(crops + image_sizes) is not done yet; set training.packing=false")
     return problems

@@ -43,7 +43,7 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
     if "model" in cfg and "data" in cfg:
         from llava_hydra.config.families import family_problems
 
-        problems += family_problems(cfg.model, cfg.data)
+        problems += family_problems(cfg.model, cfg.data, cfg.get("training"))
     if local_paths:
         problems += path_problems(cfg)
     if problems:
