@@ -46,6 +46,7 @@ def test_counts_written_out(size):
 def test_llava15_is_fixed_whatever_the_size():
     rule = ImageTokens(576)
     assert rule.fixed == 576 and rule([(10, 10), (4000, 6000)]) == [576, 576]
+    assert (str(rule), str(NEXT)) == ("576", "576 + crops by size (anyres)")  # what data.preview prints
 
 
 def test_best_resolution_is_height_width():

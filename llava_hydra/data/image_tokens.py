@@ -93,6 +93,9 @@ class ImageTokens:
         self.max_crops = max_crops(aspect)
         self.fixed = base if self.pinpoints is None else None
 
+    def __str__(self) -> str:  # what the data commands print per <image>
+        return str(self.fixed) if self.fixed is not None else f"{self.base} + crops by size ({self.aspect})"
+
     @property
     def key(self) -> list:
         return [self.base] if self.fixed is not None else [self.base, self.crop, self.side, self.pinpoints,
