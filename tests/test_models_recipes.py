@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 CONF = Path(__file__).parents[1] / "conf"
 MODELS = {  # name: (llm, vision tower, stage 2 template, projector)
     "tiny": ("builtin://tiny-llama", "builtin://tiny-clip", "v1", "mlp2x_gelu"),
+    "tiny_next": ("builtin://tiny-llama", "builtin://tiny-clip", "v1", "mlp2x_gelu"),
     "vicuna7b": ("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14-336", "v1", "mlp2x_gelu"),
     "vicuna13b": ("lmsys/vicuna-13b-v1.5", "openai/clip-vit-large-patch14-336", "v1", "mlp2x_gelu"),
     "vicuna7b_v1_linear": ("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14", "v1", "linear"),

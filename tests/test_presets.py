@@ -11,7 +11,7 @@ from omegaconf.errors import InterpolationToMissingValueError
 
 CONF = Path(__file__).parents[1] / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-LLM = {"tiny": "builtin://tiny-llama", "vicuna7b": "lmsys/vicuna-7b-v1.5", "vicuna13b": "lmsys/vicuna-13b-v1.5",
+LLM = {"tiny": "builtin://tiny-llama", "tiny_next": "builtin://tiny-llama", "vicuna7b": "lmsys/vicuna-7b-v1.5", "vicuna13b": "lmsys/vicuna-13b-v1.5",
        "vicuna7b_v1_linear": "lmsys/vicuna-7b-v1.5", "llama2_7b_chat": "meta-llama/Llama-2-7b-chat-hf",
        "llama3_8b_instruct": "meta-llama/Meta-Llama-3-8B-Instruct", "qwen2_7b_instruct": "Qwen/Qwen2-7B-Instruct"}
 RELEASED = {"vicuna7b": "llava-hf/llava-1.5-7b-hf", "vicuna13b": "llava-hf/llava-1.5-13b-hf"}

@@ -21,7 +21,7 @@ CONF = Path(__file__).parents[1] / "conf"
 REFUSED = {
     "data.template=v2": "data.template='v2': not one of plain, v1, llama_2, mpt, chat_template (did you mean 'v1'?)",
     "data.on_bad_sample=skp": "data.on_bad_sample='skp': not one of raise, skip (did you mean 'skip'?)",
-    "data.image_aspect_ratio=padd": "data.image_aspect_ratio='padd': not one of square, pad (did you mean 'pad'?)",
+    "data.image_aspect_ratio=padd": "data.image_aspect_ratio='padd': not one of square, pad, anyres, anyres_max_9 (did you mean 'pad'?)",
     "model.mm_projector_type=mlp2x_gleu":
         "model.mm_projector_type='mlp2x_gleu': not one of mlp2x_gelu, linear (did you mean 'mlp2x_gelu'?)",
     "model.mm_vision_select_feature=cls":
@@ -199,7 +199,7 @@ def test_a_bad_value_stops_the_command_in_one_clear_line():
 def test_unknown_group_option_gets_a_suggestion():
     assert group_option_problems(["model=vicuna14b", "stage=finetune", "training.learning_rate=1e-4"]) == [
         "model=vicuna14b: no such option; the options are llama2_7b_chat, llama3_8b_instruct, qwen2_7b_instruct, "
-        "tiny, vicuna13b, vicuna7b, vicuna7b_v1_linear (did you mean 'vicuna13b'?)"]
+        "tiny, tiny_next, vicuna13b, vicuna7b, vicuna7b_v1_linear (did you mean 'vicuna13b'?)"]
     assert group_option_problems(["lora=lora,qlor"]) == [  # each value of a sweep
         "lora=qlor: no such option; the options are lora, none, qlora (did you mean 'qlora'?)"]
     assert group_option_problems(["+experiment=llava15_7b_pretrain", "deepspeed=zero3", "lora=null"]) == []

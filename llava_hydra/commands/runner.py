@@ -163,7 +163,9 @@ def run(cfg: DictConfig) -> float | None:
         write_spec(cfg, out_dir)
 
     # 4. Dataset and collator; with training.packing, samples packed into rows of model_max_length.
-    image_tokens = (model.config.image_seq_length, model.config.image_token_index)
+    from llava_hydra.data.image_tokens import tokens_for_config
+
+    image_tokens = (tokens_for_config(model.config), model.config.image_token_index)  # AnyRes: a rule by size
     samples = train_dataset(cfg, tokenizer, image_processor, *image_tokens)  # a file, or a mixture of sources
     if cfg.training.group_by_modality_length or cfg.training.packing:
         length_pass_once(samples, args)

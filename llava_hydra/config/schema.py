@@ -47,6 +47,12 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     dtype: str = "auto"  # auto (bf16 if training.bf16, else fp32) | float32 | bfloat16 | float16
     trust_remote_code: bool = False
+    # llava (LLaVA-1.5) | llava_next | llava_onevision (AnyRes; README "Model families", config/families.py)
+    family: str = "llava"
+    # AnyRes grids, [[height, width], ...] px (multiples of the tower's input size) or LLaVA-NeXT's
+    # "(1x1),...,(6x6)"; null: the family's own (llava_next: 1x2 2x1 2x2 3x1 1x3 crops; onevision: 1x1..6x6)
+    image_grid_pinpoints: Optional[Any] = None
+    mm_patch_merge_type: Optional[str] = None  # flat | spatial_unpad; null: spatial_unpad under an anyres aspect
 
 
 @dataclass
@@ -80,7 +86,7 @@ class DataConfig:
     preset_path: Optional[str] = None  # the data_path its data file names; another data_path names the run dir
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
     template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
-    image_aspect_ratio: str = "square"  # square | pad
+    image_aspect_ratio: str = "square"  # square | pad | anyres (model.family=llava_next) | anyres_max_9 (onevision)
     eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
     on_bad_sample: str = "raise"  # raise (stop, naming file/sample/problem) | skip (log each once, count at the end)
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
@@ -228,7 +234,9 @@ CHOICES: Dict[str, tuple] = {
                                   "flash_attention_4", "flex_attention"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),  # model.DTYPES
     "data.template": TEMPLATES,
-    "data.image_aspect_ratio": ("square", "pad"),  # data.images
+    "data.image_aspect_ratio": ("square", "pad", "anyres", "anyres_max_9"),  # data.pixels + config.families
+    "model.family": ("llava", "llava_next", "llava_onevision"),  # config.families.FAMILIES
+    "model.mm_patch_merge_type": ("flat", "spatial_unpad"),  # config.families.MERGE_TYPES
     "data.on_bad_sample": ("raise", "skip"),
     "lora.bias": ("none", "all", "lora_only"),  # peft's
     "lora.bits": (16, 8, 4),

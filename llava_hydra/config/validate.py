@@ -40,6 +40,10 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
     the file system and the installed trackers alone, for specs composed only to be read)."""
     check_resolves(cfg)  # a missing value behind an interpolation: an error naming both keys
     problems = [*choice_problems(cfg), *number_problems(cfg), *training_key_problems(cfg)]
+    if "model" in cfg and "data" in cfg:
+        from llava_hydra.config.families import family_problems
+
+        problems += family_problems(cfg.model, cfg.data, cfg.get("training"))
     if local_paths:
         from llava_hydra.config.local_data import data_path_problems
 

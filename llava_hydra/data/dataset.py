@@ -7,7 +7,9 @@ asked for. ``modality_lengths`` runs the cached length pass (lengths.py) the fir
 grouped sampler asks. A multi-image record's sample carries its images' pixel values stacked
 ``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator and packing
 concatenate every sample's images in order (``stack_images``), as the model fills the batch's
-image-token runs in order.
+image-token runs in order. AnyRes (``num_image_tokens`` an ImageTokens rule): each image's run is
+counted from its size in the file header (length pass and sample alike), and a sample carries
+its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
@@ -32,6 +34,8 @@ from pathlib import Path
 import torch
 
 from llava_hydra.data import lengths as lengths_mod
+from llava_hydra.data.anyres import anyres_images, image_size
+from llava_hydra.data.image_tokens import ImageTokens
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
 from llava_hydra.data.pixels import shortest_edge
@@ -51,7 +55,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_path, tokenizer, image_processor, template: str, image_folder=None,
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
-                 image_token_id: int | None = None, num_image_tokens: int = 576,
+                 image_token_id: int | None = None, num_image_tokens: int | ImageTokens = 576,
                  on_bad_sample: str = "raise", cache_dir=None, allow_images_outside_folder: bool = False,
                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         if on_bad_sample not in POLICIES:
@@ -71,7 +75,11 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.image_aspect_ratio, self.model_max_length = image_aspect_ratio, model_max_length
         self.image_token_id = (image_token_id if image_token_id is not None
                                else tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-        self.num_image_tokens = num_image_tokens
+        # tokens per image: a count for all (LLaVA-1.5), or an ImageTokens rule by size (AnyRes)
+        self.image_tokens = num_image_tokens if isinstance(num_image_tokens, ImageTokens) else ImageTokens(
+            num_image_tokens)
+        self.anyres = self.image_tokens.fixed is None
+        self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
@@ -94,11 +102,23 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         turns = normalize_turns(record)
         return render(self.template, turns, tokenizer=self.tokenizer), images_of(record)
 
+    def image_runs(self, images: list[str]):
+        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size."""
+        if not self.anyres:
+            return self.num_image_tokens
+        return [self.image_tokens.tokens(*image_size(self.images, name)) for name in images]
+
+    def _runs_for_lengths(self, images: list[str]) -> list[int]:
+        try:
+            return self.image_runs(images)
+        except ImageError as e:
+            raise RecordError(str(e), e.kind) from None
+
     def encode(self, i: int) -> tuple[Encoded, list[str]]:
-        """Tokens + labels of record i (no image loaded); BadSampleError / NothingToTrain."""
+        """Tokens + labels of record i (no image decoded); BadSampleError / NothingToTrain."""
         try:
             rendered, images = self.prepare(i)
-            return encode(rendered, self.tokenizer, self.image_token_id, self.num_image_tokens,
+            return encode(rendered, self.tokenizer, self.image_token_id, self.image_runs(images),
                           self.model_max_length), images
         except NothingToTrain:
             raise
@@ -111,6 +131,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
+                if self.anyres:
+                    return {**sample, **anyres_images(self.images, images[:e.num_images], self.image_processor)}
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
@@ -194,12 +216,13 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if self._table is None:
             digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
-                                        self.num_image_tokens)
+                                        self.image_tokens.key if self.anyres else self.num_image_tokens)
+            runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes from headers
             started = time.time()
             self._table, hit = lengths_mod.cached(
                 self.cache_dir, key,
                 lambda: lengths_mod.compute(len(self), self._prepare_for_lengths, self.tokenizer,
-                                            self.num_image_tokens, self.model_max_length), n=len(self))
+                                            runs, self.model_max_length), n=len(self))
             log.info("lengths of %d samples %s in %.1fs", len(self), "read from the cache" if hit else "computed",
                      time.time() - started)
         return self._table
@@ -269,7 +292,16 @@ class DataCollator:
             n = len(s["input_ids"])
             ids[row, :n], labels[row, :n], mask[row, :n] = s["input_ids"], s["labels"], 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        images = stack_images(samples)
-        if images is not None:
-            batch["pixel_values"] = images
-        return batch
+        return {**batch, **batch_images(samples)}
+
+
+def batch_images(samples: list[dict]) -> dict:
+    """``pixel_values`` of every sample's images in order (stack_images) and, for AnyRes samples,
+    ``image_sizes`` (n_images, 2): LlavaNext splits the crops per image by the sizes. {} if none."""
+    images = stack_images(samples)
+    if images is None:
+        return {}
+    out = {"pixel_values": images}
+    if any("image_sizes" in s for s in samples):
+        out["image_sizes"] = torch.cat([s["image_sizes"] for s in samples if "image_sizes" in s])
+    return out

@@ -168,13 +168,27 @@ def tokenize(text: str, tokenizer, image_token_id: int,
     return ids, offsets
 
 
-def encode(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens: int, max_length: int) -> Encoded:
+def image_runs(num_image_tokens, n_images: int) -> list[int]:
+    """The token run of each of a sample's ``n_images`` image tags: one count for every image
+    (LLaVA-1.5) or a count per image, in tag order (AnyRes: by each image's size)."""
+    if isinstance(num_image_tokens, int):
+        return [num_image_tokens] * n_images
+    runs = [int(n) for n in num_image_tokens]
+    if len(runs) != n_images:
+        raise ValueError(f"{n_images} <image> token(s) in the text but {len(runs)} image token count(s)")
+    return runs
+
+
+def encode(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens, max_length: int) -> Encoded:
+    """Ids and labels, each image tag expanded to its run (``num_image_tokens``: an int for every image,
+    or one count per image in tag order) and truncated at ``max_length`` (an image run never split)."""
     text_ids, offsets = tokenize(rendered.text, tokenizer, image_token_id, rendered.add_special_tokens)
     trained = _trained_flags(offsets, rendered.answer_spans, text_ids, image_token_id)
+    runs = image_runs(num_image_tokens, text_ids.count(image_token_id))
     ids, labels, kept, n_images = [], [], 0, 0
-    full = sum(num_image_tokens if t == image_token_id else 1 for t in text_ids)
+    full = len(text_ids) + sum(runs) - len(runs)
     for tok, flag in zip(text_ids, trained):
-        n = num_image_tokens if tok == image_token_id else 1
+        n = runs[n_images] if tok == image_token_id else 1
         if len(ids) + n > max_length:
             break  # an image run that does not fit whole is dropped with everything after it
         ids += [tok] * n
@@ -189,11 +203,13 @@ def encode(rendered: Rendered, tokenizer, image_token_id: int, num_image_tokens:
     return Encoded(ids, labels, n_images, full, offsets[:kept], trained[:kept])
 
 
-def encode_prompt(text: str, tokenizer, image_token_id: int, num_image_tokens: int,
+def encode_prompt(text: str, tokenizer, image_token_id: int, num_image_tokens,
                   add_special_tokens: bool = True) -> list[int]:
     """Token ids of a generation prompt (tokenized as training tokenizes), each image token
-    expanded to its patch tokens."""
+    expanded to its patch tokens (``num_image_tokens``: as ``encode`` takes it)."""
+    text_ids = tokenize(text, tokenizer, image_token_id, add_special_tokens)[0]
+    runs = iter(image_runs(num_image_tokens, text_ids.count(image_token_id)))
     ids = []
-    for tok in tokenize(text, tokenizer, image_token_id, add_special_tokens)[0]:
-        ids += [tok] * (num_image_tokens if tok == image_token_id else 1)
+    for tok in text_ids:
+        ids += [tok] * (next(runs) if tok == image_token_id else 1)
     return ids

@@ -72,14 +72,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_image_tokens: int) -> str:
+def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_image_tokens) -> str:
+    """``num_image_tokens``: the count of every image, or (AnyRes) the key of the rule by size."""
     spec = json.dumps([FORMAT, data_digest, tokenizer_fingerprint(tokenizer), template, max_length, num_image_tokens])
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
 
-def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens: int,
+def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens,
             max_length: int, batch_size: int = 2048, num_proc: int | None = None) -> LengthTable:
     """Run ``prepare(i) -> (rendered, images)`` over all records (RecordError marks a bad one)
+    (``num_image_tokens``: an int for every image, or a callable image paths -> a count per image)
     and tokenize the rendered texts in batches, split at ``<image>`` as training splits them
     (labels.tokenize): the counts are those of the samples the dataset hands out.
     ``num_proc`` worker processes (default: the cores this process may use) share the records."""
@@ -112,7 +114,7 @@ def _range_job(lo: int, hi: int) -> LengthTable:
     return _compute_range(lo, hi, *_JOB)
 
 
-def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int, max_length: int,
+def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens, max_length: int,
                    batch_size: int) -> LengthTable:
     """The length table of records lo0..hi0-1 (indices in ``problems`` are absolute).
 
@@ -127,12 +129,14 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
     backend = rust_backend(tokenizer)
     for lo in range(lo0, hi0, batch_size):
         batch = []  # (index, rendered, its pieces: [(start, text)])
+        images_of, runs = {}, {}  # index -> its image paths, its image runs
         for i in range(lo, min(lo + batch_size, hi0)):
             try:
                 rendered, images = prepare(i)
             except RecordError as e:
                 problems[i] = (e.kind, str(e))
                 continue
+            images_of[i] = images
             has_image[i - lo0] = bool(images)
             split = rendered.add_special_tokens and IMAGE_TOKEN in rendered.text
             pieces = chunks(rendered.text) if split else [(0, rendered.text)]
@@ -149,7 +153,14 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
                                                        add_special_tokens=special))
             over = []
             for i, r, pieces in part:
-                count = _total(r, [next(encodings) for _ in pieces], tokenizer, num_image_tokens)
+                try:
+                    runs[i] = _runs(num_image_tokens, r, images_of[i])
+                except RecordError as e:
+                    problems[i] = (e.kind, str(e))
+                    for _ in pieces:
+                        next(encodings)
+                    continue
+                count = _total(r, [next(encodings) for _ in pieces], tokenizer, runs[i])
                 tokens[i - lo0] = count
                 if count > max_length and r.answer_spans:
                     over.append((i, r, pieces))
@@ -160,32 +171,45 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens: int
                                                       add_special_tokens=special))
                 for i, r, pieces in over:
                     first[i - lo0] = _first_label(r, pieces, [next(encodings) for _ in pieces], tokenizer,
-                                                  num_image_tokens)
+                                                  runs[i])
     return LengthTable(tokens, first, has_image, problems)
 
 
-def _total(r: Rendered, encoded, tokenizer, num_image_tokens: int) -> int:
+def _runs(num_image_tokens, r: Rendered, images: list[str]) -> list[int]:
+    """The token run of each <image> of a rendered record: ``num_image_tokens`` for all (an int), or
+    ``num_image_tokens(images)`` per image (AnyRes: by size from the headers; it raises RecordError)."""
+    n = r.text.count(IMAGE_TOKEN)
+    if isinstance(num_image_tokens, int):
+        return [num_image_tokens] * n
+    runs = list(num_image_tokens(images)) if n else []
+    if len(runs) != n:
+        raise RecordError(f"{n} <image> tag(s) rendered for {len(runs)} image(s)", kind="image_tags")
+    return runs
+
+
+def _total(r: Rendered, encoded, tokenizer, runs: list[int]) -> int:
     """Token count with every image run expanded (pieces split at <image>, as labels.tokenize)."""
     if len(encoded) == 1:  # tokenized whole: each <image> in it is one token
-        return len(encoded[0]) + (num_image_tokens - 1) * r.text.count(IMAGE_TOKEN)
+        return len(encoded[0]) + sum(runs) - len(runs)
     skip = int(drops_bos(encoded[0].ids, tokenizer))
-    return sum(len(e) for e in encoded) - skip * (len(encoded) - 1) + num_image_tokens * (len(encoded) - 1)
+    return sum(len(e) for e in encoded) - skip * (len(encoded) - 1) + sum(runs)
 
 
-def _first_label(r: Rendered, pieces, encoded, tokenizer, num_image_tokens: int) -> int:
+def _first_label(r: Rendered, pieces, encoded, tokenizer, runs: list[int]) -> int:
     """Index of the first labelled token (image runs expanded), from the pieces' character offsets."""
     if len(pieces) == 1:  # tokenized whole: each <image> in it is one token
         for a, b in r.answer_spans:
             for c in range(a, b):  # the first character of the span that a token covers
                 t = encoded[0].char_to_token(c + pieces[0][2] if c else 0)
                 if t is not None:
-                    return t + (num_image_tokens - 1) * r.text.count(IMAGE_TOKEN, 0, c)
+                    before = r.text.count(IMAGE_TOKEN, 0, c)
+                    return t + sum(runs[:before]) - before
         return NO_LABEL
     skip = int(drops_bos(encoded[0].ids, tokenizer))
     before, starts = 0, []  # tokens ahead of each piece
     for k, e in enumerate(encoded):
         starts.append(before - (skip if k else 0))
-        before += len(e) - (skip if k else 0) + num_image_tokens * (k + 1 < len(encoded))
+        before += len(e) - (skip if k else 0) + (runs[k] if k + 1 < len(encoded) else 0)
     for a, b in r.answer_spans:
         for c in range(a, b):
             k = max(j for j, (start, _, _) in enumerate(pieces) if start <= c)

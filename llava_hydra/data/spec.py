@@ -7,19 +7,30 @@ build a model. ``builtin://`` parts and the synthetic data are made on first use
 from __future__ import annotations
 
 
-def image_tokens_per_image(cfg) -> int:
-    """Image tokens per image, as the assembled model will have them (configs only, no weights)."""
+def image_tokens_per_image(cfg):
+    """Image tokens per image, as the assembled model will have them (configs only, no weights): an
+    int, or for an AnyRes family an ImageTokens rule that counts by each image's size."""
     from transformers import AutoConfig
 
-    from llava_hydra.data.image_tokens import has_cls_token, image_token_count, select_strategy
+    from llava_hydra.data.anyres import token_rule
+    from llava_hydra.data.image_tokens import tokens_for_config
     from llava_hydra.data.tiny import pretrained_path
 
     m = cfg.model
     if m.pretrained_llava:
-        return AutoConfig.from_pretrained(pretrained_path(m.pretrained_llava, cfg.paths.cache_dir)).image_seq_length
+        rule = tokens_for_config(AutoConfig.from_pretrained(pretrained_path(m.pretrained_llava, cfg.paths.cache_dir)))
+        return rule.fixed if rule.fixed is not None else rule
     vc = AutoConfig.from_pretrained(pretrained_path(m.vision_tower, cfg.paths.cache_dir))
     vc = getattr(vc, "vision_config", vc)
-    return image_token_count(vc, select_strategy(m.mm_vision_select_feature, has_cls_token(vc)))
+    rule = token_rule(_family(cfg), vc, m.mm_vision_select_feature, m.get("image_grid_pinpoints"),
+                      cfg.data.image_aspect_ratio)
+    return rule.fixed if rule.fixed is not None else rule
+
+
+def _family(cfg) -> str:
+    from llava_hydra.config.families import trained_family
+
+    return trained_family(cfg.model.get("family", "llava"), cfg.data.image_aspect_ratio)
 
 
 def data_parts(cfg, image_processor: bool = True):
@@ -40,10 +51,20 @@ def data_parts(cfg, image_processor: bool = True):
 
         processor = AutoImageProcessor.from_pretrained(pretrained_path(m.pretrained_llava or m.vision_tower,
                                                                        cfg.paths.cache_dir))
+        if _family(cfg) != "llava" and not m.pretrained_llava:  # AnyRes: the family's processor around the tower's
+            from transformers import AutoConfig
+
+            from llava_hydra.config.families import pinpoints_for
+            from llava_hydra.data.anyres import family_image_processor
+
+            vc = AutoConfig.from_pretrained(pretrained_path(m.vision_tower, cfg.paths.cache_dir))
+            vc = getattr(vc, "vision_config", vc)
+            processor = family_image_processor(_family(cfg), processor, vc,
+                                               pinpoints_for(_family(cfg), m.get("image_grid_pinpoints"), vc.image_size))
     return tokenizer, processor, image_tokens_per_image(cfg)
 
 
-def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_tokens: int,
+def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_tokens,
                  image_token_id: int | None = None, on_bad_sample: str | None = None, image_folder: str | None = None):
     """The dataset of ``data_path`` under the spec's ``data.*`` and ``model.model_max_length``
     (``image_folder``: a mixture source's own, instead of ``data.image_folder``)."""

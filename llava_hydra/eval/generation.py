@@ -7,14 +7,17 @@ data/chat_template.py). Images become pixel values by training's own function
 (``images.load_image``: the file checks, JPEG draft decoding, ``aspect`` square or pad, the
 pixels.py pipeline), so a model is evaluated on the pixel values it was trained on for the same
 file; the processor then only expands each ``<image>`` to the model's image-token run and
-tokenizes (adding no second bos to a prompt whose template wrote one).
+tokenizes (adding no second bos to a prompt whose template wrote one). AnyRes (``aspect`` anyres /
+anyres_max_N): the saved processor makes the crops and ``image_sizes`` from the decoded image,
+with the transformers image processor training used.
 """
 
 from __future__ import annotations
 
 from PIL import Image
 
-from llava_hydra.data.images import load_image, to_rgb
+from llava_hydra.config.families import is_anyres
+from llava_hydra.data.images import load_image, open_rgb, to_rgb
 from llava_hydra.data.pixels import pipeline
 
 _AS_GIVEN = {"do_resize": False, "do_center_crop": False, "do_rescale": False, "do_normalize": False, "do_pad": False}
@@ -55,8 +58,15 @@ def encode(processor, prompts: list[str], images: list, aspect: str, device=None
     (paths, PIL images or pixel values; see image_pixels)."""
     import torch
 
-    pixels = [image_pixels(img, aspect, processor.image_processor) for img in images]
     processor.tokenizer.padding_side = "left"
+    if is_anyres(aspect):  # AnyRes: the saved processor makes the crops and image_sizes, as training's did
+        decoded = [img if isinstance(img, Image.Image) else open_rgb(img) for img in images]
+        bos = processor.tokenizer.bos_token
+        written = bos is not None and all(p.startswith(bos) for p in prompts)  # the template wrote bos
+        inputs = processor(text=prompts, images=[to_rgb(im) for im in decoded] or None, padding=True,
+                           return_tensors="pt", add_special_tokens=not written)
+        return inputs.to(device) if device is not None else inputs
+    pixels = [image_pixels(img, aspect, processor.image_processor) for img in images]
     # the processor expands each <image> by the pixel values' size and tokenizes; the pixel
     # values themselves are training's, passed through its image processor unchanged. A prompt
     # whose template wrote bos is tokenized without adding another (transformers' own rule in

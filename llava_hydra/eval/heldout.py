@@ -16,7 +16,8 @@ import logging
 import torch
 
 from llava_hydra.data.conversation import render
-from llava_hydra.data.dataset import LazySupervisedDataset, encode_prompt, normalize_turns, stack_images
+from llava_hydra.data.dataset import LazySupervisedDataset, batch_images, encode_prompt, normalize_turns
+from llava_hydra.data.records import images_of
 from llava_hydra.model.llava import find_llava_model
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def prompt_and_reference(dataset: LazySupervisedDataset, i: int) -> tuple[list[i
     template's generation prompt) and the reference answer (that last turn)."""
     turns = normalize_turns(dataset.records[i])
     prompt = render(dataset.template, turns[:-1], tokenizer=dataset.tokenizer)
-    ids = encode_prompt(prompt.text, dataset.tokenizer, dataset.image_token_id, dataset.num_image_tokens,
+    runs = dataset.image_runs(images_of(dataset.records[i]))  # AnyRes: a count per image, by its size
+    ids = encode_prompt(prompt.text, dataset.tokenizer, dataset.image_token_id, runs,
                         add_special_tokens=prompt.add_special_tokens)
     return ids, turns[-1]["value"]
 
@@ -61,8 +63,9 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
         for row, p in enumerate(prompts):  # left padding for generation
             ids[row, longest - len(p):] = torch.tensor(p)
             mask[row, longest - len(p):] = 1
-        pixels = stack_images(images)
-        kwargs = {"pixel_values": pixels.to(model.device, pixel_dtype)} if pixels is not None else {}
+        kwargs = batch_images(images)  # pixel_values (+ image_sizes for AnyRes)
+        if kwargs:
+            kwargs["pixel_values"] = kwargs["pixel_values"].to(model.device, pixel_dtype)
         out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
         return [(ref, tok.decode(row[longest:], skip_special_tokens=True)) for ref, row in zip(refs, out)]

@@ -1,4 +1,5 @@
-"""The base model before any training choice: transformers' ``LlavaForConditionalGeneration``,
+"""The base model before any training choice: transformers' ``LlavaForConditionalGeneration``
+(or, by ``model.family``, ``LlavaNextForConditionalGeneration`` / ``LlavaOnevisionForConditionalGeneration``),
 either assembled from a separately pretrained LLM and vision tower (``model.llm``,
 ``model.vision_tower``) with a new projector, or loaded whole from an already-assembled LLaVA
 checkpoint (``model.pretrained_llava``). Each returns (model, tokenizer, image_processor).
@@ -12,12 +13,16 @@ from ``from_pretrained`` and the new projector is created partitioned too. With 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
 from llava_hydra.data.conversation import IMAGE_TOKEN
 from llava_hydra.data.image_tokens import has_cls_token, image_token_count, select_feature, select_strategy
 from llava_hydra.data.tokenizer import finish_tokenizer, load_tokenizer
+from llava_hydra.config.families import pinpoints_for
+from llava_hydra.data.anyres import family_image_processor
+from llava_hydra.model.families import config_class, family_of, family_of_config, model_class
 from llava_hydra.model.llava import PROJECTOR_ACT, projector_type
 from llava_hydra.model.projector import init_projector
 from llava_hydra.model.zero3 import full_shape, gathered, partitioned_init, zero3_init_paused
@@ -72,11 +77,12 @@ def resize_embeddings(model, size: int) -> None:
 
 
 def assemble(cfg, dtype: torch.dtype, attn: str):
-    """(model, tokenizer, image_processor) from ``model.llm`` + ``model.vision_tower`` + a new projector."""
-    from transformers import AutoImageProcessor, AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
-    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+    """(model, tokenizer, image_processor) from ``model.llm`` + ``model.vision_tower`` + a new projector
+    (and, for an AnyRes family, a new row-newline embedding), as ``model.family``'s transformers class."""
+    from transformers import AutoImageProcessor, AutoModelForCausalLM
 
     m, cache = cfg.model, cfg.paths.cache_dir
+    family = family_of(cfg)
     llm_path, vt_path = pretrained_path(m.llm, cache), pretrained_path(m.vision_tower, cache)
     quant = quantization_config(cfg.lora, dtype, skip=["lm_head"])  # the LLM alone; tower + projector never quantized
 
@@ -88,7 +94,13 @@ def assemble(cfg, dtype: torch.dtype, attn: str):
 
     vc = vision.config
     strategy = select_strategy(m.mm_vision_select_feature, has_cls_token(vc))
-    config = LlavaConfig(
+    extra = {}
+    if family != "llava":  # AnyRes: the grid's pinpoints, the family's image processor around the tower's
+        extra["image_grid_pinpoints"] = pinpoints_for(family, m.get("image_grid_pinpoints"), vc.image_size)
+        if family == "llava_onevision":
+            extra["vision_aspect_ratio"] = cfg.data.image_aspect_ratio
+        image_processor = family_image_processor(family, image_processor, vc, extra["image_grid_pinpoints"])
+    config = config_class(family)(
         vision_config=vc, text_config=llm.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=image_token_count(vc, strategy),
@@ -96,19 +108,23 @@ def assemble(cfg, dtype: torch.dtype, attn: str):
         vision_feature_select_strategy=strategy,
         projector_hidden_act=PROJECTOR_ACT[m.mm_projector_type], multimodal_projector_bias=True,
         tie_word_embeddings=getattr(llm.config, "tie_word_embeddings", False),
-        mm_projector_type=m.mm_projector_type,
+        mm_projector_type=m.mm_projector_type, **extra,
     )
     config.text_config._attn_implementation = attn
     zero3_config = []  # ZeRO-3's switch, set again after the skeleton: it lives as long as the model
     with torch.device("meta"), zero3_init_paused(zero3_config):
-        model = LlavaForConditionalGeneration(config)
+        model = model_class(family)(config)
+    projector_cls = type(model.model.multi_modal_projector)
     model._zero3_config = zero3_config
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
     model.model.vision_tower = vision
     with partitioned_init():
-        model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
+        model.model.multi_modal_projector = projector_cls(config).to(dtype)
     init_projector(model.model.multi_modal_projector, m.mm_projector_type)
+    if hasattr(model.model, "image_newline"):  # LLaVA-NeXT's init: randn / sqrt(hidden size)
+        hidden = config.text_config.hidden_size
+        model.model.image_newline = torch.nn.Parameter((torch.randn(hidden) / math.sqrt(hidden)).to(dtype))
     if quant is not None:  # what PEFT and Trainer look at to treat the model as k-bit
         model.hf_quantizer = llm.hf_quantizer
         model.is_loaded_in_4bit, model.is_loaded_in_8bit = cfg.lora.bits == 4, cfg.lora.bits == 8
@@ -119,7 +135,7 @@ def assemble(cfg, dtype: torch.dtype, attn: str):
 
 def load_pretrained_llava(cfg, dtype: torch.dtype, attn: str):
     """(model, tokenizer, image_processor) from an already-assembled Hugging Face LLaVA checkpoint."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
     m = cfg.model
     path = pretrained_path(m.pretrained_llava, cfg.paths.cache_dir)
@@ -127,7 +143,8 @@ def load_pretrained_llava(cfg, dtype: torch.dtype, attn: str):
                                 skip=["model.vision_tower", "model.multi_modal_projector", "lm_head"])
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=m.trust_remote_code)
     tokenizer = finish_tokenizer(processor.tokenizer, path, m.model_max_length)
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+    family = family_of_config(AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code))
+    model = model_class(family).from_pretrained(path, dtype=dtype, attn_implementation=attn,
                                                           quantization_config=quant,
                                                           trust_remote_code=m.trust_remote_code)
     if model.config.image_token_index != tokenizer.convert_tokens_to_ids(IMAGE_TOKEN):

@@ -22,11 +22,12 @@ PROJECTOR_ACT = {"mlp2x_gelu": "gelu", "linear": "linear"}  # mm_projector_type 
 
 
 def find_llava_model(model):
-    """The LlavaModel inside ``model`` (plain, PEFT-wrapped or not)."""
-    from transformers.models.llava.modeling_llava import LlavaModel
+    """The LlavaModel (or LlavaNextModel, LlavaOnevisionModel) inside ``model`` (plain, PEFT-wrapped or not)."""
+    from llava_hydra.model.families import core_classes
 
+    cores = core_classes()
     for module in model.modules():
-        if isinstance(module, LlavaModel):
+        if isinstance(module, cores):
             return module
     raise TypeError(f"{type(model).__name__} contains no LlavaModel")
 
@@ -46,7 +47,9 @@ class Part(NamedTuple):
 
 # stage.trainable's parts, in the order the logs list them (config.CHOICES names them for the pre-flight)
 PARTS = {
-    "llm": Part(("model.language_model", "lm_head"), None),  # the decoder, its token embeddings, lm_head
+    # the decoder, its token embeddings, lm_head; AnyRes: the row-newline embedding too (LLaVA-NeXT trains
+    # it with the LLM: mm_tunable_parts=mm_language_model, not mm_mlp_adapter)
+    "llm": Part(("model.language_model", "lm_head", "model.image_newline"), None),
     "mm_projector": Part(("model.multi_modal_projector",), "mm_projector_lr"),
     "vision_tower": Part(("model.vision_tower",), "vision_tower_lr"),
 }
@@ -56,12 +59,39 @@ OWN_LR = {part: p.lr_key for part, p in PARTS.items() if p.lr_key}  # part -> tr
 def part_modules(model) -> dict[str, list]:
     """Each part of ``PARTS`` -> its modules in ``model`` (plain or PEFT-wrapped; a part PEFT
     trains whole is its ``modules_to_save`` wrapper)."""
-    from transformers import LlavaForConditionalGeneration
+    from llava_hydra.model.families import is_llava_outer
 
-    outer = next((m for m in model.modules() if isinstance(m, LlavaForConditionalGeneration)), None)
+    outer = next((m for m in model.modules() if is_llava_outer(m)), None)
     if outer is None:
         raise TypeError(f"{type(model).__name__} contains no LlavaForConditionalGeneration")
-    return {part: [outer.get_submodule(path) for path in p.modules] for part, p in PARTS.items()}
+    return {part: [m for m in (_member(outer, path) for path in p.modules) if m is not None]
+            for part, p in PARTS.items()}
+
+
+class ParamMember:
+    """A bare parameter of a part (LlavaNext's ``image_newline``), with the two calls freezing and
+    the optimizer's groups make on a part's modules."""
+
+    def __init__(self, param):
+        self.param = param
+
+    def parameters(self):
+        return iter([self.param])
+
+    def requires_grad_(self, flag: bool = True):
+        self.param.requires_grad_(flag)
+        return self
+
+
+def _member(outer, path: str):
+    """The module at ``path``, a bare parameter there (ParamMember), or None where this family has none."""
+    try:
+        return outer.get_submodule(path)
+    except AttributeError:
+        try:
+            return ParamMember(outer.get_parameter(path))
+        except AttributeError:
+            return None
 
 
 def trainable_modules(model, parts: list[str]) -> list:
@@ -81,6 +111,8 @@ def part_of(name: str) -> str:
         return "vision_tower"
     if "multi_modal_projector." in name:
         return "projector"
+    if "image_newline" in name:
+        return "newline"
     if "embed_tokens." in name:
         return "embeddings"
     if "lm_head." in name:

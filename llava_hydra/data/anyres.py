@@ -1,0 +1,96 @@
+"""AnyRes images (LLaVA-NeXT / OneVision) on the data side: the image processor of a family,
+an image's (height, width) read from its file header (no decoding), and an image's pixels as the
+model takes them: ``pixel_values`` (crops, C, h, w) -- the base view then the grid's crops -- and
+``image_sizes`` (height, width).
+
+Pixels come from transformers' own AnyRes image processor (correct first; the fast path of
+pixels.py does not cover crops yet). Sizes from headers are what the length pass and the
+sample's token runs count with (data/image_tokens.py); they are upright sizes: an EXIF rotation
+of 90 or 270 degrees swaps them, as the decoder's transpose will (images.open_rgb).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llava_hydra.config.families import FAMILIES, pinpoints_for
+from llava_hydra.data.images import ImageError, ImageSource
+from llava_hydra.data.image_tokens import ImageTokens, has_cls_token, image_token_count, select_strategy
+
+_SWAPPING = {5, 6, 7, 8}  # EXIF orientations that turn the image a quarter
+
+
+def header_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the upright image, from the file's header; OSError / PIL errors pass up."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in _SWAPPING:
+            w, h = h, w
+    return h, w
+
+
+def tower_crop(vision_config) -> int:
+    return vision_config.image_size
+
+
+def family_image_processor(family: str, tower_processor, vision_config, pinpoints):
+    """The AnyRes image processor of ``family`` for a vision tower: its crop is the tower's input size,
+    its mean / std / resampling the tower's own processor's."""
+    import transformers
+
+    name = FAMILIES[family].image_processor
+    crop = tower_crop(vision_config)
+    cls = getattr(transformers, name)
+    size = {"shortest_edge": crop} if family == "llava_next" else {"height": crop, "width": crop}
+    kwargs = dict(image_grid_pinpoints=pinpoints, size=size, image_mean=list(tower_processor.image_mean),
+                  image_std=list(tower_processor.image_std), do_convert_rgb=True)
+    if family == "llava_next":
+        kwargs["crop_size"] = {"height": crop, "width": crop}
+    if getattr(tower_processor, "resample", None) is not None:
+        kwargs["resample"] = tower_processor.resample
+    return cls(**kwargs)
+
+
+def token_rule(family: str, vision_config, select_feature: str, pinpoints, aspect: str) -> ImageTokens:
+    """Tokens per image for a spec (configs only): fixed for llava, by size for the AnyRes families."""
+    base = image_token_count(vision_config, select_strategy(select_feature, has_cls_token(vision_config)))
+    if family == "llava":
+        return ImageTokens(base)
+    return ImageTokens(base, vision_config.image_size, vision_config.patch_size,
+                       pinpoints_for(family, pinpoints, vision_config.image_size), aspect)
+
+
+def anyres_pixels(rgb, image_processor):
+    """One upright RGB image -> (pixel_values (crops, C, h, w), image_size tensor [height, width])."""
+    out = image_processor(images=[rgb], return_tensors="pt")
+    return out["pixel_values"][0], out["image_sizes"][0]
+
+
+def image_size(source: ImageSource, name: str) -> tuple[int, int]:
+    """(height, width) of a record's image from its file header (upright); ImageError if unreadable."""
+    path = source.path(name)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}", "missing_image")
+    try:
+        return header_size(path)
+    except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a bad header
+        raise ImageError(f"cannot read the image header of {path}: {e}", "unreadable_image") from None
+
+
+def anyres_images(source: ImageSource, names: list[str], image_processor) -> dict:
+    """A sample's images: every image's crops (base view first) concatenated as ``pixel_values``,
+    and ``image_sizes`` (n, 2); ImageError for an unusable image, or one whose decoded size is not
+    the header's (its token run was counted from the header)."""
+    import torch
+
+    crops, sizes = [], []
+    for name in names:
+        pixels, size = anyres_pixels(source.open(name), image_processor)
+        if tuple(size.tolist()) != image_size(source, name):
+            raise ImageError(f"image {name}: decoded size {tuple(size.tolist())} is not its header's "
+                             f"{image_size(source, name)}", "unreadable_image")
+        crops.append(pixels)
+        sizes.append(size)
+    return {"pixel_values": torch.cat(crops), "image_sizes": torch.stack(sizes)}
