@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from llava_hydra.train.checkpoints import write_checkpoint_record
+from llava_hydra.train.checkpoint_trust import note_written
+from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, write_checkpoint_record
 
 SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
          "training.per_device_train_batch_size=4", "training.max_steps=1", "eval.max_samples=2"]
@@ -206,6 +207,8 @@ def test_a_checkpoint_of_another_spec_is_not_offered_for_resuming(tmp_path, fake
     checkpoint.mkdir(parents=True)
     (checkpoint / "weights.bin").write_bytes(b"12345")
     write_checkpoint_record(checkpoint, "run-b", spec, 1.0)
+    (checkpoint.parent / RUN_FILE).write_text(json.dumps({"run_id": "run-b", "checkpoints": []}))
+    note_written(checkpoint.parent / RUN_FILE, checkpoint, MANIFEST)  # as the trainer lists what the run wrote
     status, _, err, _ = refused(tmp_path, fake_torch)
     assert status == 1
     assert "resume_from_checkpoint=auto" not in err  # it would be refused

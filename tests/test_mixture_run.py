@@ -63,7 +63,7 @@ def test_llava_next_yaml_trains_and_logs_loss_per_source(compose_spec, tmp_path,
     base = [f"paths.output_root={tmp_path}", f"paths.cache_dir={cache}", *SMALL, f"data.data_path={mix}",
             "training.report_to=[tensorboard]", "training.save_steps=2"]
     run(compose_spec(*base, "training.max_steps=3"))
-    out = tmp_path / "tiny" / "finetune"
+    out = tmp_path / "tiny" / "finetune_mix"  # a mixture file of the user's own names the run dir
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_samples"] == 28 + 20 and metrics["train_steps"] == 3  # ceil(50% of 56) + 20
 
@@ -126,7 +126,7 @@ def test_two_processes_log_the_sums_of_both_ranks(compose_spec, tmp_path, mixtur
     done = torchrun("-m", "llava_hydra", "deepspeed=none", f"paths.output_root={tmp_path / 'two'}", *common,
                     "training.max_steps=1", "training.per_device_train_batch_size=2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
-    one, two = (scalars(tmp_path / d / "tiny" / "finetune") for d in ("one", "two"))
+    one, two = (scalars(tmp_path / d / "tiny" / "finetune_mix") for d in ("one", "two"))
     for source in ("qa", "captions"):
         assert two[f"train/tokens/{source}"] == one[f"train/tokens/{source}"]
         assert two[f"train/loss/{source}"][1] == pytest.approx(one[f"train/loss/{source}"][1], rel=1e-4)
@@ -140,7 +140,7 @@ def test_inline_sources_packed_log_loss_per_source(compose_spec, tmp_path, mixtu
     _, cache = mixture
     run(compose_spec(f"paths.output_root={tmp_path}", f"paths.cache_dir={cache}", *SMALL, "data=synthetic_mixture",
                      "training.packing=true", "training.report_to=[tensorboard]", "training.max_steps=2"))
-    out = tmp_path / "tiny" / "finetune"
+    out = tmp_path / "tiny" / "finetune_synthetic_mixture"
     samples = json.loads((out / "metrics.json").read_text())["train_samples"]
     assert samples == 28 + 2 * 12  # first:50% of 56, twice 25% of 48
     tags = scalars(out)

@@ -83,7 +83,16 @@ COMMANDS = {
         ("skip", "needs LLaVA's data under /data/llava and the vicuna tokenizer from the hub"),
     "python -m llava_hydra.data.check stage=finetune model=vicuna7b paths.data_root=/data/llava --images --json check.json":
         ("skip", "needs LLaVA's data under /data/llava and the vicuna tokenizer from the hub"),
-    "python -m llava_hydra.data.preview --index 3 stage=finetune": ("run", 0, True),  # SMALL: the data made above
+    "python -m llava_hydra.data.preview --index 3 stage=finetune": ("run", 0, True),
+    "python -m llava_hydra model=tiny_next": ("run", 0, True),
+    "python -m llava_hydra model=tiny_next stage=finetune": ("run", 0, True),
+    'pip install lmms-eval==0.7.3 decord "filelock<3.20"': ("skip", "a separate environment (lmms-eval pulls its own torch); "
+                                                           "run by hand, README says how"),
+    "python -m lmms_eval eval --model llava_hf --model_args pretrained=outputs/tiny/finetune,device_map=cpu,dtype=float32 "
+    "--tasks own_shapes --include_path my_tasks/ --device cpu --batch_size 1 --log_samples --output_path lmms_out/":
+        ("skip", "needs lmms-eval's own environment (above) and the user's task folder my_tasks/"),
+    "python -m llava_hydra.eval model_dir=outputs/tiny/finetune benchmark=own benchmark.question_file=held_out.json "
+    "benchmark.image_folder=imgs": ("skip", "the user's held_out.json and imgs/"),  # SMALL: the data made above
 }
 REWRITES = {"hydra.sweeper.n_trials=12": "hydra.sweeper.n_trials=2"}  # 2 trials prove the sweep runs
 
@@ -135,7 +144,8 @@ def test_readme_commands_in_order_on_a_fresh_directory(tmp_path):
     print("skipped:", *(f"  {c}\n      ({why})" for c, why in skipped), sep="\n")
     out = tmp_path / "outputs"
     # each run that trained something different has its own directory; none collided
-    for run_dir in ("tiny/pretrain", "tiny/finetune", "tiny/finetune_qa", "try2/tiny/pretrain"):
+    for run_dir in ("tiny/pretrain", "tiny/finetune", "tiny/finetune_qa", "try2/tiny/pretrain", "tiny_next/pretrain",
+                    "tiny_next/finetune"):
         assert (out / run_dir / "metrics.json").is_file(), run_dir
         assert (out / run_dir / ".hydra" / "config.yaml").is_file(), run_dir
-    assert len(ran) == 11 and all(why for _, why in skipped)
+    assert len(ran) == 13 and all(why for _, why in skipped)

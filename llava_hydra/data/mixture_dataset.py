@@ -65,6 +65,11 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def set_epoch(self, epoch: int) -> None:
+        """Each source draws its ``skip`` stand-ins for this epoch (data/stand_in.py)."""
+        for ds in self.datasets:
+            ds.set_epoch(epoch)
+
     def locate(self, g: int) -> tuple[int, int]:
         """(source, record index in its file) of mixture index g."""
         if not 0 <= g < len(self):

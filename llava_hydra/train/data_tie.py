@@ -29,9 +29,16 @@ ROLES = {"train": "training data file", "eval": "held-out eval data file"}
 
 
 def data_record(**datasets) -> dict[str, dict]:
-    """{role: {"path", "sha256"}} of the datasets given by role (None ones left out)."""
-    return {role: {"path": str(Path(ds.data_path).resolve()), "sha256": ds.data_digest}
-            for role, ds in datasets.items() if ds is not None}
+    """{role: {"path", "sha256"}} of the datasets given by role (None ones left out); a mixture
+    (data.mixture_dataset.MixtureDataset) gives one entry per source, ``<role>/<source name>``."""
+    out = {}
+    for role, ds in datasets.items():
+        if ds is None:
+            continue
+        parts = zip([f"{role}/{n}" for n in ds.names], ds.datasets) if hasattr(ds, "datasets") else [(role, ds)]
+        out.update({key: {"path": str(Path(part.data_path).resolve()), "sha256": part.data_digest}
+                    for key, part in parts})
+    return out
 
 
 def file_record(cache_dir, **paths) -> dict[str, dict]:
