@@ -42,7 +42,7 @@ MPT_USER, MPT_ASSISTANT, MPT_SEP = "<|im_start|>user\n", "<|im_start|>assistant\
 class Rendered:
     text: str = ""
     answer_spans: list[tuple[int, int]] = field(default_factory=list)
-    add_special_tokens: bool = True  # False when the template writes bos itself (chat templates)
+    add_special_tokens: bool = True  # False for chat templates: tokenized whole, bos as text (_tokenizer_bos)
 
     def add(self, piece: str, trained: bool = False) -> None:
         if trained and piece:
@@ -201,6 +201,24 @@ def _closing_tokens(tokenizer) -> set[str]:
             and "start" not in t.lower() and "begin" not in t.lower()}
 
 
+def _tokenizer_bos(text: str, tokenizer) -> str:
+    """What a client's tokenizer puts before ``text``, written as text: transformers' processors
+    (``apply_chat_template(tokenize=True)``, the image-text-to-text pipeline) add the tokenizer's
+    special tokens to a rendered prompt that does not start with bos, so a template that writes
+    none (llava-hf's, ours) is served with the tokenizer's bos; training gives it the same. ""
+    when the text starts with bos or the tokenizer adds none. For SentencePiece tokenizers a space
+    after bos keeps the first word's dummy prefix (measured on the text, not assumed)."""
+    bos = tokenizer.bos_token
+    if not bos or text.startswith(bos) or tokenizer("")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        return ""
+    want = tokenizer(text)["input_ids"]
+    for lead in (bos, bos + " "):
+        if tokenizer(lead + text, add_special_tokens=False)["input_ids"] == want:
+            return lead
+    raise ValueError(f"chat template of {tokenizer.name_or_path!r}: no text before the rendered prompt gives "
+                     f"the ids the tokenizer's own bos gives it")
+
+
 def _render_chat_template(conversations: list[dict], tokenizer) -> Rendered:
     if tokenizer is None:
         raise ValueError("template chat_template needs the tokenizer (render(..., tokenizer=tok))")
@@ -213,14 +231,15 @@ def _render_chat_template(conversations: list[dict], tokenizer) -> Rendered:
     if spans is None:
         spans = _answer_starts_by_prefix(conversations, tokenizer, text)
     specials = sorted(_closing_tokens(tokenizer), key=len, reverse=True)
-    out = Rendered(text=text, add_special_tokens=False)
+    lead = _tokenizer_bos(text, tokenizer)
+    out = Rendered(text=lead + text, add_special_tokens=False)
     for start, end in spans:
         closed = _end_of_turn(text, end, specials)
         if closed == end and tokenizer.name_or_path not in _warned_no_eot:
             _warned_no_eot.add(tokenizer.name_or_path)
             log.warning("chat template of %r closes an answer with no special end-of-turn token; "
                         "only the answer text is trained", tokenizer.name_or_path)
-        out.answer_spans.append((start, closed))
+        out.answer_spans.append((len(lead) + start, len(lead) + closed))
     return out
 
 
