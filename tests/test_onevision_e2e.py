@@ -73,3 +73,23 @@ def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
         with torch.no_grad():  # the pixels are training's: the dataset's sample holds the same crops
             crops = ds.build(i)["pixel_values"]
             assert torch.allclose(crops, theirs["pixel_values"][0][:len(crops)])
+
+
+def test_ov_stage_continues_from_the_si_model(compose_spec, tmp_path):
+    """experiment=onevision_7b_ov's shape at tiny size: stage 2 again, from the saved OneVision model
+    (model.pretrained_llava, no projector file), into its own run directory; it saves a OneVision model again."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    paths = [f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    run(compose_spec(*paths, *SMALL))
+    run(compose_spec("stage=finetune", *paths, *SMALL))
+    si = tmp_path / "tiny_onevision" / "finetune"
+    ov = compose_spec("stage=finetune", *paths, *SMALL, f"model.pretrained_llava={si}", "stage.pretrain_mm_mlp_adapter=null",
+                      f"training.output_dir={tmp_path / 'ov'}")
+    run(ov)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "ov")
+    before = LlavaOnevisionForConditionalGeneration.from_pretrained(si)
+    assert model.config.vision_aspect_ratio == "anyres_max_9"
+    assert json.loads((tmp_path / "ov" / "processor_config.json").read_text())["processor_class"] == "LlavaOnevisionProcessor"
+    step = (model.model.image_newline - before.model.image_newline).abs().max().item()
+    assert 0 < step < 0.05  # 3 more steps from the si model's newline (a fresh one is randn / sqrt(128))

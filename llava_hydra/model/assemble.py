@@ -141,9 +141,14 @@ def load_pretrained_llava(cfg, dtype: torch.dtype, attn: str):
     path = pretrained_path(m.pretrained_llava, cfg.paths.cache_dir)
     quant = quantization_config(cfg.lora, dtype,  # transformers 5 wants full module paths here
                                 skip=["model.vision_tower", "model.multi_modal_projector", "lm_head"])
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=m.trust_remote_code)
-    tokenizer = finish_tokenizer(processor.tokenizer, path, m.model_max_length)
     family = family_of_config(AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code))
+    if family == "llava_onevision":  # its AutoProcessor needs torchvision (model/onevision_processor.py)
+        from llava_hydra.model.onevision_processor import load_parts
+
+        processor = load_parts(path, m.trust_remote_code)
+    else:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=m.trust_remote_code)
+    tokenizer = finish_tokenizer(processor.tokenizer, path, m.model_max_length)
     model = model_class(family).from_pretrained(path, dtype=dtype, attn_implementation=attn,
                                                           quantization_config=quant,
                                                           trust_remote_code=m.trust_remote_code)

@@ -85,3 +85,14 @@ class SavedOnevisionProcessor:
                 f.write(self.chat_template)
         with open(os.path.join(save_directory, "processor_config.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_parts(path, trust_remote_code: bool = False):
+    """A saved OneVision folder's tokenizer and image processor (``.tokenizer``, ``.image_processor``), which
+    need no torchvision: what training from an assembled OneVision model (``model.pretrained_llava``) uses."""
+    from types import SimpleNamespace
+
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    return SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
+                           image_processor=AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code))
