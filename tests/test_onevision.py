@@ -113,3 +113,20 @@ def test_saved_processor_files_are_transformers_own(qwen_tok, tmp_path):
     saved = json.loads((tmp_path / "ours" / "processor_config.json").read_text())
     assert saved["video_processor"]["video_processor_type"] == "LlavaOnevisionVideoProcessor"
     assert (saved["image_processor"]["image_mean"], saved["video_processor"]["image_mean"]) == ([0.5] * 3, [0.5] * 3)
+
+
+def test_several_images_in_a_onevision_sample_are_refused_not_cropped(tmp_path):
+    from PIL import Image
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from llava_hydra.data.anyres import anyres_images
+    from llava_hydra.data.images import ImageError, ImageSource
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 50), (200, 30, 30)).save(tmp_path / name)
+    processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32], [32, 64]])
+    source = ImageSource(folder=tmp_path)
+    assert anyres_images(source, ["a.png"], processor)["image_sizes"].tolist() == [[50, 40]]
+    with pytest.raises(ImageError, match="multi-image layout") as e:
+        anyres_images(source, ["a.png", "b.png"], processor)
+    assert e.value.kind == "multi_image_layout"
