@@ -130,3 +130,26 @@ def test_several_images_in_a_onevision_sample_are_refused_not_cropped(tmp_path):
     with pytest.raises(ImageError, match="multi-image layout") as e:
         anyres_images(source, ["a.png", "b.png"], processor)
     assert e.value.kind == "multi_image_layout"
+
+
+def test_text_only_micro_batch_runs_the_anyres_tower_on_the_placeholder(compose_spec, tmp_path):
+    """Several processes must run the same collectives: an AnyRes model's text-only micro-batch runs the tower on
+    the zero image too (with its image size and grid crops, which get_image_features needs), changing nothing."""
+    import torch
+
+    from llava_hydra.model import build_model
+    from llava_hydra.model.llava import find_llava_model
+
+    cfg = compose_spec("model=tiny_onevision", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
+                       f"paths.output_root={tmp_path}")
+    model, _, _ = build_model(cfg)
+    model.train()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    inner = find_llava_model(model)
+    grads = [p.grad for p in inner.vision_tower.parameters() if p.grad is not None]  # the layers up to -2 ran
+    assert len(grads) > 10 and all(not g.abs().sum() for g in grads)  # ... and got a zero gradient
+    with torch.no_grad():
+        model.eval()  # no placeholder in eval mode: the same loss
+        assert torch.allclose(model(input_ids=ids, labels=ids).loss, loss.detach())
