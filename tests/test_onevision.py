@@ -153,3 +153,7 @@ def test_text_only_micro_batch_runs_the_anyres_tower_on_the_placeholder(compose_
     with torch.no_grad():
         model.eval()  # no placeholder in eval mode: the same loss
         assert torch.allclose(model(input_ids=ids, labels=ids).loss, loss.detach())
+
+    torch.manual_seed(123)  # the newline's init does not depend on the global RNG: a rebuilt base (LoRA merge,
+    again, _, _ = build_model(cfg)  # eval of an adapter) holds the frozen newline training saw
+    assert torch.equal(find_llava_model(again).image_newline, inner.image_newline.detach())

@@ -74,6 +74,21 @@ def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
             crops = ds.build(i)["pixel_values"]
             assert torch.allclose(crops, theirs["pixel_values"][0][:len(crops)])
 
+    # python -m llava_hydra.chat / .eval load the folder the same way: OneVision class, its processor, its aspect;
+    # a padded batch of two prompts answers as each prompt alone (the tokenizer has its own <video> token)
+    from llava_hydra.eval.loading import load_for_inference
+
+    loaded, inference, aspect = load_for_inference(fin, device="cpu")
+    assert type(loaded) is LlavaOnevisionForConditionalGeneration and aspect == "anyres_max_9"
+    assert processor.tokenizer.convert_tokens_to_ids("<video>") == loaded.config.video_token_id != \
+        processor.tokenizer.pad_token_id
+    questions = [normalize_turns(ds.records[i])[0]["value"].replace("<image>", "").strip() for i in range(2)]
+    prompts = [render(inference, [user_message(q, image=True)]) for q in questions]
+    images = [f"{folder}/{images_of(ds.records[i])[0]}" for i in range(2)]
+    alone = [answer(loaded, inference, [p], [im], aspect, max_new_tokens=6, do_sample=False)[0]
+             for p, im in zip(prompts, images)]
+    assert answer(loaded, inference, prompts, images, aspect, max_new_tokens=6, do_sample=False) == alone
+
 
 def test_ov_stage_continues_from_the_si_model(compose_spec, tmp_path):
     """experiment=onevision_7b_ov's shape at tiny size: stage 2 again, from the saved OneVision model

@@ -96,3 +96,38 @@ def load_parts(path, trust_remote_code: bool = False):
 
     return SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
                            image_processor=AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code))
+
+
+_IMAGE_ONLY = []
+
+
+def _image_only_class():
+    """LlavaOnevisionProcessor without its video processor (images and text only): its own expansion of
+    each <image>, chat template and tokenizing, built where torchvision is absent."""
+    if not _IMAGE_ONLY:
+        from transformers import LlavaOnevisionProcessor
+
+        class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
+            def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+                super().__init__(image_processor, tokenizer, None, **kwargs)
+
+        _IMAGE_ONLY.append(ImageOnlyOnevisionProcessor)
+    return _IMAGE_ONLY[0]
+
+
+def inference_processor(path):
+    """The processor of a saved OneVision folder for generation: AutoProcessor (LlavaOnevisionProcessor) where
+    torchvision is installed, else the same class's image-and-text part built from the folder's files."""
+    from pathlib import Path
+
+    from transformers import AutoProcessor
+
+    path = Path(path)
+    if has_video_processors():
+        return AutoProcessor.from_pretrained(path)
+    saved = json.loads((path / "processor_config.json").read_text())
+    kwargs = {k: v for k, v in saved.items() if k not in ("image_processor", "video_processor", "processor_class")}
+    parts = load_parts(path)
+    template = path / "chat_template.jinja"
+    return _image_only_class()(image_processor=parts.image_processor, tokenizer=parts.tokenizer,
+                               chat_template=template.read_text() if template.exists() else None, **kwargs)
