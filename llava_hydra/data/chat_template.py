@@ -23,7 +23,7 @@ Message content is LLaVA's (a string, ``<image>`` anywhere in it) or transformer
 preprocess_multimodal does, a message's one image moves to its front, followed by a newline. A
 message with several images keeps them where they stand, as training does (LLaVA-NeXT's
 interleaved format): the string's tags in place, or the parts in their order, texts verbatim.
-A ``system`` message replaces the template's system text (v1, llama_2, mpt).
+A ``system`` message replaces the template's system text (v1, llama_2, mpt, qwen_1_5).
 """
 
 from __future__ import annotations
