@@ -86,6 +86,16 @@ COMMANDS = {
     "python -m llava_hydra.data.preview --index 3 stage=finetune": ("run", 0, True),
     "python -m llava_hydra model=tiny_next": ("run", 0, True),
     "python -m llava_hydra model=tiny_next stage=finetune": ("run", 0, True),
+    # model=tiny_onevision: both stages (and the stock client) run by tests/test_onevision_e2e.py (slow), kept out
+    # of this default-suite test's time; the OneVision / LLaVA-NeXT presets name hub weights
+    "python -m llava_hydra model=tiny_onevision": ("skip", "run by tests/test_onevision_e2e.py (pytest -m slow)"),
+    "python -m llava_hydra model=tiny_onevision stage=finetune": ("skip", "run by tests/test_onevision_e2e.py (pytest -m slow)"),
+    "python -m llava_hydra experiment=onevision_7b_pretrain": ("skip", "needs Qwen2-7B-Instruct, SigLIP-so400m and GPUs"),
+    "python -m llava_hydra experiment=onevision_7b_si": ("skip", "needs Qwen2-7B-Instruct, SigLIP-so400m and GPUs"),
+    "python -m llava_hydra experiment=onevision_7b_ov": ("skip", "needs finetune_si's model and GPUs"),
+    "python -m llava_hydra experiment=onevision_7b_si model=onevision_qwen2_0_5b":
+        ("skip", "needs Qwen2-0.5B-Instruct, SigLIP-so400m and LLaVA-NeXT's data"),
+    "python -m llava_hydra model=llava_next_vicuna13b stage=finetune": ("skip", HUB_GPU),
     'pip install lmms-eval==0.7.3 decord "filelock<3.20"': ("skip", "a separate environment (lmms-eval pulls its own torch); "
                                                            "run by hand, README says how"),
     "python -m lmms_eval eval --model llava_hf --model_args pretrained=outputs/tiny/finetune,device_map=cpu,dtype=float32 "

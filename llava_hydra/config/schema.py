@@ -36,7 +36,7 @@ class ModelConfig:
     pretrained_llava: Optional[str] = None
     # the conversation template of this LLM's chats: instruction data (data/*_finetune.yaml) renders
     # with it (data.template: ${model.template}). No default: a new model file must say it.
-    template: str = MISSING  # v1 | llama_2 | mpt | chat_template
+    template: str = MISSING  # v1 | llama_2 | mpt | qwen_1_5 | chat_template
     # the LLaVA-1.5 released on this LLM, in transformers' format; experiment=llava15_*_finetune_task
     # starts from it. No default: a task preset on a model without one is an error naming this key.
     released_llava: Optional[str] = MISSING
@@ -85,7 +85,7 @@ class DataConfig:
     sources: Optional[List[SourceConfig]] = None  # a mixture given inline (llava_hydra.data.mixture)
     preset_path: Optional[str] = None  # the data_path its data file names; another data_path names the run dir
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
-    template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
+    template: str = MISSING  # plain | v1 | llama_2 | mpt | qwen_1_5 | chat_template
     image_aspect_ratio: str = "square"  # square | pad | anyres (model.family=llava_next) | anyres_max_9 (onevision)
     eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
     on_bad_sample: str = "raise"  # raise (stop, naming file/sample/problem) | skip (log each once, count at the end)
@@ -223,7 +223,7 @@ class LlavaHydraConfig:
 # it; tests/test_validation.py compares them). A key in a list node (stage.trainable) checks every item.
 # training.lr_scheduler_type / optim / save_strategy / eval_strategy / report_to are checked against
 # transformers' own names, read from its source (llava_hydra.config.hf_source).
-TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")  # data.conversation.TEMPLATES
+TEMPLATES = ("plain", "v1", "llama_2", "mpt", "qwen_1_5", "chat_template")  # data.conversation.TEMPLATES
 CHOICES: Dict[str, tuple] = {
     "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.llava.PARTS
     "model.template": TEMPLATES,

@@ -12,7 +12,7 @@ code branches on (``config.CHOICES``, and transformers' own names for ``lr_sched
 valid values and a "did you mean" for a near miss (or the new name of a renamed value)::
 
     the run spec has 1 problem:
-      data.template='v2': not one of plain, v1, llama_2, mpt, chat_template (did you mean 'v1'?)
+      data.template='v2': not one of plain, v1, llama_2, mpt, qwen_1_5, chat_template (did you mean 'v1'?)
 
 Code that gets such a value without a composed spec (TrainingArguments, the sampler, the packer,
 the model builder) checks it by the same rule: ``check_choice`` / ``check_range``.

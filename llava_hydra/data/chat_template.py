@@ -1,4 +1,4 @@
-"""The chat template a saved model carries: the training template (plain, v1, llama_2, mpt) as Jinja.
+"""The chat template a saved model carries: the training template (plain, v1, llama_2, mpt, qwen_1_5) as Jinja.
 
 ``chat_template_for(template, tokenizer)`` returns a Jinja template such that
 ``processor.apply_chat_template(messages, add_generation_prompt=True)`` followed by tokenizing
@@ -30,7 +30,7 @@ Message content is LLaVA's (a string, ``<image>`` anywhere in it) or transformer
 preprocess_multimodal does, a message's one image moves to its front, followed by a newline. A
 message with several images keeps them where they stand, as training does (LLaVA-NeXT's
 interleaved format): the string's tags in place, or the parts in their order, texts verbatim.
-A ``system`` message replaces the template's system text (v1, llama_2, mpt).
+A ``system`` message replaces the template's system text (v1, llama_2, mpt, qwen_1_5).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 
 from llava_hydra.data.conversation import (IMAGE_TOKEN, LLAVA_LLAMA_2_SYSTEM, MPT_ASSISTANT, MPT_SEP, MPT_SYSTEM,
-                                           MPT_USER, VICUNA_SYSTEM)
+                                           MPT_USER, QWEN_SYSTEM, VICUNA_SYSTEM)
 
 from llava_hydra.data.labels import swallows_leading_space
 
@@ -137,10 +137,19 @@ _BODIES = {
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ MPT_ASSISTANT }}{%- endif -%}
 """,
+    # conv_qwen (LLaVA-NeXT's qwen_1_5: ChatML, a newline after every turn)
+    "qwen_1_5": """\
+{{- BOS ~ PAD ~ MPT_SYSTEM_HEADER ~ ns.system ~ MPT_SEP ~ '\\n' -}}
+{%- for m in ns.turns -%}
+{%- if m['role'] == 'user' -%}{{ MPT_USER ~ content(m) ~ MPT_SEP ~ '\\n' }}\
+{%- else -%}{{ MPT_ASSISTANT ~ content(m) ~ MPT_SEP ~ '\\n' }}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ MPT_ASSISTANT }}{%- endif -%}
+""",
 }
 
 _SYSTEMS = {"plain": "", "v1": VICUNA_SYSTEM, "llama_2": LLAVA_LLAMA_2_SYSTEM,
-            "mpt": MPT_SYSTEM.removeprefix(MPT_SYSTEM_HEADER)}
+            "mpt": MPT_SYSTEM.removeprefix(MPT_SYSTEM_HEADER), "qwen_1_5": QWEN_SYSTEM}
 
 
 def _literal(s: str) -> str:

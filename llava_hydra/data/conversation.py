@@ -8,7 +8,8 @@ nothing here counts tokens by hand and a new tokenizer cannot shift the mask.
 Built-in templates reproduce LLaVA's ``Conversation.get_prompt()`` character for character
 (llava/conversation.py): ``plain`` (conv_llava_plain, as preprocess_plain builds it), ``v1``
 (conv_vicuna_v1, what LLaVA-1.5 trains with ``--version v1``), ``llama_2``
-(conv_llava_llama_2) and ``mpt`` (conv_mpt, ChatML). ``chat_template`` renders with the
+(conv_llava_llama_2), ``mpt`` (conv_mpt, ChatML) and ``qwen_1_5`` (LLaVA-NeXT's conv_qwen, ChatML with a
+newline after each turn, the prompt its preprocess_qwen trains OneVision on). ``chat_template`` renders with the
 tokenizer's own Jinja chat template (Llama-3, Qwen2, ...) and locates the answers in its output.
 
 ``render_prompt(template, conversations)`` is the public entry for the text alone.
@@ -36,6 +37,7 @@ LLAVA_LLAMA_2_SYSTEM = (
 MPT_SYSTEM = ("<|im_start|>system\nA conversation between a user and an LLM-based AI assistant. "
               "The assistant gives helpful and honest answers.")
 MPT_USER, MPT_ASSISTANT, MPT_SEP = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
+QWEN_SYSTEM = "You are a helpful assistant."  # LLaVA-NeXT's conv_qwen / preprocess_qwen system message
 
 
 @dataclass
@@ -107,7 +109,23 @@ def _render_mpt(conversations: list[dict], bos: str, eos: str) -> Rendered:
     return out
 
 
-BUILTIN = {"plain": _render_plain, "v1": _render_v1, "llama_2": _render_llama_2, "mpt": _render_mpt}
+def _render_qwen_1_5(conversations: list[dict], bos: str, eos: str) -> Rendered:
+    # SeparatorStyle.CHATML (conv_qwen): "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n
+    # <|im_start|>assistant\na<|im_end|>\n"; the answer and its <|im_end|> trained (LLaVA-NeXT's preprocess_qwen
+    # also trains the role header, the newlines and the user turns' <|im_start|>/<|im_end|>: README)
+    out = Rendered()
+    out.add("<|im_start|>system\n" + QWEN_SYSTEM + MPT_SEP + "\n")
+    for question, answer in _pairs(conversations):
+        out.add(MPT_USER + question + MPT_SEP + "\n" if question else MPT_USER)
+        out.add(MPT_ASSISTANT)
+        if answer:
+            out.add(answer + MPT_SEP, trained=True)
+            out.add("\n")
+    return out
+
+
+BUILTIN = {"plain": _render_plain, "v1": _render_v1, "llama_2": _render_llama_2, "mpt": _render_mpt,
+           "qwen_1_5": _render_qwen_1_5}
 TEMPLATES = (*BUILTIN, "chat_template")
 
 

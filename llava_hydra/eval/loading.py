@@ -81,11 +81,14 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
         model = model.merge_and_unload()
     elif (path / "config.json").exists():
         kwargs = {"dtype": DTYPES[dtype]} if dtype else {}
-        # the folder's own family (LLaVA-NeXT's LlavaNextForConditionalGeneration, ...): loaded as llava,
-        # a llava_next folder would lose its newline embedding and meet a processor it cannot feed
-        family = family_of_config(AutoConfig.from_pretrained(str(path)))
+        family = family_of_config(AutoConfig.from_pretrained(str(path)))  # LLaVA-1.5, LLaVA-NeXT, OneVision
         model = model_class(family).from_pretrained(str(path), **kwargs)
-        processor = AutoProcessor.from_pretrained(str(path))
+        if family == "llava_onevision":  # its AutoProcessor needs torchvision (model/onevision_processor.py)
+            from llava_hydra.model.onevision_processor import inference_processor
+
+            processor = inference_processor(path)
+        else:
+            processor = AutoProcessor.from_pretrained(str(path))
     else:
         raise FileNotFoundError(f"{path}: neither a model (config.json) nor a LoRA adapter (adapter_config.json); "
                                 f"a stage 1 run saves only the projector: chat with its stage 2 run")
@@ -93,4 +96,6 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device).eval()
     processor.tokenizer.padding_side = "left"  # batched generation
-    return model, processor, _spec_aspect(path) or "pad"
+    default = getattr(model.config, "vision_aspect_ratio", None) or ("anyres" if family_of_config(model.config) == "llava_next"
+                                                                       else "pad")  # a folder without its run's spec
+    return model, processor, _spec_aspect(path) or default

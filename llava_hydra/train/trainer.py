@@ -24,8 +24,9 @@ import shutil
 from dataclasses import dataclass
 
 import torch
-from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
+from llava_hydra.model.families import is_llava_outer
 from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
 from llava_hydra.train.guards import GuardedSteps
 from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
@@ -283,7 +284,7 @@ class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<sour
             from llava_hydra.model.projector import load_projector
 
             return load_projector(target, os.path.join(resume_from_checkpoint, PROJECTOR_FILE))
-        if not isinstance(target, LlavaForConditionalGeneration):  # PEFT-wrapped: adapter checkpoints
+        if not is_llava_outer(target):  # PEFT-wrapped: adapter checkpoints (any family: LLaVA-NeXT, OneVision too)
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         # save_pretrained writes Llava under its legacy key names, which Trainer's own
         # load_state_dict(strict=False) would silently skip (resuming from the initial weights);
