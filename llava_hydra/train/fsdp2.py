@@ -109,6 +109,9 @@ class Fsdp2Engine:
             self.is_fsdp_enabled = True
         plugin = state.fsdp_plugin
         plugin.transformer_cls_names_to_wrap = layer_classes(self.model)
+        keep_save_key_names(self.model)
+        if plugin.activation_checkpointing:  # a layer's recompute would append its keys to the KV cache
+            no_kv_cache(self.model)  # again (attention over 2x the keys), as gradient_checkpointing_enable avoids
         if self.accelerator.mixed_precision in ("bf16", "fp16"):
             from torch.distributed.fsdp import MixedPrecisionPolicy
 
@@ -142,6 +145,31 @@ class Fsdp2Engine:
                             output_dir)
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+
+def keep_save_key_names(model) -> None:
+    """``save_pretrained`` names the saved weights by the conversion mapping it looks up by the
+    model's class; ``fully_shard`` swaps the class (FSDPLlavaForConditionalGeneration), which finds
+    only part of it: the file would hold keys such as ``model.language_model.model.embed_tokens``
+    instead of the ``language_model.model.embed_tokens`` one process writes (transformers reads both,
+    other loaders only the latter). Pin each model's mapping while its class is still its own."""
+    from transformers import PreTrainedModel
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange
+
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and getattr(m, "_weight_conversions", None) is None:
+            found = [x for x in get_model_conversion_mapping(m, add_legacy=False) if not isinstance(x, PrefixChange)]
+            m._weight_conversions = found or None  # as revert_weight_conversion does for a model made from a config
+
+
+def no_kv_cache(model) -> None:
+    """Training forwards build no KV cache (every config the model holds: the LLM's text config too)."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        for c in (config, getattr(config, "text_config", None)):
+            if c is not None and hasattr(c, "use_cache"):
+                c.use_cache = False
 
 
 def adopt_fsdp_state(state, plugin) -> None:
