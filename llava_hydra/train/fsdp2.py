@@ -59,6 +59,35 @@ def hybrid_mesh_sizes(world: int, group: int | None, local_world: int) -> tuple[
     return world // group, group
 
 
+def refusal(fsdp_config: dict, gpu: bool, world_size: int) -> str | None:
+    """Why these FSDP2 settings cannot run on this machine, or None."""
+    if fsdp_config.get("cpu_offload") and not gpu:
+        return ("fsdp.cpu_offload=true needs a GPU: FSDP2 offloads to pinned host memory, which torch cannot "
+                "allocate without one (\"Cannot access accelerator device when none is available\"); on CPU the "
+                "parameters are in host memory already: set fsdp.cpu_offload=false")
+    if world_size < 2:
+        return ("fsdp needs several processes (torchrun --nproc_per_node N, or launcher.nproc_per_node=N); "
+                "one process shards nothing: set fsdp=none")
+    return None
+
+
+def hybrid_mesh(accelerator, shard_group_size: int | None) -> None:
+    """A (replicas x shard group) device mesh in accelerate's state, which ``fsdp2_prepare_model``
+    hands to ``fully_shard`` (a 2-D mesh: HSDP). Set after accelerate made its state, as its own
+    ``ParallelismConfig`` path refuses a CPU state."""
+    from accelerate.parallelism_config import ParallelismConfig
+
+    world = accelerator.num_processes
+    replicas, group = hybrid_mesh_sizes(world, shard_group_size, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if group < 2:
+        raise ValueError(f"fsdp.sharding=hybrid with shard groups of {group} rank shards nothing: that is DDP "
+                         f"(fsdp=none deepspeed=none); set fsdp.shard_group_size >= 2")
+    config = ParallelismConfig(dp_replicate_size=replicas, dp_shard_size=group)
+    accelerator.state.parallelism_config = config
+    accelerator.state.device_mesh = config.get_device_mesh(accelerator.device.type)
+    config._validate_accelerator(accelerator)
+
+
 def layer_classes(model) -> list[str]:
     """The repeated layers of the LLM and the vision tower that the model holds (each module's
     ``_no_split_modules``, e.g. LlamaDecoderLayer and CLIPEncoderLayer): each becomes an FSDP unit."""
@@ -86,20 +115,9 @@ class Fsdp2Engine:
         if not self.args.fsdp:
             return super().create_accelerator_and_postprocess()
         cfg = self.args.fsdp_config
-        gpu = torch.cuda.is_available()
-        if cfg.get("cpu_offload") and not gpu:
-            raise ValueError("fsdp.cpu_offload=true needs a GPU: FSDP2 offloads to pinned host memory, which "
-                             "torch cannot allocate without one (\"Cannot access accelerator device when none is "
-                             "available\"); on CPU the parameters are in host memory already: set fsdp.cpu_offload=false")
-        if self.args.world_size < 2:
-            raise ValueError("fsdp needs several processes (torchrun --nproc_per_node N, or launcher.nproc_per_node=N); "
-                             "one process trains without an engine: set fsdp=none")
-        if cfg.get("sharding") == "hybrid" and getattr(self.args, "parallelism_config", None) is None:
-            from accelerate.parallelism_config import ParallelismConfig
-
-            replicas, group = hybrid_mesh_sizes(self.args.world_size, cfg.get("shard_group_size"),
-                                                int(os.environ.get("LOCAL_WORLD_SIZE", self.args.world_size)))
-            self.args.parallelism_config = ParallelismConfig(dp_replicate_size=replicas, dp_shard_size=group)
+        problem = refusal(cfg, torch.cuda.is_available(), self.args.world_size)
+        if problem:
+            raise ValueError(problem)
         super().create_accelerator_and_postprocess()
         from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -108,6 +126,8 @@ class Fsdp2Engine:
             adopt_fsdp_state(state, FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args))
             self.is_fsdp_enabled = True
         plugin = state.fsdp_plugin
+        if cfg.get("sharding") == "hybrid":
+            hybrid_mesh(self.accelerator, cfg.get("shard_group_size"))
         plugin.transformer_cls_names_to_wrap = layer_classes(self.model)
         keep_save_key_names(self.model)
         if plugin.activation_checkpointing:  # a layer's recompute would append its keys to the KV cache
@@ -118,9 +138,10 @@ class Fsdp2Engine:
             compute = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float16
             plugin.mixed_precision_policy = MixedPrecisionPolicy(
                 param_dtype=compute, reduce_dtype=DTYPES[cfg.get("reduce_dtype", "float32")])
-        log.info("FSDP2: %s shard, units %s, activation checkpointing %s, mixed precision %s",
-                 cfg.get("sharding"), plugin.transformer_cls_names_to_wrap, plugin.activation_checkpointing,
-                 plugin.mixed_precision_policy)
+        mesh = state.device_mesh
+        log.info("FSDP2: %s shard over mesh %s, units %s, activation checkpointing %s, mixed precision %s",
+                 cfg.get("sharding"), tuple(mesh.shape) if mesh is not None else (self.args.world_size,),
+                 plugin.transformer_cls_names_to_wrap, plugin.activation_checkpointing, plugin.mixed_precision_policy)
 
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
         """Under FSDP: the checkpoint's weights go into the whole model (the path one process and
