@@ -163,6 +163,7 @@ def test_hybrid_shard_on_four_ranks_trains_as_ddp(tmp_path, cache, ddp_runs):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_bf16_computes_in_bf16_and_reduces_in_fp32(tmp_path, cache):
-    log, steps = run(tmp_path, cache, "stage=finetune", "deepspeed=none", "fsdp=full", "training.bf16=true")
+    log, steps = run(tmp_path, cache, "stage=finetune", "deepspeed=none", "fsdp=full", "training.bf16=true",
+                     "training.use_cpu=true")  # transformers: bf16 on a machine without a GPU
     assert "MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32" in log
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in steps)
