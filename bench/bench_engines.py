@@ -12,7 +12,7 @@ the difference between rows) or ``torch.cuda.max_memory_allocated`` (GPU).
     .venv/bin/python bench/bench_engines.py                    # -> bench/results/engines.json
     .venv/bin/python bench/bench_engines.py --engines fsdp=full deepspeed=zero3 --steps 20
 
-Under torchrun this file is also the worker (``RANK`` set): it runs the spec given after ``--``.
+Under torchrun this file is also the worker (``RANK`` and ``BENCH_OUT`` set): it runs the overrides given.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
               f"training.per_device_train_batch_size={args.batch}", "eval.enable=false", "training.disable_tqdm=true"]
     rows = []
     for name, words in engines.items():
-        out = tmp / name.replace(" ", "_")
+        out = tmp / "".join(c if c.isalnum() else "_" for c in name)  # a path Hydra's override parser takes
         out.mkdir()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_OUT": str(out)}
         if not _gpu():
@@ -128,7 +128,7 @@ def _gpu() -> bool:
 
 
 if __name__ == "__main__":
-    if "RANK" in os.environ and "--" in sys.argv:
-        worker(sys.argv[sys.argv.index("--") + 1:])
+    if "RANK" in os.environ and "BENCH_OUT" in os.environ:
+        worker([a for a in sys.argv[1:] if a != "--"])
     else:
         main()
