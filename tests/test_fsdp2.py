@@ -9,7 +9,7 @@ norms of DDP on the same data, within float tolerance: rel 1e-6 for the loss, 1e
 norm (measured: losses bitwise equal, gradient norms within 3e-7 relative; the reduce-scatter of
 FSDP sums in another order than DDP's all-reduce); final weights within 1e-6 (measured 6e-8). The
 final folder is HF-native with the key names one process writes, and stage 1 writes only the
-projector. Hybrid shard on four ranks (2 replicas x 2 shards) trains as DDP too, and bf16 runs
+projector. ``grad_op`` and hybrid shard on four ranks (2 replicas x 2 shards) train as DDP too; bf16 runs
 with bf16 compute and fp32 reduction. Kill-and-resume under FSDP2 is in test_resume_matrix.py, the
 mixed-modality and one-rank-fails cases in test_data_parallel.py.
 """
@@ -148,6 +148,15 @@ def test_two_process_fsdp2_trains_as_ddp_and_saves_hf_native(tmp_path, cache, dd
 
         model, info = LlavaForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
         assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_grad_op_sharding_trains_as_ddp(tmp_path, cache, ddp_runs):
+    """Weights kept gathered from forward to backward (ZeRO-2-like): the same steps as DDP's."""
+    log, steps = run(tmp_path, cache, "stage=finetune", "deepspeed=none", "fsdp=grad_op")
+    assert "FSDP2: grad_op shard over mesh (2,)" in log
+    same_steps(steps, ddp_runs("stage2")[1])
 
 
 @pytest.mark.slow
