@@ -57,6 +57,11 @@ COMMANDS = {
     "python -m llava_hydra stage=finetune model=vicuna13b launcher.nproc_per_node=8": ("skip", HUB_GPU + " (8)"),
     "torchrun --nproc_per_node 8 -m llava_hydra stage=finetune model=vicuna13b": ("skip", HUB_GPU + " (8)"),
     "deepspeed --num_gpus 8 --module llava_hydra stage=finetune model=vicuna13b": ("skip", HUB_GPU + " (8)"),
+    "python -m llava_hydra stage=finetune model=vicuna7b deepspeed=none fsdp=full launcher.nproc_per_node=8":
+        ("skip", HUB_GPU + " (8); FSDP2 on the tiny default: tests/test_fsdp2.py"),
+    "python -m llava_hydra stage=finetune model=vicuna7b deepspeed=none fsdp=full training.bf16=true "
+    "fsdp.activation_checkpointing=true training.gradient_checkpointing=false launcher.nproc_per_node=8":
+        ("skip", HUB_GPU + " (8); FSDP2 on the tiny default: tests/test_fsdp2.py"),
     "python -m llava_hydra -m stage=finetune training.mm_projector_lr=1e-5,2e-5,5e-5": ("run", 0, True),
     "python -m llava_hydra -m stage=finetune model=vicuna13b hydra/launcher=slurm hydra.launcher.partition=gpu "
     "training.mm_projector_lr=1e-5,2e-5,5e-5": ("skip", "needs a SLURM cluster (sbatch) and " + HUB_GPU),

@@ -216,7 +216,7 @@ def test_unknown_group_option_stops_the_command_before_hydra_composes():
 
 # -- --help ------------------------------------------------------------------------------------
 
-TYPED_GROUPS = ["stage", "model", "data", "deepspeed", "lora", "experiment", "hparams_search", "hydra/launcher"]
+TYPED_GROUPS = ["stage", "model", "data", "deepspeed", "fsdp", "lora", "experiment", "hparams_search", "hydra/launcher"]
 
 
 @pytest.fixture(scope="module")

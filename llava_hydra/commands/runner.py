@@ -46,6 +46,10 @@ def training_arguments(cfg: DictConfig):
     kwargs["run_name"] = run_name(cfg)
     if cfg.deepspeed is not None:
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    if cfg.get("fsdp") is not None:  # PyTorch FSDP2 (llava_hydra.train.fsdp2)
+        from llava_hydra.train.fsdp2 import fsdp_arguments
+
+        kwargs.update(fsdp_arguments(OmegaConf.to_container(cfg.fsdp, resolve=True)))
     if cpu_process_group(cfg.deepspeed is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}
     try:

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from llava_hydra.config.fsdp import CHOICES as FSDP_CHOICES, RANGES as FSDP_RANGES, FsdpConfig
+
 
 @dataclass
 class StageConfig:
@@ -209,6 +211,7 @@ class LlavaHydraConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: Optional[Dict[str, Any]] = None  # the DeepSpeed JSON as a node
+    fsdp: Optional[FsdpConfig] = None  # PyTorch FSDP2 instead of DeepSpeed (config/fsdp.py)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -278,6 +281,7 @@ RANGES: Dict[str, str] = {
     "eval.steps": ">= 1",
     "launcher.nproc_per_node": ">= 1",
 }
+CHOICES.update(FSDP_CHOICES), RANGES.update(FSDP_RANGES)  # the fsdp node's (config/fsdp.py)
 
 # Keys that name a model or weights file: hub id, builtin://NAME, or a local path that must exist.
 LOCAL_PATH_KEYS = ("model.llm", "model.vision_tower", "model.pretrained_llava", "stage.pretrain_mm_mlp_adapter")

@@ -44,6 +44,10 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
         from llava_hydra.config.families import family_problems
 
         problems += family_problems(cfg.model, cfg.data, cfg.get("training"))
+    if "training" in cfg:
+        from llava_hydra.config.fsdp import engine_problems
+
+        problems += engine_problems(cfg)  # one engine: deepspeed or fsdp
     if local_paths:
         from llava_hydra.config.local_data import data_path_problems
 
@@ -197,7 +201,7 @@ def path_problems(cfg: DictConfig) -> list[str]:
 # Groups a user types whose options are all files of this package (hydra/launcher also takes Hydra's
 # and plugins' own: Hydra's error lists them). Options from --config-dir or hydra.searchpath are not
 # seen here, so with either on the command line this check stands aside.
-TYPED_GROUPS = ("stage", "model", "data", "deepspeed", "lora", "experiment", "hparams_search")
+TYPED_GROUPS = ("stage", "model", "data", "deepspeed", "fsdp", "lora", "experiment", "hparams_search")
 
 
 def group_option_problems(argv: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ from transformers import Trainer, TrainingArguments
 
 from llava_hydra.model.families import is_llava_outer
 from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
+from llava_hydra.train.fsdp2 import Fsdp2Engine, full_tensors
 from llava_hydra.train.guards import GuardedSteps
 from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
@@ -67,7 +68,7 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<source>, tokens/<source> of a mixture
+class LLaVATrainer(GuardedSteps, SourceLoss, Fsdp2Engine, Trainer):  # SourceLoss: loss/<source> of a mixture
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -295,11 +296,11 @@ class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<sour
 
 
 def gathered_projector_state(model) -> dict[str, torch.Tensor]:
-    """The projector's weights, gathered first when ZeRO-3 has partitioned them (all ranks call this)."""
+    """The projector's weights, gathered first when ZeRO-3 or FSDP2 has sharded them (all ranks call this)."""
     params = list(model.model.multi_modal_projector.parameters())
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return projector_state(model)
-    return projector_state(model)
+    return full_tensors(projector_state(model))  # FSDP2: DTensor shards gathered whole
