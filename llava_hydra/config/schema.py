@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from llava_hydra.config.stream import RANGES as STREAM_RANGES, StreamConfig
+
 
 @dataclass
 class StageConfig:
@@ -92,6 +94,7 @@ class DataConfig:
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
     allow_images_outside_folder: bool = False  # image paths written to leave image_folder (../, absolute; symlinks in it are fine)
     max_image_pixels: Optional[int] = 50_000_000  # larger images refused before decoding; null: PIL's own limit
+    stream: StreamConfig = field(default_factory=StreamConfig)  # shards streamed (llava_hydra.config.stream)
 
 
 @dataclass
@@ -277,6 +280,7 @@ RANGES: Dict[str, str] = {
     "eval.max_samples": ">= 1",
     "eval.steps": ">= 1",
     "launcher.nproc_per_node": ">= 1",
+    **STREAM_RANGES,
 }
 
 # Keys that name a model or weights file: hub id, builtin://NAME, or a local path that must exist.

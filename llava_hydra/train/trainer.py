@@ -34,6 +34,7 @@ from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.train.param_groups import parameter_groups, part_groups
 from llava_hydra.sampling.sampler import LengthGroupedSampler
 from llava_hydra.train.source_loss import SourceLoss
+from llava_hydra.train.stream_loader import StreamTraining  # a ShardStream's loader, resume, position
 from llava_hydra.config.validate import check_choice
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<source>, tokens/<source> of a mixture
+class LLaVATrainer(StreamTraining, GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<source>, tokens/<source> of a mixture
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
