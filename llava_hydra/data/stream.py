@@ -139,7 +139,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         enc.images.blobs.clear()
         enc.images.blobs.update(blobs)
         object.__setattr__(enc.images, "shard", url)
-        return enc.build(key)
+        return {**enc.build(key), "index": key}  # the record's index in the source file (the collator drops it)
 
     def _sample(self, item, last_good):
         try:
