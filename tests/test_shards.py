@@ -124,14 +124,28 @@ def test_two_ranks_two_workers_read_every_sample_once_in_equal_steps(data, bpe40
     assert sorted(seen) == list(range(14)) and steps == [4, 4]  # 7 samples a rank: batches 2, 2, 2, 1
 
 
-def test_resume_mid_epoch_continues_the_same_batches_without_reopening_consumed_shards(data, bpe400, tmp_path):
+def round_robin(ds, workers: int, monkeypatch) -> list[list[int]]:
+    """The micro-batches' sample indices in the order a DataLoader with ``workers`` workers yields them."""
+    parts = []
+    for w in range(workers):
+        monkeypatch.setattr(worker_mod, "_worker_info", as_worker(w, workers))
+        parts.append([[s["index"] for s in batch] for group in ds for batch in group])
+    out = []
+    for t in range(max(map(len, parts))):
+        out += [p[t] for p in parts if t < len(p)]
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resume_mid_epoch_continues_the_same_batches_without_reopening_consumed_shards(data, bpe400, tmp_path,
+                                                                                       monkeypatch, workers):
     convert(data / "qa.json", data / "images", tmp_path / "sh", samples_per_shard=2)
     whole = stream(tmp_path / "sh", data, bpe400, batch_size=2, shuffle_buffer=2, seed=5)
     whole.set_epoch(1)
-    full = [[s["index"] for s in batch] for group in whole for batch in group]
+    full = round_robin(whole, workers, monkeypatch)
     assert len(full) == 7 and sorted(sum(full, [])) == list(range(14))
     resumed = stream(tmp_path / "sh", data, bpe400, batch_size=2, shuffle_buffer=2, seed=5)
     resumed.set_epoch(1)
-    resumed.resume_at(4)
-    assert [[s["index"] for s in batch] for group in resumed for batch in group] == full[4:]
-    assert len(resumed.opened) < len(whole.opened) == 7  # the shards of the 8 consumed samples stay closed
+    resumed.resume_at(3)
+    assert round_robin(resumed, workers, monkeypatch) == full[3:]
+    assert len(resumed.opened) < len(whole.opened)  # the shards of the 6 consumed samples stay closed

@@ -157,6 +157,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # the DataLoader asks worker 0 first: after k groups, worker 0 plays the one whose group k is next
+        w = (w + self.start_step // self.plan.group) % workers
         if self.plan.padding and w == 0 and self.start_step == 0:
             log.warning("epoch %d: rank %d repeats %d of its samples so that every rank makes %d micro-batches "
                         "(%d samples over %d ranks at batch %d)", self.epoch, self.plan.rank, self.plan.padding,
