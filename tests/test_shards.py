@@ -17,7 +17,7 @@ import stand_ins as testing
 from llava_hydra.data.dataset import LazySupervisedDataset
 from llava_hydra.data.shards import INDEX, ShardError, convert
 from llava_hydra.data.stream import ShardStream
-from llava_hydra.data.stream_plan import batch_sizes, buffer_order, rank_plan, steps_per_rank
+from llava_hydra.data.stream_plan import batch_sizes, buffer_order, rank_batches, rank_plan, steps_per_rank
 from llava_hydra.data.synthetic import generate
 
 
@@ -122,6 +122,14 @@ def test_two_ranks_two_workers_read_every_sample_once_in_equal_steps(data, bpe40
             seen += [s["index"] for s in samples_of(groups)]
         steps.append(mine)
     assert sorted(seen) == list(range(14)) and steps == [4, 4]  # 7 samples a rank: batches 2, 2, 2, 1
+    # ... and what they read is what the plan says without reading (bench_sampler measures the plan)
+    monkeypatch.setattr(worker_mod, "_worker_info", None)
+    counts = [3, 3, 3, 3, 2]
+    for rank in (0, 1):
+        want = rank_batches(counts, 0, 0, rank_plan(14, 2, rank, 2), 2, 4)
+        got = round_robin(stream(tmp_path / "sh", data, bpe400, batch_size=2, rank=rank, world=2, shuffle_buffer=4),
+                          2, monkeypatch)
+        assert got == want
 
 
 def round_robin(ds, workers: int, monkeypatch) -> list[list[int]]:

@@ -134,3 +134,35 @@ def locate(seq: int, counts_in_order: np.ndarray) -> tuple[int, int]:
     ends = np.cumsum(counts_in_order)
     k = int(np.searchsorted(ends, seq, side="right"))
     return k, int(seq - (ends[k - 1] if k else 0))
+
+
+def rank_batches(counts, seed: int, epoch: int, plan: RankPlan, workers: int, buffer: int, sort_key=None) -> list:
+    """The rank's micro-batches of an epoch as sample ids (shard i's samples numbered after shards
+    0..i-1's), in the order its DataLoader hands them out: what ShardStream yields, computed
+    without reading (bench_sampler measures it). ``sort_key(id)``: sorted within each group."""
+    counts = np.asarray(counts, dtype=np.int64)
+    order = shard_order(len(counts), seed, epoch)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # id of each shard's first sample
+    parts = []
+    for w in range(workers):
+        wp = plan.worker(w, workers)
+        emit = buffer_order(wp.count, buffer, np.random.default_rng([seed, epoch, plan.rank, w, 0xB0F]))
+        ids = []
+        for loc in emit.tolist():
+            k, off = locate(plan.seq_index(wp.start + loc), counts[order])
+            ids.append(int(first[order[k]] + off))
+        out, a = [], 0
+        for sizes in wp.groups:
+            group = ids[a:a + sum(sizes)]
+            a += sum(sizes)
+            if sort_key is not None:
+                group.sort(key=sort_key)
+            b = 0
+            for size in sizes:
+                out.append(group[b:b + size])
+                b += size
+        parts.append(out)
+    merged = []
+    for t in range(max(map(len, parts))):
+        merged += [p[t] for p in parts if t < len(p)]
+    return merged
