@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from llava_hydra.data.stream_plan import rank_batches, rank_plan
 from llava_hydra.sampling.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
 from llava_hydra.sampling.sampler import LengthGroupedSampler
 
@@ -50,6 +51,25 @@ def mix665k_like(n_image: int = 625_000, n_text: int = 40_000, seed: int = 0) ->
     text = text.clamp(20, 2048).round().long()
     lengths = torch.cat([image, -text])
     return lengths[torch.randperm(len(lengths), generator=g)]
+
+
+def stream_order(lengths: torch.Tensor, bs: int, ws: int, group: int = 1, workers: int = 4, buffer: int = 1000,
+                 shard: int = 1000) -> torch.Tensor:
+    """What ShardStream hands out (data.stream_plan.rank_batches, no I/O): shards of ``shard`` samples in
+    file order, ``workers`` workers a rank, a ``buffer`` shuffle buffer; with ``group`` > 1 each
+    optimizer step's ``group`` micro-batches of a rank sorted by modality and length (group_by_length).
+    Laid out one optimizer step after another, ranks in order, each rank's micro-batches in order."""
+    n = len(lengths)
+    counts = [shard] * (n // shard) + ([n % shard] if n % shard else [])
+    as_list = lengths.tolist()
+    key = (lambda i: (as_list[i] < 0, -abs(as_list[i]))) if group > 1 else None
+    ranks = [rank_batches(counts, 1, 0, rank_plan(n, ws, r, bs, group), workers, buffer, key) for r in range(ws)]
+    order = []
+    for s in range(0, len(ranks[0]), group):
+        for r in range(ws):
+            for b in ranks[r][s:s + group]:
+                order += b
+    return torch.tensor(order)
 
 
 def step_mean_std(tokens: torch.Tensor, counts: torch.Tensor) -> float:
@@ -133,7 +153,10 @@ def main() -> None:
         "random_steps (default)": grouped("random_steps"),
         "sorted_steps (opt-in)": grouped("sorted_steps"),
         "sorted_steps, pool=64": grouped("sorted_steps", pool=64),
+        "stream (shards, buffer 1000)": lambda: stream_order(lengths, bs, ws),
+        "stream, grouped in step (accum 4)": lambda: stream_order(lengths, bs, ws, group=4),
     }
+    step_world = {"stream, grouped in step (accum 4)": ws * 4}  # a step = 4 micro-batches a rank
     rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
     start = time.perf_counter()
     _, fill_counts = pack_rows(as_list, cap, 0, args.fill)  # once per run (PackedDataset)
@@ -168,7 +191,7 @@ def main() -> None:
             bins, batch, units = None, bs, lengths
         assert torch.equal(order.sort().values, torch.arange(len(units))), name
         row = {"method": name, "seconds": min(seconds), "batch_size": batch,
-               **measure(order, units, batch, ws, lengths, bins)}
+               **measure(order, units, batch, step_world.get(name, ws), lengths, bins)}
         if bins is not None:
             row.update(rows=len(units), fill=units.abs().sum().item() / (len(units) * cap))
         results.append(row)
