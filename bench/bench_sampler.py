@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=2048, help="packing: model_max_length")
     ap.add_argument("--fill", type=float, default=FILL, help="packing: target real share of a row")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampler.json"))
+    ap.add_argument("--only", default=None, help="only the methods whose name holds this text (e.g. stream)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared machine; and what one dataloader process gets
 
@@ -157,9 +158,12 @@ def main() -> None:
         "stream, grouped in step (accum 4)": lambda: stream_order(lengths, bs, ws, group=4),
     }
     step_world = {"stream, grouped in step (accum 4)": ws * 4}  # a step = 4 micro-batches a rank
+    if args.only:
+        methods = {k: v for k, v in methods.items() if args.only in k}
     rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
     start = time.perf_counter()
-    _, fill_counts = pack_rows(as_list, cap, 0, args.fill)  # once per run (PackedDataset)
+    packs = not args.only or args.only.startswith("packing")
+    _, fill_counts = pack_rows(as_list, cap, 0, args.fill) if packs else (None, None)  # once per run (PackedDataset)
     count_seconds = {"pack_rows": time.perf_counter() - start}
     packed = {}  # name -> (bins, rows per device), filled by the timed function
 
@@ -170,7 +174,7 @@ def main() -> None:
             return order
         return order_fn
 
-    for rows_ in (rows_per_device, 1):
+    for rows_ in (rows_per_device, 1) if packs else ():
         name = f"packing, {rows_} row{'s' if rows_ > 1 else ''}"
         start = time.perf_counter()
         counts = step_counts(as_list, cap, rows_ * ws, 0, fill_counts)  # once per run (PackedSampler)

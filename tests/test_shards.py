@@ -130,6 +130,13 @@ def test_two_ranks_two_workers_read_every_sample_once_in_equal_steps(data, bpe40
         got = round_robin(stream(tmp_path / "sh", data, bpe400, batch_size=2, rank=rank, world=2, shuffle_buffer=4),
                           2, monkeypatch)
         assert got == want
+    # grouped (2 micro-batches a step, sorted inside it): each step holds the plan's samples
+    grouped = stream(tmp_path / "sh", data, bpe400, batch_size=2, rank=1, world=2, shuffle_buffer=4, group=2,
+                     group_by_length=True)
+    got = round_robin(grouped, 2, monkeypatch)
+    want = rank_batches(counts, 0, 0, rank_plan(14, 2, 1, 2, group=2), 2, 4)
+    assert [sorted(got[k] + got[k + 1]) for k in (0, 2)] == [sorted(want[k] + want[k + 1]) for k in (0, 2)]
+    assert [len(b) for b in got] == [2, 2, 2, 1]
 
 
 def round_robin(ds, workers: int, monkeypatch) -> list[list[int]]:
@@ -137,10 +144,10 @@ def round_robin(ds, workers: int, monkeypatch) -> list[list[int]]:
     parts = []
     for w in range(workers):
         monkeypatch.setattr(worker_mod, "_worker_info", as_worker(w, workers))
-        parts.append([[s["index"] for s in batch] for group in ds for batch in group])
-    out = []
+        parts.append([[[s["index"] for s in batch] for batch in group] for group in ds])
+    out = []  # one group (a DataLoader item) from each worker in turn, its micro-batches in order
     for t in range(max(map(len, parts))):
-        out += [p[t] for p in parts if t < len(p)]
+        out += [batch for p in parts if t < len(p) for batch in p[t]]
     return out
 
 

@@ -157,12 +157,13 @@ def rank_batches(counts, seed: int, epoch: int, plan: RankPlan, workers: int, bu
             a += sum(sizes)
             if sort_key is not None:
                 group.sort(key=sort_key)
-            b = 0
+            batches, b = [], 0
             for size in sizes:
-                out.append(group[b:b + size])
+                batches.append(group[b:b + size])
                 b += size
+            out.append(batches)
         parts.append(out)
-    merged = []
+    merged = []  # the DataLoader's round robin is over groups (one item each), flattened after
     for t in range(max(map(len, parts))):
-        merged += [p[t] for p in parts if t < len(p)]
+        merged += [batch for p in parts if t < len(p) for batch in p[t]]
     return merged
