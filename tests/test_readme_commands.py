@@ -108,6 +108,14 @@ COMMANDS = {
         ("skip", "needs lmms-eval's own environment (above) and the user's task folder my_tasks/"),
     "python -m llava_hydra.eval model_dir=outputs/tiny/finetune benchmark=own benchmark.question_file=held_out.json "
     "benchmark.image_folder=imgs": ("skip", "the user's held_out.json and imgs/"),  # SMALL: the data made above
+    "python -m llava_hydra.data.shards data.json --image-folder images/ --out shards/ --samples-per-shard 1000":
+        ("skip", "the user's data.json and images/; tests/test_shards.py converts generated data with the same code"),
+    "python -m llava_hydra stage=finetune data.stream.shards=shards/":
+        ("skip", "needs the shards converted above; tests/test_shards_slow.py trains from shards (2 processes)"),
+    'pip install -e ".[stream]"': ("skip", "installing needs the network"),
+    "python -m llava_hydra stage=finetune data.stream.shards=s3://bucket/llava/shards "
+    "'data.stream.storage_options={client_kwargs: {endpoint_url: \"http://minio:9000\"}}'":
+        ("skip", "needs an S3-compatible server holding the shards; tests/test_shards_slow.py uses moto's on localhost"),
 }
 REWRITES = {"hydra.sweeper.n_trials=12": "hydra.sweeper.n_trials=2"}  # 2 trials prove the sweep runs
 

@@ -150,11 +150,13 @@ def run(cfg: DictConfig) -> float | None:
             log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             pretrained_path(name, cfg.paths.cache_dir)
-    preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
+    streamed = bool(cfg.data.stream.shards)  # shards streamed through fsspec (llava_hydra.data.stream)
+    if not streamed:
+        preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
     from llava_hydra.train.data_tie import EpochToDataset, check_resume_data, data_record, file_record
 
     evaluates = cfg.eval.enable or cfg.eval.steps  # resuming on edited data: refused before the model loads
-    check_resume_data(resume, file_record(cfg.paths.cache_dir, train=cfg.data.data_path,
+    check_resume_data(resume, file_record(cfg.paths.cache_dir, train=None if streamed else cfg.data.data_path,
                                           eval=eval_data_path(cfg) if evaluates else None),
                       cfg.training.resume_allow_spec_change)
 
@@ -170,13 +172,22 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.image_tokens import tokens_for_config
 
     image_tokens = (tokens_for_config(model.config), model.config.image_token_index)  # AnyRes: a rule by size
-    samples = train_dataset(cfg, tokenizer, image_processor, *image_tokens)  # a file, or a mixture of sources
-    if cfg.training.group_by_modality_length or cfg.training.packing:
+    if streamed:
+        from llava_hydra.data.stream import stream_dataset
+
+        samples = stream_dataset(cfg, tokenizer, image_processor, *image_tokens, args, DataCollator(tokenizer.pad_token_id))
+    else:
+        samples = train_dataset(cfg, tokenizer, image_processor, *image_tokens)  # a file, or a mixture of sources
+    if not streamed and (cfg.training.group_by_modality_length or cfg.training.packing):
         length_pass_once(samples, args)
-    image_samples = int(has_image(samples.records).sum())  # the store's column: no record decoded
-    log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
-             len(samples), image_samples, len(samples) - image_samples, samples.data_path,
-             cfg.data.template, cfg.data.image_aspect_ratio)
+    if streamed:
+        log.info("train data: %d samples streamed from %d shards at %s, %d micro-batches per rank and epoch",
+                 samples.n, len(samples.counts), samples.data_path, len(samples))
+    else:
+        image_samples = int(has_image(samples.records).sum())  # the store's column: no record decoded
+        log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
+                 len(samples), image_samples, len(samples) - image_samples, samples.data_path,
+                 cfg.data.template, cfg.data.image_aspect_ratio)
     train_set, collator = samples, DataCollator(tokenizer.pad_token_id)
     if cfg.training.packing:
         from llava_hydra.sampling.packing import packed_training, prepare_model_for_packing

@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from llava_hydra.config.fsdp import CHOICES as FSDP_CHOICES, RANGES as FSDP_RANGES, FsdpConfig
+from llava_hydra.config.stream import RANGES as STREAM_RANGES, StreamConfig
 
 
 @dataclass
@@ -94,6 +95,7 @@ class DataConfig:
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
     allow_images_outside_folder: bool = False  # image paths written to leave image_folder (../, absolute; symlinks in it are fine)
     max_image_pixels: Optional[int] = 50_000_000  # larger images refused before decoding; null: PIL's own limit
+    stream: StreamConfig = field(default_factory=StreamConfig)  # shards streamed (llava_hydra.config.stream)
 
 
 @dataclass
@@ -280,6 +282,7 @@ RANGES: Dict[str, str] = {
     "eval.max_samples": ">= 1",
     "eval.steps": ">= 1",
     "launcher.nproc_per_node": ">= 1",
+    **STREAM_RANGES,
 }
 CHOICES.update(FSDP_CHOICES), RANGES.update(FSDP_RANGES)  # the fsdp node's (config/fsdp.py)
 

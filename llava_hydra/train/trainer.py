@@ -36,6 +36,7 @@ from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.train.param_groups import parameter_groups, part_groups
 from llava_hydra.sampling.sampler import LengthGroupedSampler
 from llava_hydra.train.source_loss import SourceLoss
+from llava_hydra.train.stream_loader import StreamTraining  # a ShardStream's loader, resume, position
 from llava_hydra.config.validate import check_choice
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-class LLaVATrainer(GuardedSteps, SourceLoss, Fsdp2Engine, Trainer):  # SourceLoss: loss/<source> of a mixture
+class LLaVATrainer(StreamTraining, GuardedSteps, SourceLoss, Fsdp2Engine, Trainer):  # SourceLoss: loss/<source>, tokens/<source> of a mixture
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
