@@ -78,7 +78,7 @@ def test_cli_stops_on_a_task_preset_without_a_release_before_torch():
 def test_the_tree_has_the_groups_a_user_types_and_one_recipe_group():
     groups = {p.name for p in CONF.iterdir() if p.is_dir() and any(p.rglob("*.yaml"))}
     # benchmark/ is the evaluation app's group (python -m llava_hydra.eval benchmark=pope), beside its eval.yaml
-    assert groups == {"stage", "model", "data", "deepspeed", "lora", "recipe", "experiment", "hparams_search", "hydra",
+    assert groups == {"stage", "model", "data", "deepspeed", "fsdp", "lora", "recipe", "experiment", "hparams_search", "hydra",
                       "benchmark"}
     for preset in PRESETS:  # a preset states what it changes: no model/data/training block copied in
         text = (CONF / "experiment" / f"{preset}.yaml").read_text()
