@@ -57,6 +57,10 @@ COMMANDS = {
     "python -m llava_hydra stage=finetune model=vicuna13b launcher.nproc_per_node=8": ("skip", HUB_GPU + " (8)"),
     "torchrun --nproc_per_node 8 -m llava_hydra stage=finetune model=vicuna13b": ("skip", HUB_GPU + " (8)"),
     "deepspeed --num_gpus 8 --module llava_hydra stage=finetune model=vicuna13b": ("skip", HUB_GPU + " (8)"),
+    "torchrun --nnodes N --nproc_per_node 8 --node_rank R --master_addr HOST --master_port 29500 -m llava_hydra "
+    "stage=finetune model=vicuna13b paths.output_root=/shared/llava": ("skip", HUB_GPU + " (8 per node, N nodes)"),
+    "torchrun --nnodes N --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id job1 -m llava_hydra "
+    "stage=finetune model=vicuna13b paths.output_root=/shared/llava": ("skip", HUB_GPU + " (8 per node, N nodes)"),
     "python -m llava_hydra -m stage=finetune training.mm_projector_lr=1e-5,2e-5,5e-5": ("run", 0, True),
     "python -m llava_hydra -m stage=finetune model=vicuna13b hydra/launcher=slurm hydra.launcher.partition=gpu "
     "training.mm_projector_lr=1e-5,2e-5,5e-5": ("skip", "needs a SLURM cluster (sbatch) and " + HUB_GPU),

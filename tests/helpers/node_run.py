@@ -4,7 +4,8 @@ this rank takes, a line ``{"rank", "node", "step", "ids"}`` to ``$STEPS_OUT/rank
 digest of the micro-batch's token ids, so two runs' per-rank sample order can be compared.
 
 ``KILL_AT_STEP=N`` with ``KILL_NODE=K``: node K's process SIGKILLs itself once step N is done (a
-node failure); ``RAISE_AT_STEP=N`` with ``RAISE_NODE=K``: it raises instead."""
+node failure); ``RAISE_AT_STEP=N`` with ``RAISE_NODE=K``: it raises instead; ``STEP_SLEEP=S``: every
+step waits S seconds first (time for a test to signal a node mid-run)."""
 
 import hashlib
 import json
@@ -25,6 +26,7 @@ NODE, RANK = int(os.environ.get("GROUP_RANK", "0")), int(os.environ.get("RANK", 
 kill_at = int(os.environ.get("KILL_AT_STEP", "0")) if int(os.environ.get("KILL_NODE", "-1")) == NODE else 0
 raise_at = int(os.environ.get("RAISE_AT_STEP", "0")) if int(os.environ.get("RAISE_NODE", "-1")) == NODE else 0
 steps_out = os.environ.get("STEPS_OUT")
+step_sleep = float(os.environ.get("STEP_SLEEP", "0"))
 original = LLaVATrainer.training_step
 
 
@@ -35,6 +37,7 @@ def training_step(self, model, inputs, *args, **kwargs):
     if raise_at and step == raise_at:
         Path(steps_out or ".", "raised_at").write_text(str(time.time()))
         raise RuntimeError(f"node {NODE} raised at step {step} on purpose")
+    time.sleep(step_sleep)  # time for a test to signal a node mid-run
     if steps_out:
         digest = hashlib.sha256(inputs["input_ids"].cpu().numpy().tobytes()).hexdigest()[:16]
         with open(Path(steps_out) / f"rank{RANK}.jsonl", "a") as f:
