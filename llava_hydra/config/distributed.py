@@ -73,6 +73,8 @@ def failure_reported_to_launcher():
         yield
     except Exception as e:
         other = first_failure(e)  # another rank failed first (on another node too): its error, named here
+        if other and (str(e) in other or other.split(": ", 2)[-1] in str(e)):
+            other = None  # the same error (every rank refusing one run directory): raised as it is
         if not other:
             _record(e)
             raise
