@@ -62,6 +62,10 @@ COMMANDS = {
     "python -m llava_hydra stage=finetune model=vicuna7b deepspeed=none fsdp=full training.bf16=true "
     "fsdp.activation_checkpointing=true training.gradient_checkpointing=false launcher.nproc_per_node=8":
         ("skip", HUB_GPU + " (8); FSDP2 on the tiny default: tests/test_fsdp2.py"),
+    "torchrun --nnodes N --nproc_per_node 8 --node_rank R --master_addr HOST --master_port 29500 -m llava_hydra "
+    "stage=finetune model=vicuna13b paths.output_root=/shared/llava": ("skip", HUB_GPU + " (8 per node, N nodes)"),
+    "torchrun --nnodes N --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id job1 -m llava_hydra "
+    "stage=finetune model=vicuna13b paths.output_root=/shared/llava": ("skip", HUB_GPU + " (8 per node, N nodes)"),
     "python -m llava_hydra -m stage=finetune training.mm_projector_lr=1e-5,2e-5,5e-5": ("run", 0, True),
     "python -m llava_hydra -m stage=finetune model=vicuna13b hydra/launcher=slurm hydra.launcher.partition=gpu "
     "training.mm_projector_lr=1e-5,2e-5,5e-5": ("skip", "needs a SLURM cluster (sbatch) and " + HUB_GPU),

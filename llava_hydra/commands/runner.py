@@ -106,7 +106,7 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.spec import spec_dataset
     from llava_hydra.data.mixture import is_mixture
     from llava_hydra.data.mixture_dataset import SourceCollator, selection_of, train_dataset
-    from llava_hydra.train.checkpoints import claim_run_dir
+    from llava_hydra.train.nodes import claim_on_every_node
     from llava_hydra.train.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
     from llava_hydra.train.progress import final_loss, plot_loss
@@ -137,10 +137,10 @@ def run(cfg: DictConfig) -> float | None:
         with args.main_process_first(local=False, desc="mixture selection"):
             prepare_synthetic(cfg)
             spec["data"]["selection"] = selection_of(cfg)
-    resume, run_id = claim_run_dir(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
-                                   is_main=is_main_process(),
-                                   overwrite=cfg.training.overwrite_output_dir,
-                                   allow_spec_change=cfg.training.resume_allow_spec_change)
+    resume, run_id = claim_on_every_node(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
+                                         save_on_each_node=cfg.training.save_on_each_node,  # node-local dirs (train.nodes)
+                                         overwrite=cfg.training.overwrite_output_dir,
+                                         allow_spec_change=cfg.training.resume_allow_spec_change)
 
     # 2. Data files: the synthetic default's are generated on first use, under paths.cache_dir
     #    only (a user's data_path is only read). Rank 0 writes them and builds the tiny builtin
@@ -163,6 +163,10 @@ def run(cfg: DictConfig) -> float | None:
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
     #    together: under ZeRO-3 loading is a collective).
     model, tokenizer, image_processor = build_model(cfg)
+    if cfg.training.save_on_each_node:  # node-local run dirs: every node's writer saves the weights (train.nodes)
+        from llava_hydra.train.nodes import write_on_every_node
+
+        write_on_every_node(model)
     if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
         from llava_hydra.config.run_spec import write_spec
 
@@ -233,7 +237,7 @@ def run(cfg: DictConfig) -> float | None:
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
     #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).
     trainer.save_model(str(out_dir))
-    if not projector_only and trainer.is_world_process_zero():
+    if not projector_only and args.should_save:  # rank 0; with save_on_each_node each node's local rank 0
         make_processor(tokenizer, image_processor, model, cfg.data.template,
                        cfg.data.image_aspect_ratio).save_pretrained(str(out_dir))
     log.info("saved %s to %s", "projector" if projector_only else "model + processor", out_dir)
@@ -258,7 +262,7 @@ def run(cfg: DictConfig) -> float | None:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
         metrics["best_eval_accuracy"] = trainer.state.best_metric
     metrics["wall_time_s"] = round(time.time() - started, 1)
-    if trainer.is_world_process_zero():
+    if args.should_save:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         plot_loss(trainer.state.log_history, out_dir / "loss.png")
     trackers.finish(trainer, metrics, out_dir / "metrics.json")

@@ -151,6 +151,7 @@ class TrainingConfig:
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: Optional[int] = 1
+    save_on_each_node: bool = False  # run dir on node-local disks: each node writes its own copy (README "Several nodes")
     eval_strategy: str = "no"
     report_to: List[str] = field(default_factory=lambda: ["none"])
     run_name: Optional[str] = None

@@ -30,6 +30,7 @@ from llava_hydra.model.families import is_llava_outer
 from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
 from llava_hydra.train.fsdp2 import Fsdp2Engine, full_tensors
 from llava_hydra.train.guards import GuardedSteps
+from llava_hydra.train.nodes import complete_node_copy
 from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
@@ -202,6 +203,7 @@ class LLaVATrainer(StreamTraining, GuardedSteps, SourceLoss, Fsdp2Engine, Traine
             staged = os.path.join(staging, name)
             with save_errors_named(staged, staging):
                 self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
+                complete_node_copy(staged)  # node-local copies under DeepSpeed (train.nodes)
                 write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum, getattr(self, "run_data", None))
             if os.path.exists(final):  # re-saving a step after a resume: replace it
                 shutil.rmtree(final)
