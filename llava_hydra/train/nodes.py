@@ -10,7 +10,8 @@ Two layouts of ``training.output_dir`` (README "Several nodes: shared or node-lo
 - node-local (``training.save_on_each_node=true``, Hugging Face's own field): each node has its own
   directory at the same path. Each node's local rank 0 locks its copy and writes its ``run.json``,
   checkpoints (with its node's per-rank files; DeepSpeed's ``use_node_local_storage``) and the final
-  model.
+  model; under ZeRO-3 the 16-bit model is gathered on every node's writer (``gather_on_every_node``),
+  so each node's weights are the whole model.
 
 ``agree_on_run`` runs on every rank right after the run directory is claimed: every rank takes rank
 0's run id (a new run's id is drawn on rank 0 only), a shared directory must show every rank rank 0's
@@ -173,3 +174,53 @@ def complete_node_copy(checkpoint: str) -> None:
     latest = Path(checkpoint) / "latest"
     if len(tags) == 1 and not latest.exists():
         latest.write_text(tags[0])
+
+
+def gather_on_every_node(engine, keeps: bool) -> None:
+    """Under ``save_on_each_node`` with ZeRO-3: make ``engine`` consolidate the 16-bit model on every
+    node's writer (``keeps``), not on global rank 0 only as DeepSpeed does, so node 1's final model and
+    checkpoint weights are the whole model, equal to node 0's, never a file of empty tensors. The
+    collectives are DeepSpeed's own, entered by every rank in the same order; only the copy differs."""
+    if engine is None or getattr(engine, "_gathers_on_every_node", False) or not engine.zero_optimization_partition_weights():
+        return
+    if getattr(engine, "autotp_size", lambda: 1)() > 1:
+        raise NotImplementedError("training.save_on_each_node=true with DeepSpeed AutoTP: each node's copy of the "
+                                  "weights would be one tensor-parallel shard; use a shared training.output_dir")
+    engine._zero3_consolidated_16bit_state_dict = lambda exclude_frozen_parameters=False: consolidated_zero3_state(
+        engine, keeps, exclude_frozen_parameters)
+    engine._gathers_on_every_node = True
+
+
+def consolidated_zero3_state(engine, keeps: bool, exclude_frozen_parameters: bool = False) -> dict | None:
+    """DeepSpeed's ``_zero3_consolidated_16bit_state_dict`` (every rank: one module's parameters gathered
+    at a time, tied weights kept tied), copied to CPU on every rank where ``keeps``; None elsewhere."""
+    import deepspeed
+
+    state: dict | None = {} if keeps else None
+    tied: dict = {}  # ds_id -> the first key of a tied weight
+
+    def visit(module, prefix: str) -> None:
+        params = list(module.parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):  # every rank: all-gather, then re-partition
+            if keeps:
+                for name, param in module.named_parameters(recurse=False):
+                    if param is None or (exclude_frozen_parameters and not param.requires_grad):
+                        continue
+                    key, same = prefix + name, getattr(param, "ds_id", ("not partitioned", id(param)))
+                    if same in tied:
+                        state[key] = state[tied[same]]
+                    else:
+                        state[key], tied[same] = param.detach().cpu(), key
+                for name, buf in module.named_buffers(recurse=False):
+                    if buf is not None and name not in module._non_persistent_buffers_set:
+                        state[prefix + name] = buf.detach().cpu()
+        for name, child in module.named_children():
+            if child is not None:
+                visit(child, prefix + name + ".")
+
+    if engine._optimizer_has_ckpt_event_prologue():
+        engine.optimizer.checkpoint_event_prologue()
+    visit(engine.module, "")
+    if engine._optimizer_has_ckpt_event_epilogue():
+        engine.optimizer.checkpoint_event_epilogue()
+    return state

@@ -30,7 +30,7 @@ from llava_hydra.model.families import is_llava_outer
 from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
 from llava_hydra.train.fsdp2 import Fsdp2Engine, full_tensors
 from llava_hydra.train.guards import GuardedSteps
-from llava_hydra.train.nodes import complete_node_copy
+from llava_hydra.train.nodes import complete_node_copy, gather_on_every_node
 from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
@@ -163,6 +163,8 @@ class LLaVATrainer(StreamTraining, GuardedSteps, SourceLoss, Fsdp2Engine, Traine
         """Projector-only stages write the projector alone, gathered from ZeRO-3 partitions on
         every rank (a collective) and written by rank 0: never the frozen LLM."""
         if not self.save_projector_only:
+            if self.args.save_on_each_node and self.is_deepspeed_enabled:  # each node's copy whole (train.nodes)
+                gather_on_every_node(self.deepspeed, self.args.should_save)
             return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
         state = gathered_projector_state(self.accelerator.unwrap_model(self.model))
