@@ -25,6 +25,8 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
          "training.per_device_train_batch_size=4", "training.max_steps=2", "eval.max_samples=2"]
+DETAILS = ("a full training run (minutes); tests/test_details_compare.py (slow) runs both of README's detail-task "
+           "commands at a reduced budget and asserts the margin")
 HUB_GPU = "needs the LLaVA-1.5 hub weights (vicuna, CLIP-L/336), LLaVA's data under ./playground and GPUs"
 
 # command as README writes it (continuation lines joined, comments dropped) -> ("run", exit status,
@@ -86,6 +88,8 @@ COMMANDS = {
     "python -m llava_hydra.data.preview --index 3 stage=finetune": ("run", 0, True),
     "python -m llava_hydra model=tiny_next": ("run", 0, True),
     "python -m llava_hydra model=tiny_next stage=finetune": ("run", 0, True),
+    "python -m llava_hydra experiment=tiny_details model=tiny": ("skip", DETAILS),
+    "python -m llava_hydra experiment=tiny_details model=tiny_next": ("skip", DETAILS),
     'pip install lmms-eval==0.7.3 decord "filelock<3.20"': ("skip", "a separate environment (lmms-eval pulls its own torch); "
                                                            "run by hand, README says how"),
     "python -m lmms_eval eval --model llava_hf --model_args pretrained=outputs/tiny/finetune,device_map=cpu,dtype=float32 "
