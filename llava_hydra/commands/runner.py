@@ -143,7 +143,7 @@ def run(cfg: DictConfig) -> float | None:
     #    models while the other ranks wait.
     with args.main_process_first(local=False, desc="synthetic data and builtin models"):
         if prepare_synthetic(cfg):
-            log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
+            log.info("generated the synthetic dataset (%s) under %s", cfg.data.synthetic.task, synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             pretrained_path(name, cfg.paths.cache_dir)
     preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
