@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from llava_hydra.data.stream_plan import rank_batches, rank_plan
 from llava_hydra.sampling.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
 from llava_hydra.sampling.sampler import LengthGroupedSampler
 
@@ -50,6 +51,25 @@ def mix665k_like(n_image: int = 625_000, n_text: int = 40_000, seed: int = 0) ->
     text = text.clamp(20, 2048).round().long()
     lengths = torch.cat([image, -text])
     return lengths[torch.randperm(len(lengths), generator=g)]
+
+
+def stream_order(lengths: torch.Tensor, bs: int, ws: int, group: int = 1, workers: int = 4, buffer: int = 1000,
+                 shard: int = 1000) -> torch.Tensor:
+    """What ShardStream hands out (data.stream_plan.rank_batches, no I/O): shards of ``shard`` samples in
+    file order, ``workers`` workers a rank, a ``buffer`` shuffle buffer; with ``group`` > 1 each
+    optimizer step's ``group`` micro-batches of a rank sorted by modality and length (group_by_length).
+    Laid out one optimizer step after another, ranks in order, each rank's micro-batches in order."""
+    n = len(lengths)
+    counts = [shard] * (n // shard) + ([n % shard] if n % shard else [])
+    as_list = lengths.tolist()
+    key = (lambda i: (as_list[i] < 0, -abs(as_list[i]))) if group > 1 else None
+    ranks = [rank_batches(counts, 1, 0, rank_plan(n, ws, r, bs, group), workers, buffer, key) for r in range(ws)]
+    order = []
+    for s in range(0, len(ranks[0]), group):
+        for r in range(ws):
+            for b in ranks[r][s:s + group]:
+                order += b
+    return torch.tensor(order)
 
 
 def step_mean_std(tokens: torch.Tensor, counts: torch.Tensor) -> float:
@@ -117,6 +137,7 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=2048, help="packing: model_max_length")
     ap.add_argument("--fill", type=float, default=FILL, help="packing: target real share of a row")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampler.json"))
+    ap.add_argument("--only", default=None, help="only the methods whose name holds this text (e.g. stream)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared machine; and what one dataloader process gets
 
@@ -133,10 +154,16 @@ def main() -> None:
         "random_steps (default)": grouped("random_steps"),
         "sorted_steps (opt-in)": grouped("sorted_steps"),
         "sorted_steps, pool=64": grouped("sorted_steps", pool=64),
+        "stream (shards, buffer 1000)": lambda: stream_order(lengths, bs, ws),
+        "stream, grouped in step (accum 4)": lambda: stream_order(lengths, bs, ws, group=4),
     }
+    step_world = {"stream, grouped in step (accum 4)": ws * 4}  # a step = 4 micro-batches a rank
+    if args.only:
+        methods = {k: v for k, v in methods.items() if args.only in k}
     rows_per_device = max(1, round(bs * lengths.abs().clamp(max=cap).double().mean().item() / cap))
     start = time.perf_counter()
-    _, fill_counts = pack_rows(as_list, cap, 0, args.fill)  # once per run (PackedDataset)
+    packs = not args.only or args.only.startswith("packing")
+    _, fill_counts = pack_rows(as_list, cap, 0, args.fill) if packs else (None, None)  # once per run (PackedDataset)
     count_seconds = {"pack_rows": time.perf_counter() - start}
     packed = {}  # name -> (bins, rows per device), filled by the timed function
 
@@ -147,7 +174,7 @@ def main() -> None:
             return order
         return order_fn
 
-    for rows_ in (rows_per_device, 1):
+    for rows_ in (rows_per_device, 1) if packs else ():
         name = f"packing, {rows_} row{'s' if rows_ > 1 else ''}"
         start = time.perf_counter()
         counts = step_counts(as_list, cap, rows_ * ws, 0, fill_counts)  # once per run (PackedSampler)
@@ -168,7 +195,7 @@ def main() -> None:
             bins, batch, units = None, bs, lengths
         assert torch.equal(order.sort().values, torch.arange(len(units))), name
         row = {"method": name, "seconds": min(seconds), "batch_size": batch,
-               **measure(order, units, batch, ws, lengths, bins)}
+               **measure(order, units, batch, step_world.get(name, ws), lengths, bins)}
         if bins is not None:
             row.update(rows=len(units), fill=units.abs().sum().item() / (len(units) * cap))
         results.append(row)

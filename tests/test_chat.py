@@ -21,7 +21,7 @@ QUESTION = "What shape is in the picture?"
 
 def plain_generate(model_dir: Path, image: Image.Image, max_new_tokens: int = 6) -> str:
     """What a transformers user writes: AutoProcessor's chat template (tokenized by it: the template
-    writes bos, so no second one is added), generate, decode."""
+    writes no bos, the processor adds the tokenizer's one), generate, decode."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()

@@ -1,7 +1,9 @@
 """A saved model's processor carries the training prompt: ``apply_chat_template(messages,
-add_generation_prompt=True)`` with whole-string tokenization (transformers' processor, vLLM,
-lmms-eval) gives the training ids up to the first answer token, for every template, one and
-several turns, Llama-style SentencePiece (legacy false / true) and byte-level BPE tokenizers."""
+add_generation_prompt=True)`` with whole-string tokenization and the tokenizer's own bos
+(transformers' processor and pipeline, ``processor(text=rendered)``, lmms-eval's llava_hf) gives
+the training ids up to the first answer token, for every template, one and several turns,
+Llama-style SentencePiece (legacy false / true) and byte-level BPE tokenizers. The template writes
+no bos of its own (as llava-hf's llava-1.5 templates), so none of those clients gets two."""
 
 from __future__ import annotations
 
@@ -72,14 +74,13 @@ def test_apply_chat_template_gives_the_training_prompt(toks, tmp_path, tok_name,
         want = training_ids_before_answer(tok, template, CONV, answer)
         assert list(got["input_ids"][0]) == want, (n_messages, tok.convert_ids_to_tokens(want))
         assert len(got["pixel_values"]) == 1
-        # the same prompt from LLaVA-style string content, tokenized whole without added specials
+        # the same prompt from LLaVA-style string content (what lmms-eval's llava_hf renders), then the
+        # processor on the text with its default special tokens (what llava_hf and llava-hf's model cards do)
         text = processor.apply_chat_template([{"role": m["role"], "content": t["value"]}
                                               for m, t in zip(messages(image, n_messages), CONV)],
                                              add_generation_prompt=True)
-        ids = []
-        for t in tok(text, add_special_tokens=False)["input_ids"]:
-            ids += [t] * (N_IMG if t == tok.convert_tokens_to_ids("<image>") else 1)
-        assert ids == want
+        assert not text.startswith(tok.bos_token)
+        assert list(processor(text=text, images=image)["input_ids"][0]) == want
 
 
 def test_v1_prompt_text_written_out(toks):
@@ -93,8 +94,9 @@ def test_v1_prompt_text_written_out(toks):
                                        add_generation_prompt=True)
     finally:
         tok.chat_template = None
-    # the spaces after <s> and after <image> are the dummy-prefix "▁" training's piece-wise tokenization gives
-    assert text == ("<s> A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    # no bos (the tokenizer adds it); the space after <image> is the dummy-prefix "▁" training's piece-wise
+    # tokenization gives
+    assert text == ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                     "helpful, detailed, and polite answers to the user's questions. USER: <image> \nDescribe it. "
                     "ASSISTANT: 3 cats.</s>USER: Colour? ASSISTANT:")
 
@@ -108,7 +110,7 @@ def test_a_system_message_replaces_the_system_text(toks):
                                        tokenize=False)
     finally:
         tok.chat_template = None
-    assert text == ("<s><|im_start|>system\nBe brief.<|im_end|><|im_start|>user\n<image>\nWhat?<|im_end|>"
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\n<image>\nWhat?<|im_end|>"
                     "<|im_start|>assistant\n")
 
 

@@ -17,7 +17,10 @@ on gloo, the embedded default's tiny model):
 CI runs the three cases that cover the mechanisms (DDP with a trainable tower under gradient
 checkpointing: gradient buckets the text-only rank never filled hung; ZeRO-2 with a trainable
 tower: its gradient reduction; ZeRO-3 with the recipe's frozen tower: parameter gathers
-mismatched); ``pytest -m slow`` runs the rest of the grid (about 10 s a case on 2 quiet cores).
+mismatched); ``pytest -m slow`` runs the rest of the grid (about 10 s a case on 2 quiet cores),
+FSDP2 among it (``fsdp=full``: every decoder / vision-encoder layer sharded, frozen ones too, so a
+text-only rank that skipped the tower would miss its all-gathers) and the one-rank-fails case
+under FSDP2.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ CASES = {  # id: (overrides, in CI)
     "zero2-tower-frozen": (["deepspeed=zero2"], False),
     "zero2-tower-trains": (["deepspeed=zero2", TOWER_TRAINS], True),
     "zero3-tower-trains": (["deepspeed=zero3", TOWER_TRAINS], False),
+    "fsdp2-tower-frozen": (["fsdp=full"], False),  # every layer its own FSDP2 unit, frozen ones too
+    "fsdp2-tower-trains-ac": (["fsdp=full", TOWER_TRAINS, "fsdp.activation_checkpointing=true"], False),
 }
 
 
@@ -115,12 +120,15 @@ def test_a_text_only_rank_steps_with_the_one_process_loss(tmp_path, mixed_data, 
         if case.startswith("ddp"):
             assert (rank["distributed_type"], rank["wrapped"]) == ("DistributedType.MULTI_CPU",
                                                                   "DistributedDataParallel")
+        elif case.startswith("fsdp2"):  # sharded by fully_shard, not DDP (accelerate's own CPU choice)
+            assert (rank["distributed_type"], rank["wrapped"]) == ("DistributedType.FSDP",
+                                                                  "FSDPLlavaForConditionalGeneration")
         else:
             assert rank["wrapped"] == "DeepSpeedEngine"
         first = next(e for e in rank["log_history"] if e.get("step") == 1 and "loss" in e)
         assert first["loss"] == pytest.approx(loss, rel=1e-5)
         assert first["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)
-    if case.startswith("ddp"):  # and the ranks hold the same weights after both steps
+    if not case.startswith("zero"):  # and the ranks hold the same weights after both steps
         assert ranks[0]["digest"] and ranks[0]["digest"] == ranks[1]["digest"]
 
 
@@ -139,9 +147,10 @@ def test_a_full_grouped_epoch_with_mixed_leftovers_ends_under_zero3(tmp_path, ca
     assert json.loads((out / "tiny" / "finetune" / "metrics.json").read_text())["train_steps"] == 5
 
 
-def test_an_exception_on_one_rank_ends_every_rank_within_seconds(tmp_path, mixed_data, cache):
+@pytest.mark.parametrize("engine", ["deepspeed=none", pytest.param("fsdp=full", marks=pytest.mark.slow)])
+def test_an_exception_on_one_rank_ends_every_rank_within_seconds(tmp_path, mixed_data, cache, engine):
     started = time.time()
-    done = run_mixed(tmp_path, mixed_data, cache, "deepspeed=none", "training.max_steps=50",
+    done = run_mixed(tmp_path, mixed_data, cache, engine, "training.max_steps=50",
                      env={"RAISE_AT_STEP": "1", "RAISE_ON_RANK": "1"})
     ended = time.time()
     assert done.returncode != 0

@@ -10,15 +10,17 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import InterpolationToMissingValueError
 
 CONF = Path(__file__).parents[1] / "conf"
-PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("llava15_*.yaml"))  # onevision_*: test_onevision_presets.py
 LLM = {"tiny": "builtin://tiny-llama", "tiny_next": "builtin://tiny-llama", "vicuna7b": "lmsys/vicuna-7b-v1.5", "vicuna13b": "lmsys/vicuna-13b-v1.5",
        "vicuna7b_v1_linear": "lmsys/vicuna-7b-v1.5", "llama2_7b_chat": "meta-llama/Llama-2-7b-chat-hf",
        "llama3_8b_instruct": "meta-llama/Meta-Llama-3-8B-Instruct", "qwen2_7b_instruct": "Qwen/Qwen2-7B-Instruct"}
+ANYRES = {"tiny_onevision", "llava_next_vicuna7b", "llava_next_vicuna13b", "onevision_qwen2_0_5b",
+          "onevision_qwen2_7b"}  # composed and validated in test_onevision_presets.py / test_onevision.py
 RELEASED = {"vicuna7b": "llava-hf/llava-1.5-7b-hf", "vicuna13b": "llava-hf/llava-1.5-13b-hf"}
 
 
 def test_presets_and_models_listed():
-    assert len(PRESETS) == 10 and set(p.stem for p in (CONF / "model").glob("*.yaml")) == set(LLM)
+    assert len(PRESETS) == 10 and set(p.stem for p in (CONF / "model").glob("*.yaml")) == set(LLM) | ANYRES
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -76,7 +78,7 @@ def test_cli_stops_on_a_task_preset_without_a_release_before_torch():
 def test_the_tree_has_the_groups_a_user_types_and_one_recipe_group():
     groups = {p.name for p in CONF.iterdir() if p.is_dir() and any(p.rglob("*.yaml"))}
     # benchmark/ is the evaluation app's group (python -m llava_hydra.eval benchmark=pope), beside its eval.yaml
-    assert groups == {"stage", "model", "data", "deepspeed", "lora", "recipe", "experiment", "hparams_search", "hydra",
+    assert groups == {"stage", "model", "data", "deepspeed", "fsdp", "lora", "recipe", "experiment", "hparams_search", "hydra",
                       "benchmark"}
     for preset in PRESETS:  # a preset states what it changes: no model/data/training block copied in
         text = (CONF / "experiment" / f"{preset}.yaml").read_text()

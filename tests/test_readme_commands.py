@@ -59,6 +59,15 @@ COMMANDS = {
     "python -m llava_hydra stage=finetune model=vicuna13b launcher.nproc_per_node=8": ("skip", HUB_GPU + " (8)"),
     "torchrun --nproc_per_node 8 -m llava_hydra stage=finetune model=vicuna13b": ("skip", HUB_GPU + " (8)"),
     "deepspeed --num_gpus 8 --module llava_hydra stage=finetune model=vicuna13b": ("skip", HUB_GPU + " (8)"),
+    "python -m llava_hydra stage=finetune model=vicuna7b deepspeed=none fsdp=full launcher.nproc_per_node=8":
+        ("skip", HUB_GPU + " (8); FSDP2 on the tiny default: tests/test_fsdp2.py"),
+    "python -m llava_hydra stage=finetune model=vicuna7b deepspeed=none fsdp=full training.bf16=true "
+    "fsdp.activation_checkpointing=true training.gradient_checkpointing=false launcher.nproc_per_node=8":
+        ("skip", HUB_GPU + " (8); FSDP2 on the tiny default: tests/test_fsdp2.py"),
+    "torchrun --nnodes N --nproc_per_node 8 --node_rank R --master_addr HOST --master_port 29500 -m llava_hydra "
+    "stage=finetune model=vicuna13b paths.output_root=/shared/llava": ("skip", HUB_GPU + " (8 per node, N nodes)"),
+    "torchrun --nnodes N --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id job1 -m llava_hydra "
+    "stage=finetune model=vicuna13b paths.output_root=/shared/llava": ("skip", HUB_GPU + " (8 per node, N nodes)"),
     "python -m llava_hydra -m stage=finetune training.mm_projector_lr=1e-5,2e-5,5e-5": ("run", 0, True),
     "python -m llava_hydra -m stage=finetune model=vicuna13b hydra/launcher=slurm hydra.launcher.partition=gpu "
     "training.mm_projector_lr=1e-5,2e-5,5e-5": ("skip", "needs a SLURM cluster (sbatch) and " + HUB_GPU),
@@ -90,6 +99,16 @@ COMMANDS = {
     "python -m llava_hydra model=tiny_next stage=finetune": ("run", 0, True),
     "python -m llava_hydra experiment=tiny_details model=tiny": ("skip", DETAILS),
     "python -m llava_hydra experiment=tiny_details model=tiny_next": ("skip", DETAILS),
+    # model=tiny_onevision: both stages (and the stock client) run by tests/test_onevision_e2e.py (slow), kept out
+    # of this default-suite test's time; the OneVision / LLaVA-NeXT presets name hub weights
+    "python -m llava_hydra model=tiny_onevision": ("skip", "run by tests/test_onevision_e2e.py (pytest -m slow)"),
+    "python -m llava_hydra model=tiny_onevision stage=finetune": ("skip", "run by tests/test_onevision_e2e.py (pytest -m slow)"),
+    "python -m llava_hydra experiment=onevision_7b_pretrain": ("skip", "needs Qwen2-7B-Instruct, SigLIP-so400m and GPUs"),
+    "python -m llava_hydra experiment=onevision_7b_si": ("skip", "needs Qwen2-7B-Instruct, SigLIP-so400m and GPUs"),
+    "python -m llava_hydra experiment=onevision_7b_ov": ("skip", "needs finetune_si's model and GPUs"),
+    "python -m llava_hydra experiment=onevision_7b_si model=onevision_qwen2_0_5b":
+        ("skip", "needs Qwen2-0.5B-Instruct, SigLIP-so400m and LLaVA-NeXT's data"),
+    "python -m llava_hydra model=llava_next_vicuna13b stage=finetune": ("skip", HUB_GPU),
     'pip install lmms-eval==0.7.3 decord "filelock<3.20"': ("skip", "a separate environment (lmms-eval pulls its own torch); "
                                                            "run by hand, README says how"),
     "python -m lmms_eval eval --model llava_hf --model_args pretrained=outputs/tiny/finetune,device_map=cpu,dtype=float32 "
@@ -97,6 +116,14 @@ COMMANDS = {
         ("skip", "needs lmms-eval's own environment (above) and the user's task folder my_tasks/"),
     "python -m llava_hydra.eval model_dir=outputs/tiny/finetune benchmark=own benchmark.question_file=held_out.json "
     "benchmark.image_folder=imgs": ("skip", "the user's held_out.json and imgs/"),  # SMALL: the data made above
+    "python -m llava_hydra.data.shards data.json --image-folder images/ --out shards/ --samples-per-shard 1000":
+        ("skip", "the user's data.json and images/; tests/test_shards.py converts generated data with the same code"),
+    "python -m llava_hydra stage=finetune data.stream.shards=shards/":
+        ("skip", "needs the shards converted above; tests/test_shards_slow.py trains from shards (2 processes)"),
+    'pip install -e ".[stream]"': ("skip", "installing needs the network"),
+    "python -m llava_hydra stage=finetune data.stream.shards=s3://bucket/llava/shards "
+    "'data.stream.storage_options={client_kwargs: {endpoint_url: \"http://minio:9000\"}}'":
+        ("skip", "needs an S3-compatible server holding the shards; tests/test_shards_slow.py uses moto's on localhost"),
 }
 REWRITES = {"hydra.sweeper.n_trials=12": "hydra.sweeper.n_trials=2"}  # 2 trials prove the sweep runs
 

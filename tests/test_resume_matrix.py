@@ -37,8 +37,8 @@ SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data
 STAGES = {"stage1": (["stage=pretrain"], "mm_projector.safetensors"),
           "stage2": (["stage=finetune"], "model.safetensors"),
           "stage2-lora": (["stage=finetune", "lora=lora", "lora.r=8", "lora.alpha=16"], "adapter_model.safetensors")}
-ENGINES = {"ddp": "deepspeed=none", "zero2": "deepspeed=zero2", "zero3": "deepspeed=zero3"}
-IN_CI = {("stage1", "zero2")}
+ENGINES = {"ddp": "deepspeed=none", "zero2": "deepspeed=zero2", "zero3": "deepspeed=zero3", "fsdp2": "fsdp=full"}
+IN_CI = {("stage1", "zero2"), ("stage1", "fsdp2")}
 CASES = [pytest.param(stage, engine, id=f"{stage}-{engine}",
                       marks=() if (stage, engine) in IN_CI else pytest.mark.slow)
          for stage in STAGES for engine in ENGINES]

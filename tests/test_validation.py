@@ -19,7 +19,7 @@ CONF = Path(__file__).parents[1] / "conf"
 
 # overrides -> the exact line the error holds for it
 REFUSED = {
-    "data.template=v2": "data.template='v2': not one of plain, v1, llama_2, mpt, chat_template (did you mean 'v1'?)",
+    "data.template=v2": "data.template='v2': not one of plain, v1, llama_2, mpt, qwen_1_5, chat_template (did you mean 'v1'?)",
     "data.on_bad_sample=skp": "data.on_bad_sample='skp': not one of raise, skip (did you mean 'skip'?)",
     "data.image_aspect_ratio=padd": "data.image_aspect_ratio='padd': not one of square, pad, anyres, anyres_max_9 (did you mean 'pad'?)",
     "model.mm_projector_type=mlp2x_gleu":
@@ -122,7 +122,7 @@ def test_all_problems_are_listed_at_once(compose_spec):
         validate(cfg)
     assert str(e.value) == (
         "the run spec has 4 problems:\n"
-        "  data.template='v2': not one of plain, v1, llama_2, mpt, chat_template (did you mean 'v1'?)\n"
+        "  data.template='v2': not one of plain, v1, llama_2, mpt, qwen_1_5, chat_template (did you mean 'v1'?)\n"
         "  model.model_max_length=0: must be >= 1\n"
         "  training.learning_rate=-1.0: must be > 0\n"
         "  training.per_device_train_batch_size=0: must be >= 1")
@@ -201,8 +201,9 @@ def test_a_bad_value_stops_the_command_in_one_clear_line():
 
 def test_unknown_group_option_gets_a_suggestion():
     assert group_option_problems(["model=vicuna14b", "stage=finetune", "training.learning_rate=1e-4"]) == [
-        "model=vicuna14b: no such option; the options are llama2_7b_chat, llama3_8b_instruct, qwen2_7b_instruct, "
-        "tiny, tiny_next, vicuna13b, vicuna7b, vicuna7b_v1_linear (did you mean 'vicuna13b'?)"]
+        "model=vicuna14b: no such option; the options are llama2_7b_chat, llama3_8b_instruct, llava_next_vicuna13b, "
+        "llava_next_vicuna7b, onevision_qwen2_0_5b, onevision_qwen2_7b, qwen2_7b_instruct, tiny, tiny_next, "
+        "tiny_onevision, vicuna13b, vicuna7b, vicuna7b_v1_linear (did you mean 'vicuna13b'?)"]
     assert group_option_problems(["lora=lora,qlor"]) == [  # each value of a sweep
         "lora=qlor: no such option; the options are lora, none, qlora (did you mean 'qlora'?)"]
     assert group_option_problems(["+experiment=llava15_7b_pretrain", "deepspeed=zero3", "lora=null"]) == []
@@ -218,7 +219,7 @@ def test_unknown_group_option_stops_the_command_before_hydra_composes():
 
 # -- --help ------------------------------------------------------------------------------------
 
-TYPED_GROUPS = ["stage", "model", "data", "deepspeed", "lora", "experiment", "hparams_search", "hydra/launcher"]
+TYPED_GROUPS = ["stage", "model", "data", "deepspeed", "fsdp", "lora", "experiment", "hparams_search", "hydra/launcher"]
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,10 @@ def training_arguments(cfg: DictConfig):
     kwargs["run_name"] = run_name(cfg)
     if cfg.deepspeed is not None:
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    if cfg.get("fsdp") is not None:  # PyTorch FSDP2 (llava_hydra.train.fsdp2)
+        from llava_hydra.train.fsdp2 import fsdp_arguments
+
+        kwargs.update(fsdp_arguments(OmegaConf.to_container(cfg.fsdp, resolve=True)))
     if cpu_process_group(cfg.deepspeed is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}
     try:
@@ -102,7 +106,7 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.spec import spec_dataset
     from llava_hydra.data.mixture import is_mixture
     from llava_hydra.data.mixture_dataset import SourceCollator, selection_of, train_dataset
-    from llava_hydra.train.checkpoints import claim_run_dir
+    from llava_hydra.train.nodes import claim_on_every_node
     from llava_hydra.train.trainer import LLaVATrainer
     from llava_hydra.data.dataset import DataCollator
     from llava_hydra.train.progress import final_loss, plot_loss
@@ -133,10 +137,10 @@ def run(cfg: DictConfig) -> float | None:
         with args.main_process_first(local=False, desc="mixture selection"):
             prepare_synthetic(cfg)
             spec["data"]["selection"] = selection_of(cfg)
-    resume, run_id = claim_run_dir(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
-                                   is_main=is_main_process(),
-                                   overwrite=cfg.training.overwrite_output_dir,
-                                   allow_spec_change=cfg.training.resume_allow_spec_change)
+    resume, run_id = claim_on_every_node(str(out_dir), spec, resume_request(cfg.training.resume_from_checkpoint),
+                                         save_on_each_node=cfg.training.save_on_each_node,  # node-local dirs (train.nodes)
+                                         overwrite=cfg.training.overwrite_output_dir,
+                                         allow_spec_change=cfg.training.resume_allow_spec_change)
 
     # 2. Data files: the synthetic default's are generated on first use, under paths.cache_dir
     #    only (a user's data_path is only read). Rank 0 writes them and builds the tiny builtin
@@ -146,17 +150,23 @@ def run(cfg: DictConfig) -> float | None:
             log.info("generated the synthetic dataset (%s) under %s", cfg.data.synthetic.task, synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             pretrained_path(name, cfg.paths.cache_dir)
-    preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
+    streamed = bool(cfg.data.stream.shards)  # shards streamed through fsspec (llava_hydra.data.stream)
+    if not streamed:
+        preflight_images(cfg)  # image paths outside data.image_folder stop the run here, before the model loads
     from llava_hydra.train.data_tie import EpochToDataset, check_resume_data, data_record, file_record
 
     evaluates = cfg.eval.enable or cfg.eval.steps  # resuming on edited data: refused before the model loads
-    check_resume_data(resume, file_record(cfg.paths.cache_dir, train=cfg.data.data_path,
+    check_resume_data(resume, file_record(cfg.paths.cache_dir, train=None if streamed else cfg.data.data_path,
                                           eval=eval_data_path(cfg) if evaluates else None),
                       cfg.training.resume_allow_spec_change)
 
     # 3. Model: LLM + vision tower + projector, frozen except stage.trainable (all ranks
     #    together: under ZeRO-3 loading is a collective).
     model, tokenizer, image_processor = build_model(cfg)
+    if cfg.training.save_on_each_node:  # node-local run dirs: every node's writer saves the weights (train.nodes)
+        from llava_hydra.train.nodes import write_on_every_node
+
+        write_on_every_node(model)
     if cfg.lora.enable:  # the spec the merge command rebuilds the adapter's base model from
         from llava_hydra.config.run_spec import write_spec
 
@@ -166,13 +176,22 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.image_tokens import tokens_for_config
 
     image_tokens = (tokens_for_config(model.config), model.config.image_token_index)  # AnyRes: a rule by size
-    samples = train_dataset(cfg, tokenizer, image_processor, *image_tokens)  # a file, or a mixture of sources
-    if cfg.training.group_by_modality_length or cfg.training.packing:
+    if streamed:
+        from llava_hydra.data.stream import stream_dataset
+
+        samples = stream_dataset(cfg, tokenizer, image_processor, *image_tokens, args, DataCollator(tokenizer.pad_token_id))
+    else:
+        samples = train_dataset(cfg, tokenizer, image_processor, *image_tokens)  # a file, or a mixture of sources
+    if not streamed and (cfg.training.group_by_modality_length or cfg.training.packing):
         length_pass_once(samples, args)
-    image_samples = int(has_image(samples.records).sum())  # the store's column: no record decoded
-    log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
-             len(samples), image_samples, len(samples) - image_samples, samples.data_path,
-             cfg.data.template, cfg.data.image_aspect_ratio)
+    if streamed:
+        log.info("train data: %d samples streamed from %d shards at %s, %d micro-batches per rank and epoch",
+                 samples.n, len(samples.counts), samples.data_path, len(samples))
+    else:
+        image_samples = int(has_image(samples.records).sum())  # the store's column: no record decoded
+        log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
+                 len(samples), image_samples, len(samples) - image_samples, samples.data_path,
+                 cfg.data.template, cfg.data.image_aspect_ratio)
     train_set, collator = samples, DataCollator(tokenizer.pad_token_id)
     if cfg.training.packing:
         from llava_hydra.sampling.packing import packed_training, prepare_model_for_packing
@@ -218,7 +237,7 @@ def run(cfg: DictConfig) -> float | None:
     # 7. Save: the projector alone after stage 1, a Hugging Face-native model otherwise.
     #    Under LoRA: the adapter with the parts trained whole (python -m llava_hydra.merge makes a model of it).
     trainer.save_model(str(out_dir))
-    if not projector_only and trainer.is_world_process_zero():
+    if not projector_only and args.should_save:  # rank 0; with save_on_each_node each node's local rank 0
         make_processor(tokenizer, image_processor, model, cfg.data.template,
                        cfg.data.image_aspect_ratio).save_pretrained(str(out_dir))
     log.info("saved %s to %s", "projector" if projector_only else "model + processor", out_dir)
@@ -243,7 +262,7 @@ def run(cfg: DictConfig) -> float | None:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
         metrics["best_eval_accuracy"] = trainer.state.best_metric
     metrics["wall_time_s"] = round(time.time() - started, 1)
-    if trainer.is_world_process_zero():
+    if args.should_save:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         plot_loss(trainer.state.log_history, out_dir / "loss.png")
     trackers.finish(trainer, metrics, out_dir / "metrics.json")

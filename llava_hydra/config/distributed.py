@@ -72,10 +72,48 @@ def failure_reported_to_launcher():
     try:
         yield
     except Exception as e:
-        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+        other = first_failure(e)  # another rank failed first (on another node too): its error, named here
+        if other and (str(e) in other or other.split(": ", 2)[-1] in str(e)):
+            other = None  # the same error (every rank refusing one run directory): raised as it is
+        if not other:
+            _record(e)
+            raise
+        try:
+            raise RuntimeError(f"{other}\n(this rank stopped because of it: {type(e).__name__})") from e
+        except RuntimeError as named:
+            _record(named)  # the report's traceback is the one being handled: this one, after e's
+            raise
 
-            handler = get_error_handler()
-            handler.initialize()
-            handler.record_exception(e)
-        raise
+
+def _record(e: Exception) -> None:
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        handler = get_error_handler()
+        handler.initialize()
+        handler.record_exception(e)
+
+
+FAILURE_KEY = "llava_hydra/first_failure"
+
+
+def first_failure(e: Exception) -> str | None:
+    """Publish this rank's error in the process group's store (the launcher's, which every node
+    reaches) unless a rank did first; return that earlier rank's error, or None. A rank whose
+    collective broke because another node's process died raises that node's message, so every
+    node's launch names the cause. Best effort: never masks ``e``."""
+    try:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=5))
+        node = os.environ.get("GROUP_RANK", "?")
+        mine = f"rank {rank()} (node {node}) failed: {type(e).__name__}: {e}"
+        first = store.compare_set(FAILURE_KEY, "", mine).decode(errors="replace")
+        return None if first == mine else first
+    except Exception:
+        return None

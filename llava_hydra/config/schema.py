@@ -18,6 +18,9 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from llava_hydra.config.fsdp import CHOICES as FSDP_CHOICES, RANGES as FSDP_RANGES, FsdpConfig
+from llava_hydra.config.stream import RANGES as STREAM_RANGES, StreamConfig
+
 
 @dataclass
 class StageConfig:
@@ -36,7 +39,7 @@ class ModelConfig:
     pretrained_llava: Optional[str] = None
     # the conversation template of this LLM's chats: instruction data (data/*_finetune.yaml) renders
     # with it (data.template: ${model.template}). No default: a new model file must say it.
-    template: str = MISSING  # v1 | llama_2 | mpt | chat_template
+    template: str = MISSING  # v1 | llama_2 | mpt | qwen_1_5 | chat_template
     # the LLaVA-1.5 released on this LLM, in transformers' format; experiment=llava15_*_finetune_task
     # starts from it. No default: a task preset on a model without one is an error naming this key.
     released_llava: Optional[str] = MISSING
@@ -86,13 +89,14 @@ class DataConfig:
     sources: Optional[List[SourceConfig]] = None  # a mixture given inline (llava_hydra.data.mixture)
     preset_path: Optional[str] = None  # the data_path its data file names; another data_path names the run dir
     image_folder: Optional[str] = None  # image paths in the JSON are relative to this
-    template: str = MISSING  # plain | v1 | llama_2 | mpt | chat_template
+    template: str = MISSING  # plain | v1 | llama_2 | mpt | qwen_1_5 | chat_template
     image_aspect_ratio: str = "square"  # square | pad | anyres (model.family=llava_next) | anyres_max_9 (onevision)
     eval_data_path: Optional[str] = None  # held-out questions for exact-match eval
     on_bad_sample: str = "raise"  # raise (stop, naming file/sample/problem) | skip (log each once, count at the end)
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
     allow_images_outside_folder: bool = False  # image paths written to leave image_folder (../, absolute; symlinks in it are fine)
     max_image_pixels: Optional[int] = 50_000_000  # larger images refused before decoding; null: PIL's own limit
+    stream: StreamConfig = field(default_factory=StreamConfig)  # shards streamed (llava_hydra.config.stream)
 
 
 @dataclass
@@ -148,6 +152,7 @@ class TrainingConfig:
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: Optional[int] = 1
+    save_on_each_node: bool = False  # run dir on node-local disks: each node writes its own copy (README "Several nodes")
     eval_strategy: str = "no"
     report_to: List[str] = field(default_factory=lambda: ["none"])
     run_name: Optional[str] = None
@@ -210,6 +215,7 @@ class LlavaHydraConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: Optional[Dict[str, Any]] = None  # the DeepSpeed JSON as a node
+    fsdp: Optional[FsdpConfig] = None  # PyTorch FSDP2 instead of DeepSpeed (config/fsdp.py)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -224,7 +230,7 @@ class LlavaHydraConfig:
 # it; tests/test_validation.py compares them). A key in a list node (stage.trainable) checks every item.
 # training.lr_scheduler_type / optim / save_strategy / eval_strategy / report_to are checked against
 # transformers' own names, read from its source (llava_hydra.config.hf_source).
-TEMPLATES = ("plain", "v1", "llama_2", "mpt", "chat_template")  # data.conversation.TEMPLATES
+TEMPLATES = ("plain", "v1", "llama_2", "mpt", "qwen_1_5", "chat_template")  # data.conversation.TEMPLATES
 CHOICES: Dict[str, tuple] = {
     "stage.trainable": ("mm_projector", "llm", "vision_tower"),  # model.llava.PARTS
     "model.template": TEMPLATES,
@@ -279,7 +285,9 @@ RANGES: Dict[str, str] = {
     "eval.max_samples": ">= 1",
     "eval.steps": ">= 1",
     "launcher.nproc_per_node": ">= 1",
+    **STREAM_RANGES,
 }
+CHOICES.update(FSDP_CHOICES), RANGES.update(FSDP_RANGES)  # the fsdp node's (config/fsdp.py)
 
 # Keys that name a model or weights file: hub id, builtin://NAME, or a local path that must exist.
 LOCAL_PATH_KEYS = ("model.llm", "model.vision_tower", "model.pretrained_llava", "stage.pretrain_mm_mlp_adapter")

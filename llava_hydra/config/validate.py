@@ -12,7 +12,7 @@ code branches on (``config.CHOICES``, and transformers' own names for ``lr_sched
 valid values and a "did you mean" for a near miss (or the new name of a renamed value)::
 
     the run spec has 1 problem:
-      data.template='v2': not one of plain, v1, llama_2, mpt, chat_template (did you mean 'v1'?)
+      data.template='v2': not one of plain, v1, llama_2, mpt, qwen_1_5, chat_template (did you mean 'v1'?)
 
 Code that gets such a value without a composed spec (TrainingArguments, the sampler, the packer,
 the model builder) checks it by the same rule: ``check_choice`` / ``check_range``.
@@ -44,6 +44,10 @@ def validate(cfg: DictConfig, local_paths: bool = True) -> None:
         from llava_hydra.config.families import family_problems
 
         problems += family_problems(cfg.model, cfg.data, cfg.get("training"))
+    if "training" in cfg:
+        from llava_hydra.config.fsdp import engine_problems
+
+        problems += engine_problems(cfg)  # one engine: deepspeed or fsdp
     if local_paths:
         from llava_hydra.config.local_data import data_path_problems
 
@@ -197,7 +201,7 @@ def path_problems(cfg: DictConfig) -> list[str]:
 # Groups a user types whose options are all files of this package (hydra/launcher also takes Hydra's
 # and plugins' own: Hydra's error lists them). Options from --config-dir or hydra.searchpath are not
 # seen here, so with either on the command line this check stands aside.
-TYPED_GROUPS = ("stage", "model", "data", "deepspeed", "lora", "experiment", "hparams_search")
+TYPED_GROUPS = ("stage", "model", "data", "deepspeed", "fsdp", "lora", "experiment", "hparams_search")
 
 
 def group_option_problems(argv: list[str]) -> list[str]:

@@ -85,6 +85,12 @@ def anyres_images(source: ImageSource, names: list[str], image_processor) -> dic
     the header's (its token run was counted from the header)."""
     import torch
 
+    if len(names) > 1 and type(image_processor).__name__.startswith("LlavaOnevision"):
+        # LLaVA-NeXT's train.py and transformers give each image of a several-image sample one padded base view
+        # + a newline token (batch_num_images); crops for each would train a layout no OneVision model serves
+        raise ImageError(f"{len(names)} images in one sample: OneVision's multi-image layout (a padded base view "
+                         f"and a newline per image) is not done yet for model.family=llava_onevision",
+                         "multi_image_layout")
     crops, sizes = [], []
     for name in names:
         pixels, size = anyres_pixels(source.open(name), image_processor)

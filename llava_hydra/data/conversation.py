@@ -8,7 +8,8 @@ nothing here counts tokens by hand and a new tokenizer cannot shift the mask.
 Built-in templates reproduce LLaVA's ``Conversation.get_prompt()`` character for character
 (llava/conversation.py): ``plain`` (conv_llava_plain, as preprocess_plain builds it), ``v1``
 (conv_vicuna_v1, what LLaVA-1.5 trains with ``--version v1``), ``llama_2``
-(conv_llava_llama_2) and ``mpt`` (conv_mpt, ChatML). ``chat_template`` renders with the
+(conv_llava_llama_2), ``mpt`` (conv_mpt, ChatML) and ``qwen_1_5`` (LLaVA-NeXT's conv_qwen, ChatML with a
+newline after each turn, the prompt its preprocess_qwen trains OneVision on). ``chat_template`` renders with the
 tokenizer's own Jinja chat template (Llama-3, Qwen2, ...) and locates the answers in its output.
 
 ``render_prompt(template, conversations)`` is the public entry for the text alone.
@@ -36,13 +37,14 @@ LLAVA_LLAMA_2_SYSTEM = (
 MPT_SYSTEM = ("<|im_start|>system\nA conversation between a user and an LLM-based AI assistant. "
               "The assistant gives helpful and honest answers.")
 MPT_USER, MPT_ASSISTANT, MPT_SEP = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
+QWEN_SYSTEM = "You are a helpful assistant."  # LLaVA-NeXT's conv_qwen / preprocess_qwen system message
 
 
 @dataclass
 class Rendered:
     text: str = ""
     answer_spans: list[tuple[int, int]] = field(default_factory=list)
-    add_special_tokens: bool = True  # False when the template writes bos itself (chat templates)
+    add_special_tokens: bool = True  # False for chat templates: tokenized whole, bos as text (_tokenizer_bos)
 
     def add(self, piece: str, trained: bool = False) -> None:
         if trained and piece:
@@ -107,7 +109,23 @@ def _render_mpt(conversations: list[dict], bos: str, eos: str) -> Rendered:
     return out
 
 
-BUILTIN = {"plain": _render_plain, "v1": _render_v1, "llama_2": _render_llama_2, "mpt": _render_mpt}
+def _render_qwen_1_5(conversations: list[dict], bos: str, eos: str) -> Rendered:
+    # SeparatorStyle.CHATML (conv_qwen): "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n
+    # <|im_start|>assistant\na<|im_end|>\n"; the answer and its <|im_end|> trained (LLaVA-NeXT's preprocess_qwen
+    # also trains the role header, the newlines and the user turns' <|im_start|>/<|im_end|>: README)
+    out = Rendered()
+    out.add("<|im_start|>system\n" + QWEN_SYSTEM + MPT_SEP + "\n")
+    for question, answer in _pairs(conversations):
+        out.add(MPT_USER + question + MPT_SEP + "\n" if question else MPT_USER)
+        out.add(MPT_ASSISTANT)
+        if answer:
+            out.add(answer + MPT_SEP, trained=True)
+            out.add("\n")
+    return out
+
+
+BUILTIN = {"plain": _render_plain, "v1": _render_v1, "llama_2": _render_llama_2, "mpt": _render_mpt,
+           "qwen_1_5": _render_qwen_1_5}
 TEMPLATES = (*BUILTIN, "chat_template")
 
 
@@ -201,6 +219,24 @@ def _closing_tokens(tokenizer) -> set[str]:
             and "start" not in t.lower() and "begin" not in t.lower()}
 
 
+def _tokenizer_bos(text: str, tokenizer) -> str:
+    """What a client's tokenizer puts before ``text``, written as text: transformers' processors
+    (``apply_chat_template(tokenize=True)``, the image-text-to-text pipeline) add the tokenizer's
+    special tokens to a rendered prompt that does not start with bos, so a template that writes
+    none (llava-hf's, ours) is served with the tokenizer's bos; training gives it the same. ""
+    when the text starts with bos or the tokenizer adds none. For SentencePiece tokenizers a space
+    after bos keeps the first word's dummy prefix (measured on the text, not assumed)."""
+    bos = tokenizer.bos_token
+    if not bos or text.startswith(bos) or tokenizer("")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        return ""
+    want = tokenizer(text)["input_ids"]
+    for lead in (bos, bos + " "):
+        if tokenizer(lead + text, add_special_tokens=False)["input_ids"] == want:
+            return lead
+    raise ValueError(f"chat template of {tokenizer.name_or_path!r}: no text before the rendered prompt gives "
+                     f"the ids the tokenizer's own bos gives it")
+
+
 def _render_chat_template(conversations: list[dict], tokenizer) -> Rendered:
     if tokenizer is None:
         raise ValueError("template chat_template needs the tokenizer (render(..., tokenizer=tok))")
@@ -213,14 +249,15 @@ def _render_chat_template(conversations: list[dict], tokenizer) -> Rendered:
     if spans is None:
         spans = _answer_starts_by_prefix(conversations, tokenizer, text)
     specials = sorted(_closing_tokens(tokenizer), key=len, reverse=True)
-    out = Rendered(text=text, add_special_tokens=False)
+    lead = _tokenizer_bos(text, tokenizer)
+    out = Rendered(text=lead + text, add_special_tokens=False)
     for start, end in spans:
         closed = _end_of_turn(text, end, specials)
         if closed == end and tokenizer.name_or_path not in _warned_no_eot:
             _warned_no_eot.add(tokenizer.name_or_path)
             log.warning("chat template of %r closes an answer with no special end-of-turn token; "
                         "only the answer text is trained", tokenizer.name_or_path)
-        out.answer_spans.append((start, closed))
+        out.answer_spans.append((len(lead) + start, len(lead) + closed))
     return out
 
 

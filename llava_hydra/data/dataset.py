@@ -57,13 +57,15 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
                  image_token_id: int | None = None, num_image_tokens: int | ImageTokens = 576,
                  on_bad_sample: str = "raise", cache_dir=None, allow_images_outside_folder: bool = False,
-                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None):
         if on_bad_sample not in POLICIES:
             raise ValueError(f"data.on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         check_template(template)
         self.data_path = str(data_path)
         self.on_bad_sample = on_bad_sample
-        if cache_dir is not None:  # memory-mapped, shared by every rank and worker
+        if records is not None:  # given (a shard stream's, one sample at a time: data.stream): no file read
+            self.records, self.data_digest = records, None
+        elif cache_dir is not None:  # memory-mapped, shared by every rank and worker
             self.records, self.data_digest = open_records(data_path, cache_dir,
                                                           skip_bad_lines=on_bad_sample == "skip")
         else:

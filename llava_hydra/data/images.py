@@ -43,6 +43,7 @@ IMAGE_KINDS = {  # ImageError.kind -> what a report calls it (skip reasons, data
     "unreadable_image": "image files unreadable (corrupt, truncated)",
     "image_too_large": "images over data.max_image_pixels",
     "image_outside_folder": "image paths outside data.image_folder",
+    "multi_image_layout": "several images in one llava_onevision sample (its multi-image layout is not done yet)",
 }
 
 
@@ -94,7 +95,7 @@ def open_rgb(path: str | Path, max_pixels: int | None = None,
     ``draft(w, h) -> (w', h')``: the least size the caller needs; a JPEG is decoded at the
     smallest DCT scale (1/2, 1/4, 1/8) that keeps at least that many pixels. ``peak(w, h) ->
     (pixels, what)``: the largest image the pixel path will make of it, refused over ``max_pixels``."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path  # or a shard's bytes (data.stream)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}", "missing_image")
     if path.stat().st_size == 0:

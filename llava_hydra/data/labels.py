@@ -9,7 +9,7 @@ with projected image features.
 Tokenization is LLaVA's ``tokenizer_image_token``: the text is split at each ``<image>`` and
 every piece is tokenized as a string of its own (bos dropped after the first), so a
 SentencePiece tokenizer gives the text after an image its dummy-prefix ``▁`` exactly as LLaVA
-trains it. Chat-template renderings (which write their own bos) are tokenized whole.
+trains it. Chat-template renderings (bos written as text, see conversation._tokenizer_bos) are tokenized whole.
 
 A piece that starts with a space gets its dummy prefix too, as SentencePiece (and so LLaVA's
 slow ``LlamaTokenizer``) gives it: ``" Two"`` is ``▁ ▁Two``. transformers' fast Llama tokenizer
@@ -150,7 +150,7 @@ def tokenize(text: str, tokenizer, image_token_id: int,
     """Token ids (one ``image_token_id`` per ``<image>``) and character offsets of ``text``.
 
     With special tokens (the built-in templates): LLaVA's chunked tokenization. Without (a
-    chat template's rendering, which writes bos itself): the whole string at once."""
+    chat template's rendering, bos written as text where its tokenizer adds one): the whole string at once."""
     if not add_special_tokens or IMAGE_TOKEN not in text:
         (ids,), (offsets,) = _encode(tokenizer, [text], add_special_tokens)
         return ids, offsets

@@ -1,7 +1,9 @@
 """The embedded default's "pretrained" parts, generated locally: ``builtin://tiny-llama``
 (a 2-layer Llama with a byte-level BPE tokenizer trained here) and ``builtin://tiny-clip``
 (a 2-layer CLIP vision tower at 32 px; ``builtin://tiny-siglip`` the same as a SigLIP tower,
-which has no CLS token: ``model.vision_tower=builtin://tiny-siglip``). Random weights from a fixed seed, written once
+which has no CLS token: ``model.vision_tower=builtin://tiny-siglip``); ``builtin://tiny-qwen2`` a 2-layer
+Qwen2 with a ChatML tokenizer as Qwen2-Instruct's (no bos, eos ``<|im_end|>``, pad ``<|endoftext|>``,
+Qwen2-Instruct's chat template: model=tiny_onevision). Random weights from a fixed seed, written once
 under the cache directory and then loaded by the same ``from_pretrained`` code as a hub
 model, so the tiny default exercises the real loading path.
 """
@@ -42,6 +44,48 @@ def build_tokenizer(path: Path) -> None:
     fast.save_pretrained(path)
 
 
+QWEN2_CHAT_TEMPLATE = (  # Qwen2-Instruct's own (tokenizer_config.json of Qwen/Qwen2-7B-Instruct)
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def build_qwen2_tokenizer(path: Path) -> None:
+    """Byte-level BPE as Qwen2's: no bos, ChatML's turn tokens as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llava_hydra.data.synthetic import corpus
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = corpus() + ["system", "user", "assistant", "You are a helpful assistant."]
+    tok.train_from_iterator(texts * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = QWEN2_CHAT_TEMPLATE
+    fast.save_pretrained(path)
+
+
+def build_qwen2(path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    build_qwen2_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)  # as Qwen2-0.5B-Instruct
+    torch.manual_seed(1234)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+
+
 def build_llm(path: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -80,7 +124,7 @@ def build_siglip(path: Path) -> None:
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
 
 
-BUILDERS = {"tiny-llama": build_llm, "tiny-clip": build_clip, "tiny-siglip": build_siglip}
+BUILDERS = {"tiny-llama": build_llm, "tiny-clip": build_clip, "tiny-siglip": build_siglip, "tiny-qwen2": build_qwen2}
 
 
 def pretrained_path(name_or_path: str, cache_dir: str | Path) -> str:

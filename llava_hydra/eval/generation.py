@@ -7,7 +7,9 @@ data/chat_template.py). Images become pixel values by training's own function
 (``images.load_image``: the file checks, JPEG draft decoding, ``aspect`` square or pad, the
 pixels.py pipeline), so a model is evaluated on the pixel values it was trained on for the same
 file; the processor then only expands each ``<image>`` to the model's image-token run and
-tokenizes (adding no second bos to a prompt whose template wrote one). AnyRes (``aspect`` anyres /
+tokenizes as transformers' ``processor.apply_chat_template(tokenize=True)`` does: the tokenizer's
+bos is added unless the prompt already starts with one (our saved templates write none, as llava-hf's;
+a template that writes bos, e.g. Llama-3's, gets no second). AnyRes (``aspect`` anyres /
 anyres_max_N): the saved processor makes the crops and ``image_sizes`` from the decoded image,
 with the transformers image processor training used.
 """
@@ -68,8 +70,8 @@ def encode(processor, prompts: list[str], images: list, aspect: str, device=None
         return inputs.to(device) if device is not None else inputs
     pixels = [image_pixels(img, aspect, processor.image_processor) for img in images]
     # the processor expands each <image> by the pixel values' size and tokenizes; the pixel
-    # values themselves are training's, passed through its image processor unchanged. A prompt
-    # whose template wrote bos is tokenized without adding another (transformers' own rule in
+    # values themselves are training's, passed through its image processor unchanged. bos: the
+    # tokenizer's, unless the template wrote one (transformers' own rule in
     # processor.apply_chat_template): one <s>, as training had.
     bos = processor.tokenizer.bos_token
     written = bool(bos) and all(p.startswith(bos) for p in prompts)

@@ -3,8 +3,9 @@
 - a LoRA run directory or one of its ``checkpoint-N``: the base is rebuilt from the run's spec
   (as ``python -m llava_hydra.merge`` does), the adapter applied with peft and merged in memory;
   the processor carries the run's training template as its chat template;
-- a stage 2 run directory, a merged model, any HF-native LLaVA folder:
-  ``LlavaForConditionalGeneration`` + ``AutoProcessor.from_pretrained``.
+- a stage 2 run directory, a merged model, any HF-native LLaVA folder: its family's class
+  (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``, by the saved config)
+  + ``AutoProcessor.from_pretrained``.
 
 ``aspect`` is how images are made square before the image processor: the run's
 ``data.image_aspect_ratio`` when the folder holds a spec (``llava_hydra_spec.yaml`` or
@@ -65,8 +66,9 @@ def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
 def load_for_inference(path: str | Path, dtype: str | None = None, device: str | None = None):
     """(model in eval mode, processor, aspect) for a run directory, checkpoint or model folder."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
+    from llava_hydra.model.families import family_of_config, model_class
     from llava_hydra.model.precision import DTYPES
     from llava_hydra.model.processor import make_processor
 
@@ -79,8 +81,14 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
         model = model.merge_and_unload()
     elif (path / "config.json").exists():
         kwargs = {"dtype": DTYPES[dtype]} if dtype else {}
-        model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
-        processor = AutoProcessor.from_pretrained(str(path))
+        family = family_of_config(AutoConfig.from_pretrained(str(path)))  # LLaVA-1.5, LLaVA-NeXT, OneVision
+        model = model_class(family).from_pretrained(str(path), **kwargs)
+        if family == "llava_onevision":  # its AutoProcessor needs torchvision (model/onevision_processor.py)
+            from llava_hydra.model.onevision_processor import inference_processor
+
+            processor = inference_processor(path)
+        else:
+            processor = AutoProcessor.from_pretrained(str(path))
     else:
         raise FileNotFoundError(f"{path}: neither a model (config.json) nor a LoRA adapter (adapter_config.json); "
                                 f"a stage 1 run saves only the projector: chat with its stage 2 run")
@@ -88,4 +96,6 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device).eval()
     processor.tokenizer.padding_side = "left"  # batched generation
-    return model, processor, _spec_aspect(path) or "pad"
+    default = getattr(model.config, "vision_aspect_ratio", None) or ("anyres" if family_of_config(model.config) == "llava_next"
+                                                                       else "pad")  # a folder without its run's spec
+    return model, processor, _spec_aspect(path) or default

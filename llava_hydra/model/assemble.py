@@ -99,6 +99,10 @@ def assemble(cfg, dtype: torch.dtype, attn: str):
         extra["image_grid_pinpoints"] = pinpoints_for(family, m.get("image_grid_pinpoints"), vc.image_size)
         if family == "llava_onevision":
             extra["vision_aspect_ratio"] = cfg.data.image_aspect_ratio
+            # LlavaOnevisionProcessor counts its video token in every prompt: it must be a token of its own
+            # (else it is the unk id, and padding a batch trips the processor's count), as in llava-hf's models
+            tokenizer.add_tokens(["<video>"], special_tokens=True)
+            extra["video_token_index"] = tokenizer.convert_tokens_to_ids("<video>")
         image_processor = family_image_processor(family, image_processor, vc, extra["image_grid_pinpoints"])
     config = config_class(family)(
         vision_config=vc, text_config=llm.config,
@@ -123,8 +127,11 @@ def assemble(cfg, dtype: torch.dtype, attn: str):
         model.model.multi_modal_projector = projector_cls(config).to(dtype)
     init_projector(model.model.multi_modal_projector, m.mm_projector_type)
     if hasattr(model.model, "image_newline"):  # LLaVA-NeXT's init: randn / sqrt(hidden size)
-        hidden = config.text_config.hidden_size
-        model.model.image_newline = torch.nn.Parameter((torch.randn(hidden) / math.sqrt(hidden)).to(dtype))
+        # from a fixed seed: under LoRA it stays frozen (not in the adapter), and the base that merge / eval
+        # rebuild must hold the newline training saw
+        hidden, fixed = config.text_config.hidden_size, torch.Generator().manual_seed(0)
+        newline = torch.randn(hidden, generator=fixed) / math.sqrt(hidden)
+        model.model.image_newline = torch.nn.Parameter(newline.to(dtype))
     if quant is not None:  # what PEFT and Trainer look at to treat the model as k-bit
         model.hf_quantizer = llm.hf_quantizer
         model.is_loaded_in_4bit, model.is_loaded_in_8bit = cfg.lora.bits == 4, cfg.lora.bits == 8
@@ -141,9 +148,14 @@ def load_pretrained_llava(cfg, dtype: torch.dtype, attn: str):
     path = pretrained_path(m.pretrained_llava, cfg.paths.cache_dir)
     quant = quantization_config(cfg.lora, dtype,  # transformers 5 wants full module paths here
                                 skip=["model.vision_tower", "model.multi_modal_projector", "lm_head"])
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=m.trust_remote_code)
-    tokenizer = finish_tokenizer(processor.tokenizer, path, m.model_max_length)
     family = family_of_config(AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code))
+    if family == "llava_onevision":  # its AutoProcessor needs torchvision (model/onevision_processor.py)
+        from llava_hydra.model.onevision_processor import load_parts
+
+        processor = load_parts(path, m.trust_remote_code)
+    else:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=m.trust_remote_code)
+    tokenizer = finish_tokenizer(processor.tokenizer, path, m.model_max_length)
     model = model_class(family).from_pretrained(path, dtype=dtype, attn_implementation=attn,
                                                           quantization_config=quant,
                                                           trust_remote_code=m.trust_remote_code)

@@ -32,6 +32,24 @@ def placeholder_image(llava_model, device) -> torch.Tensor:
     return torch.zeros(1, getattr(vision, "num_channels", 3), size, size, dtype=dtype, device=device)
 
 
+def placeholder_inputs(llava_model, device) -> dict:
+    """get_image_features' image inputs for the zero image: an AnyRes model (LLaVA-NeXT / OneVision)
+    also takes its size and the crops its grid cuts it into (base view + crops, 4-D concatenated)."""
+    pixels = placeholder_image(llava_model, device)
+    pinpoints = getattr(llava_model.config, "image_grid_pinpoints", None)
+    if not pinpoints:
+        return {"pixel_values": pixels}
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    size = pixels.shape[-1]
+    n = image_size_to_num_patches(image_size=(size, size), grid_pinpoints=pinpoints, patch_size=size)
+    extra = {"pixel_values": pixels.expand(n, -1, -1, -1).contiguous(),
+             "image_sizes": torch.tensor([[size, size]], device=device)}
+    if getattr(llava_model.config, "vision_aspect_ratio", None):  # OneVision
+        extra["vision_aspect_ratio"] = llava_model.config.vision_aspect_ratio
+    return extra
+
+
 def placeholder_needed(llava_model) -> bool:
     """Several processes (their collectives must match), or a tower / projector that learns."""
     if world_size() > 1:
@@ -43,7 +61,7 @@ def placeholder_needed(llava_model) -> bool:
 def zero_from_placeholder(llava_model, device, vision_feature_layer=None, vision_feature_select_strategy=None):
     """A scalar zero that depends on the tower's and projector's output for the placeholder image
     (``(features * 0).sum()``: zero even where a sum of the features would overflow)."""
-    out = llava_model.get_image_features(pixel_values=placeholder_image(llava_model, device),
+    out = llava_model.get_image_features(**placeholder_inputs(llava_model, device),
                                          vision_feature_layer=vision_feature_layer,
                                          vision_feature_select_strategy=vision_feature_select_strategy,
                                          return_dict=True)

@@ -3,8 +3,9 @@
 ``LlavaProcessor`` with the run's tokenizer and chat template, and an image processor that makes
 the pixels training made for the run's ``image_aspect_ratio`` (model/saved_pixels.py: ``pad`` ->
 ``LlavaImageProcessor`` with ``do_pad``, ``square`` -> the tower's own). The AnyRes families
-(``model.family``): their own processor class (``LlavaNextProcessor``), which expands each
-``<image>`` by the image's size as data/image_tokens.py counts it."""
+(``model.family``): their own processor class (``LlavaNextProcessor``; ``LlavaOnevisionProcessor``,
+written by model/onevision_processor.py where transformers cannot build it without torchvision), which
+expands each ``<image>`` by the image's size as data/image_tokens.py counts it."""
 
 from __future__ import annotations
 
@@ -49,4 +50,6 @@ def _anyres_processor(tokenizer, image_processor, config):
         return processor_class(family)(patch_size=config.vision_config.patch_size,
                                        num_additional_image_tokens=1 if has_cls_token(config.vision_config) else 0,
                                        **common)
-    raise NotImplementedError(f"saving a processor for model.family={family} is not done yet (README 'Model families')")
+    from llava_hydra.model.onevision_processor import onevision_processor
+
+    return onevision_processor(tokenizer, image_processor, config)

@@ -46,7 +46,7 @@ FINAL_OUTPUTS = ("mm_projector.safetensors", "model.safetensors", "model.safeten
 RESUMABLE_CHANGES = ("run_dir", "data.preset_path", "paths.", "eval.", "launcher.", "tracking.", "training.output_dir",
                      "training.resume_from_checkpoint", "training.resume_allow_spec_change",
                      "training.overwrite_output_dir", "training.save_steps",
-                     "training.save_total_limit", "training.save_strategy", "training.logging_steps",
+                     "training.save_total_limit", "training.save_on_each_node", "training.save_strategy", "training.logging_steps",
                      "training.report_to", "training.run_name", "training.disable_tqdm",
                      "training.dataloader_num_workers", "training.per_device_eval_batch_size",
                      "training.eval_strategy", "training.save_every_minutes", "training.checkpoint_on_signals",
@@ -257,10 +257,11 @@ def existing_run(run_dir: str | os.PathLike) -> list[str]:
 
 
 def claim_run_dir(run_dir: str, spec: dict, request, *, is_main: bool, overwrite: bool = False,
-                  allow_spec_change: bool = False) -> tuple[str | None, str]:
+                  allow_spec_change: bool = False, record: bool = True) -> tuple[str | None, str]:
     """Make ``run_dir`` this run's, before anything heavy: lock it (main process), refuse it if
     another run's checkpoints or outputs are there and this run does not resume them, and pick
-    the checkpoint to resume (spec-checked). Returns (checkpoint or None, run id)."""
+    the checkpoint to resume (spec-checked). Returns (checkpoint or None, run id). ``record=False``:
+    run.json is left to the caller (``record_run``; several nodes agree on the run first: train.nodes)."""
     if is_main:
         lock_run_dir(run_dir)
     left = existing_run(run_dir)
@@ -293,10 +294,19 @@ def claim_run_dir(run_dir: str, spec: dict, request, *, is_main: bool, overwrite
         run_id = read_record(checkpoint).get("run_id") or owner.get("run_id") or _new_run_id()
     else:
         run_id = _new_run_id()
-    if is_main and (not owner or owner.get("run_id") != run_id):
+    if is_main and record:
+        record_run(run_dir, run_id, checkpoint)
+    return checkpoint, run_id
+
+
+def record_run(run_dir: str, run_id: str, checkpoint: str | None) -> None:
+    """Write run.json naming ``run_id`` (with the resumed checkpoint as its list when it is in
+    ``run_dir``), unless it or the latest checkpoint already names that run."""
+    owner = _read_run_file(run_dir) or next((read_record(p) for p in numbered_checkpoints(run_dir)), {})
+    inside = checkpoint is not None and Path(checkpoint).resolve().parent == Path(run_dir).resolve()
+    if not owner or owner.get("run_id") != run_id:
         _write_json(Path(run_dir) / RUN_FILE, {"run_id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                "checkpoints": listed_entries(checkpoint, MANIFEST) if inside else []})
-    return checkpoint, run_id
 
 
 def _new_run_id() -> str:

@@ -24,16 +24,20 @@ import shutil
 from dataclasses import dataclass
 
 import torch
-from transformers import LlavaForConditionalGeneration, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
+from llava_hydra.model.families import is_llava_outer
 from llava_hydra.train.checkpoint_trust import note_written, save_errors_named
+from llava_hydra.train.fsdp2 import Fsdp2Engine, full_tensors
 from llava_hydra.train.guards import GuardedSteps
+from llava_hydra.train.nodes import complete_node_copy
 from llava_hydra.train.checkpoints import MANIFEST, RUN_FILE, STAGING_DIR, read_record, write_checkpoint_record
 from llava_hydra.model.llava import OWN_LR
 from llava_hydra.model.projector import PROJECTOR_FILE, projector_state
 from llava_hydra.train.param_groups import parameter_groups, part_groups
 from llava_hydra.sampling.sampler import LengthGroupedSampler
 from llava_hydra.train.source_loss import SourceLoss
+from llava_hydra.train.stream_loader import StreamTraining  # a ShardStream's loader, resume, position
 from llava_hydra.config.validate import check_choice
 
 log = logging.getLogger(__name__)
@@ -66,7 +70,7 @@ class LlavaTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<source>, tokens/<source> of a mixture
+class LLaVATrainer(StreamTraining, GuardedSteps, SourceLoss, Fsdp2Engine, Trainer):  # SourceLoss: loss/<source>, tokens/<source> of a mixture
     def __init__(self, *args, save_projector_only: bool = False, held_out_eval=None, run_id: str | None = None,
                  run_spec: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -199,6 +203,7 @@ class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<sour
             staged = os.path.join(staging, name)
             with save_errors_named(staged, staging):
                 self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the final best path
+                complete_node_copy(staged)  # node-local copies under DeepSpeed (train.nodes)
                 write_checkpoint_record(staged, self.run_id, self.run_spec, loss_sum, getattr(self, "run_data", None))
             if os.path.exists(final):  # re-saving a step after a resume: replace it
                 shutil.rmtree(final)
@@ -283,7 +288,7 @@ class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<sour
             from llava_hydra.model.projector import load_projector
 
             return load_projector(target, os.path.join(resume_from_checkpoint, PROJECTOR_FILE))
-        if not isinstance(target, LlavaForConditionalGeneration):  # PEFT-wrapped: adapter checkpoints
+        if not is_llava_outer(target):  # PEFT-wrapped: adapter checkpoints (any family: LLaVA-NeXT, OneVision too)
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         # save_pretrained writes Llava under its legacy key names, which Trainer's own
         # load_state_dict(strict=False) would silently skip (resuming from the initial weights);
@@ -294,11 +299,11 @@ class LLaVATrainer(GuardedSteps, SourceLoss, Trainer):  # SourceLoss: loss/<sour
 
 
 def gathered_projector_state(model) -> dict[str, torch.Tensor]:
-    """The projector's weights, gathered first when ZeRO-3 has partitioned them (all ranks call this)."""
+    """The projector's weights, gathered first when ZeRO-3 or FSDP2 has sharded them (all ranks call this)."""
     params = list(model.model.multi_modal_projector.parameters())
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return projector_state(model)
-    return projector_state(model)
+    return full_tensors(projector_state(model))  # FSDP2: DTensor shards gathered whole

@@ -8,7 +8,7 @@ and write what the data-parallel tests check to $MIXED_OUT:
   it (the first ``world * per_device`` samples: with ``SEQUENTIAL=1`` the train sampler is a
   sequential one, so rank r's micro-batch is the r-th block of ``per_device`` samples);
 - ``rank<R>.json``: the run's log history, the distributed type accelerate ran under, the class
-  of the wrapped model, and a digest of every trainable parameter (unpartitioned runs only).
+  of the wrapped model, and a digest of every trainable parameter (not under ZeRO-3; FSDP2's gathered).
 
 With ``RAISE_AT_STEP=N`` (and ``RAISE_ON_RANK``, default 1) that rank raises at step N.
 """
@@ -62,7 +62,10 @@ def train(self, *args, **kwargs):
     out = original_train(self, *args, **kwargs)
     digest = None
     if not any(hasattr(p, "ds_id") for p in model.parameters()):
-        digest = {name: hashlib.sha256(p.detach().double().numpy().tobytes()).hexdigest()
+        from torch.distributed.tensor import DTensor  # FSDP2's shards: gathered whole (every rank)
+
+        digest = {name: hashlib.sha256((p.full_tensor() if isinstance(p, DTensor) else p).detach().double()
+                                       .numpy().tobytes()).hexdigest()
                   for name, p in self.accelerator.unwrap_model(self.model).named_parameters() if p.requires_grad}
     from accelerate.state import PartialState
 
