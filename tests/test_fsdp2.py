@@ -11,7 +11,8 @@ FSDP sums in another order than DDP's all-reduce); final weights within 1e-6 (me
 final folder is HF-native with the key names one process writes, and stage 1 writes only the
 projector. ``grad_op`` and hybrid shard on four ranks (2 replicas x 2 shards) train as DDP too; bf16 runs
 with bf16 compute and fp32 reduction. Kill-and-resume under FSDP2 is in test_resume_matrix.py, the
-mixed-modality and one-rank-fails cases in test_data_parallel.py.
+mixed-modality and one-rank-fails cases in test_data_parallel.py, the preemption checkpoint (SIGTERM to
+one rank) and the NaN stop in test_preemption.py.
 """
 
 from __future__ import annotations

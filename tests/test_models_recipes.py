@@ -90,7 +90,8 @@ SCRIPTS = {
 
 def test_every_experiment_option_is_a_script():
     assert set(options("experiment")) == {f"llava15_{s}_{k}" for s in ("7b", "13b") for k in SCRIPTS} | {
-        "onevision_7b_pretrain", "onevision_7b_si", "onevision_7b_ov"}  # LLaVA-NeXT's: test_onevision_presets.py
+        "onevision_7b_pretrain", "onevision_7b_si", "onevision_7b_ov",  # LLaVA-NeXT's: test_onevision_presets.py
+        "tiny_details"}  # not a script: the AnyRes-vs-base detail task (tests/test_details_compare.py)
 
 
 @pytest.mark.parametrize("size", ["7b", "13b"])

@@ -261,8 +261,8 @@ def test_chat_template_keeps_several_images_where_they_stand(chat_toks, tmp_path
         messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
                     for t in INTERLEAVED[:n_messages]]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        ids = []
-        for t in tok(text, add_special_tokens=False)["input_ids"]:
+        ids = []  # the template writes no bos: the tokenizer adds it, as for llava-hf's models (tests/test_served_bos.py)
+        for t in tok(text)["input_ids"]:
             ids += [t] * (n_img if t == image_id else 1)
         assert ids == want, tok.convert_ids_to_tokens(want)
     red = Image.new("RGB", (28, 28), "red")

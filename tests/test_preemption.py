@@ -3,7 +3,11 @@ and resuming it ends exactly where an uninterrupted run does (one process; two p
 on the step when only one rank got the signal); a time-based save interval saves whatever
 save_steps says; a non-finite loss or gradient stops the run naming the step (or skips the step
 under training.on_nonfinite=skip); a full disk is named as such. Checkpoint trust (NaN weights,
-planted directories): test_checkpoint_trust.py."""
+planted directories): test_checkpoint_trust.py.
+
+The SIGTERM and NaN cases also run under FSDP2 (``-m slow``, engine ``fsdp2``): two processes on
+gloo, the signal sent to rank 1 only; both ranks stop at the same step, the checkpoint resumes to
+the uninterrupted FSDP2 run exactly."""
 
 from __future__ import annotations
 
@@ -26,11 +30,30 @@ SMALL = ["data.synthetic.num_images=48", "data.synthetic.num_text_only=16", "dat
          "training.max_steps=6", "training.save_steps=3", "training.logging_steps=1",
          "training.per_device_train_batch_size=4", "training.save_total_limit=2", "eval.enable=false",
          "stage=finetune", "stage.pretrain_mm_mlp_adapter=null"]
+# engine -> (overrides, processes, environment): fsdp2 keeps the global batch of 4 and signals rank 1 only
+ENGINES = {"one": ((), 1, {}),
+           "fsdp2": (("deepspeed=none", "fsdp=full", "training.per_device_train_batch_size=2"), 2, {"SIGNAL_RANK": "1"})}
+SLOW_FSDP2 = pytest.param("fsdp2", marks=pytest.mark.slow)
 
 
-def launch(out: Path, cache: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(HELPER), f"run_dir={out}", f"paths.cache_dir={cache}", *SMALL, *overrides]
-    return subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+def launch(out: Path, cache: Path, *overrides: str, engine: str = "one", **env: str) -> subprocess.CompletedProcess:
+    engine_overrides, nproc, engine_env = ENGINES[engine]
+    args = [str(HELPER), f"run_dir={out}", f"paths.cache_dir={cache}", *SMALL, *engine_overrides, *overrides]
+    if nproc > 1:
+        return torchrun(*args, nproc=nproc, env={**engine_env, **env}, timeout=300)
+    return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def exited(done: subprocess.CompletedProcess, engine: str, status: int) -> bool:
+    """The run exited with ``status``; under torchrun: the first rank to exit did (torchrun then sends
+    SIGTERM to the others, which may be gone already: their own status or -15)."""
+    if ENGINES[engine][1] == 1:
+        return done.returncode == status
+    ranks = done.stderr.split("Failures:")[-1]
+    first = ranks.split("Root Cause (first observed failure):")[-1]
+    codes = ranks.count(f"exitcode  : {status} ") + ranks.count("exitcode  : -15 ")
+    return done.returncode != 0 and f"exitcode  : {status} " in first and codes == ENGINES[engine][1]
 
 
 def logged_losses(checkpoint: Path) -> dict[int, float]:
@@ -48,28 +71,38 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("whole")
-    done = launch(out, cache)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def uninterrupted(tmp_path_factory, cache):
+    """The uninterrupted run of each engine, made once."""
+    made = {}
+
+    def get(engine):
+        if engine not in made:
+            made[engine] = tmp_path_factory.mktemp(f"whole-{engine}")
+            done = launch(made[engine], cache, engine=engine)
+            assert done.returncode == 0, done.stderr[-3000:]
+        return made[engine]
+
+    return get
 
 
 @pytest.mark.e2e
-def test_sigterm_saves_the_next_step_exits_143_and_resumes_to_the_uninterrupted_result(tmp_path, cache, whole):
-    out = tmp_path / "run"
-    stopped = launch(out, cache, SIGNAL_AT_STEP="4", SIGNAL="SIGTERM")  # arrives while step 5 is computed
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
-    assert "SIGTERM received: saving a checkpoint at the end of this optimizer step" in stopped.stderr
-    assert f"preempted at step 5 by SIGTERM: {out}/checkpoint-5 written; resume with " \
-           "training.resume_from_checkpoint=auto (exit status 143)" in stopped.stderr
+@pytest.mark.parametrize("engine", ["one", SLOW_FSDP2])
+def test_sigterm_saves_the_next_step_exits_143_and_resumes_to_the_uninterrupted_result(tmp_path, cache,
+                                                                                        uninterrupted, engine):
+    out, nproc = tmp_path / "run", ENGINES[engine][1]
+    stopped = launch(out, cache, engine=engine, SIGNAL_AT_STEP="4", SIGNAL="SIGTERM")  # arrives in step 5
+    assert exited(stopped, engine, 143), stopped.stderr[-3000:]
+    assert stopped.stderr.count("SIGTERM received: saving a checkpoint at the end of this optimizer step") == 1
+    assert stopped.stderr.count(f"preempted at step 5 by SIGTERM: {out}/checkpoint-5 written; resume with "
+                                "training.resume_from_checkpoint=auto (exit status 143)") == nproc  # each rank
     assert (out / "checkpoint-5" / "model.safetensors").exists() and not (out / "checkpoint-6").exists()
     assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()  # not a finished run
     assert listed(out) == ["checkpoint-3", "checkpoint-5"]
 
-    resumed = launch(out, cache, "training.resume_from_checkpoint=auto")
+    resumed = launch(out, cache, "training.resume_from_checkpoint=auto", engine=engine)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and "checkpoint-5" in resumed.stderr
+    whole = uninterrupted(engine)
     losses = logged_losses(whole / "checkpoint-6")
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert logged_losses(out / "checkpoint-6") == losses
@@ -111,19 +144,21 @@ def test_save_every_minutes_saves_whatever_save_steps_says(tmp_path, cache):
 
 
 @pytest.mark.e2e
-def test_a_nan_run_stops_naming_the_step_and_saves_nothing(tmp_path, cache):
+@pytest.mark.parametrize("engine", ["one", SLOW_FSDP2])
+def test_a_nan_run_stops_naming_the_step_and_saves_nothing(tmp_path, cache, engine):
     out = tmp_path / "run"
-    done = launch(out, cache, "training.learning_rate=1e6")  # the issue's run: exited 0 with NaN weights
-    assert done.returncode == 1
+    done = launch(out, cache, "training.learning_rate=1e6", engine=engine)  # the issue's run: exited 0, NaN weights
+    assert exited(done, engine, 1), done.stderr[-3000:]
     assert "NonFiniteError: step 3: the gradient norm is nan; training stopped before the optimizer applied it" \
         in done.stderr
     assert "training.on_nonfinite=skip" in done.stderr
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
     assert not list(out.glob("checkpoint-*"))  # save_steps=3: the NaN step 3 is never saved
 
-    injected = launch(tmp_path / "nan4", cache, NAN_AT_STEP="4")
-    assert injected.returncode == 1
-    assert "NonFiniteError: step 4: the loss is nan and the gradient norm is nan" in injected.stderr
+    injected = launch(tmp_path / "nan4", cache, engine=engine, NAN_AT_STEP="4")
+    assert exited(injected, engine, 1), injected.stderr[-3000:]
+    on_rank = " on rank 0" if ENGINES[engine][1] > 1 else ""  # the lowest rank whose loss is NaN (here: all)
+    assert f"NonFiniteError: step 4: the loss is nan{on_rank} and the gradient norm is nan" in injected.stderr
     assert (tmp_path / "nan4" / "checkpoint-3").exists() and not (tmp_path / "nan4" / "checkpoint-6").exists()
 
 

@@ -25,6 +25,8 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = ["data.synthetic.num_images=32", "data.synthetic.num_text_only=8", "data.synthetic.num_eval=4",
          "training.per_device_train_batch_size=4", "training.max_steps=2", "eval.max_samples=2"]
+DETAILS = ("a full training run (minutes); tests/test_details_compare.py (slow) runs both of README's detail-task "
+           "commands at a reduced budget and asserts the margin")
 HUB_GPU = "needs the LLaVA-1.5 hub weights (vicuna, CLIP-L/336), LLaVA's data under ./playground and GPUs"
 
 # command as README writes it (continuation lines joined, comments dropped) -> ("run", exit status,
@@ -95,6 +97,8 @@ COMMANDS = {
     "python -m llava_hydra.data.preview --index 3 stage=finetune": ("run", 0, True),
     "python -m llava_hydra model=tiny_next": ("run", 0, True),
     "python -m llava_hydra model=tiny_next stage=finetune": ("run", 0, True),
+    "python -m llava_hydra experiment=tiny_details model=tiny": ("skip", DETAILS),
+    "python -m llava_hydra experiment=tiny_details model=tiny_next": ("skip", DETAILS),
     # model=tiny_onevision: both stages (and the stock client) run by tests/test_onevision_e2e.py (slow), kept out
     # of this default-suite test's time; the OneVision / LLaVA-NeXT presets name hub weights
     "python -m llava_hydra model=tiny_onevision": ("skip", "run by tests/test_onevision_e2e.py (pytest -m slow)"),

@@ -176,6 +176,9 @@ def test_choices_equal_the_tables_the_code_branches_on():
     assert set(CHOICES["model.mm_vision_select_feature"]) == set(SELECT_FEATURES)
     assert set(CHOICES["model.dtype"]) == {"auto", *DTYPES}
     assert set(CHOICES["training.length_grouping"]) == set(sampler.MODES)
+    from llava_hydra.data import synthetic
+
+    assert set(CHOICES["data.synthetic.task"]) == set(synthetic.TASKS) == {"shapes", "details"}
 
 
 def test_did_you_mean():

@@ -147,7 +147,7 @@ def run(cfg: DictConfig) -> float | None:
     #    models while the other ranks wait.
     with args.main_process_first(local=False, desc="synthetic data and builtin models"):
         if prepare_synthetic(cfg):
-            log.info("generated the synthetic shapes dataset under %s", synthetic_root(cfg))
+            log.info("generated the synthetic dataset (%s) under %s", cfg.data.synthetic.task, synthetic_root(cfg))
         for name in (cfg.model.llm, cfg.model.vision_tower):
             pretrained_path(name, cfg.paths.cache_dir)
     streamed = bool(cfg.data.stream.shards)  # shards streamed through fsspec (llava_hydra.data.stream)

@@ -66,6 +66,7 @@ class SyntheticSpec:
     num_text_only: int = 240
     num_eval: int = 200
     seed: int = 0
+    task: str = "shapes"  # shapes (data/synthetic.py) | details: the high-resolution task (data/details.py)
 
 
 @dataclass
@@ -244,6 +245,7 @@ CHOICES: Dict[str, tuple] = {
     "model.family": ("llava", "llava_next", "llava_onevision"),  # config.families.FAMILIES
     "model.mm_patch_merge_type": ("flat", "spatial_unpad"),  # config.families.MERGE_TYPES
     "data.on_bad_sample": ("raise", "skip"),
+    "data.synthetic.task": ("shapes", "details"),  # data.synthetic.TASKS
     "lora.bias": ("none", "all", "lora_only"),  # peft's
     "lora.bits": (16, 8, 4),
     "lora.quant_type": ("nf4", "fp4"),  # bitsandbytes'

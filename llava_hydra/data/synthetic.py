@@ -7,7 +7,8 @@ likely answers, so a model that ignores the image scores at most 0.25.
 
 The data lives only under ``<paths.cache_dir>/synthetic`` (``synthetic_root``): ``prepare``
 generates it there when the spec reads from there, and never writes anywhere else, so a run
-given a user's ``data.data_path`` only reads the user's files.
+given a user's ``data.data_path`` only reads the user's files. ``data.synthetic.task=details``
+generates the high-resolution task (data/details.py) instead, under ``<root>/details``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 COLOR_QUESTIONS = ("What color is the shape?", "Which color is the object in the image?", "What is the color of the shape?")
 SHAPE_QUESTIONS = ("What shape is this?", "Which shape is shown in the image?", "What kind of shape do you see?")
 CAPTION_PROMPTS = ("Describe the image briefly.", "What is in the picture?", "Give a short caption.")
+TASKS = ("shapes", "details")  # data.synthetic.task: these shapes, or data/details.py's textures
 REPEAT_WORDS = ("apple", "river", "stone", "cloud", "paper", "music", "garden", "window", "bread", "light")
 
 
@@ -124,6 +126,10 @@ def prepare(cfg) -> bool:
     if d.synthetic is None or not any(_under(p, root) for p in (d.data_path, d.image_folder, eval_data_path(cfg))):
         return False
     s = d.synthetic
+    if s.get("task", "shapes") == "details":  # the high-resolution task (data/details.py), in its own folder
+        from llava_hydra.data.details import ensure_generated as ensure_details
+
+        return ensure_details(root / "details", s.num_images, s.num_eval, s.seed)
     return ensure_generated(root, s.num_images, s.num_text_only, s.num_eval, s.seed)
 
 
