@@ -13,6 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 from llava_hydra.config.schema import check_resolves, register_configs
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+# A process the tests start that dies of a fatal signal (SIGABRT from C++ at exit, SIGSEGV) prints
+# every thread's Python stack to the stderr the test shows.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 from local_parts import save_parts  # noqa: E402
 
 

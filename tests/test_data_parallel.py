@@ -113,7 +113,7 @@ def test_a_text_only_rank_steps_with_the_one_process_loss(tmp_path, mixed_data, 
     out = tmp_path / "out"
     out.mkdir()
     done = run_mixed(out, mixed_data, cache, *overrides)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, done.stderr[-8000:]  # room for a rank's fault-handler stacks
     loss, grad_norm = reference_step(out, TOWER_TRAINS in overrides)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank in ranks:

@@ -55,11 +55,18 @@ def start_process_group(cpu: bool = False, deepspeed: bool = False) -> str | Non
 def end_process_group() -> None:
     """Leave the process group before the interpreter exits: a gloo rank whose group is still
     alive then can abort ("terminate called without an active exception"), and torchrun reports
-    a finished run as failed."""
+    a finished run as failed. What still holds the group's work (a DeepSpeed engine and the hooks
+    it put on the model: reference cycles that outlive the run's function) is collected first,
+    while the interpreter is whole, and again after the group is gone, rather than torn down with
+    the interpreter, when freeing gloo's pending work cannot take the GIL and aborts."""
+    import gc
+
     import torch.distributed as dist
 
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 @contextlib.contextmanager
