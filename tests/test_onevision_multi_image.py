@@ -203,6 +203,9 @@ def test_truncation_keeps_whole_views_and_refuses_one_of_several(folder, qwen_to
                                              r"1 of this record's 3 images") as e:
         dataset(folder, qwen_tok, [record], model_max_length=70)[0]  # inside the second run: one view of three
     assert e.value.reason == "multi_image_layout"
+    skipping = dataset(folder, qwen_tok, [record, TEXT], model_max_length=70, on_bad_sample="skip")
+    assert "pixel_values" not in skipping[0]  # the text-only record stands in, and the skip is counted
+    assert skipping.report()["by_reason"] == {"multi_image_layout": 1}
 
 
 def test_length_pass_and_cache_key_count_one_view_each(folder, qwen_tok):
