@@ -206,6 +206,15 @@ def test_truncation_keeps_whole_views_and_refuses_one_of_several(folder, qwen_to
     skipping = dataset(folder, qwen_tok, [record, TEXT], model_max_length=70, on_bad_sample="skip")
     assert "pixel_values" not in skipping[0]  # the text-only record stands in, and the skip is counted
     assert skipping.report()["by_reason"] == {"multi_image_layout": 1}
+    from llava_hydra.data.check import check_dataset  # python -m llava_hydra.data.check finds it before training
+
+    found = check_dataset(dataset(folder, qwen_tok, [record, TEXT, record], model_max_length=70))
+    assert found["found"]["multi_image_layout"] == [[0, "three_turns", "truncation at model_max_length=70 keeps 1 "
+                                                     "of its 3 images (a OneVision image of several is one view + a "
+                                                     "newline; one alone is cropped)"], [2, "three_turns", mock.ANY]]
+    assert (found["errors"], found["bad_samples"], found["found"]["over_length"]) == (2, 2, [])
+    kept_two = check_dataset(dataset(folder, qwen_tok, [record], model_max_length=110))
+    assert (kept_two["errors"], kept_two["found"]["over_length"]) == (0, [[0, "three_turns", "136 tokens"]])
 
 
 def test_length_pass_and_cache_key_count_one_view_each(folder, qwen_tok):

@@ -12,7 +12,8 @@ client calls it for one sample (``images=[[a, b, ...]]``), and the sample carrie
 
 Truncation at ``model_max_length`` may keep only some of a record's images. Two or more stay one view
 each. Exactly one kept of several cannot be told to the model (``batch_num_images == 1`` means crops,
-and its run was counted as one view): that sample is refused as ``multi_image_layout``.
+and its run was counted as one view): that sample is refused as ``multi_image_layout``
+(``keeps_one_of_several`` finds such records for ``data.check``).
 """
 
 from __future__ import annotations
@@ -52,3 +53,19 @@ def multi_view_images(source: ImageSource, names: list[str], image_processor, of
             raise ImageError(f"image {name}: decoded size {tuple(size)} is not its header's "
                              f"{size_of(source, name)}", "unreadable_image")
     return {"pixel_values": pixels, "image_sizes": sizes, "batch_num_images": torch.tensor([len(names)])}
+
+
+def keeps_one_of_several(ds, i: int) -> str | None:
+    """For ``data.check``: why record i of a LazySupervisedDataset would be refused because truncation keeps
+    one of its several images (OneVision only), else None. Encodes the record (no image decoded); call it for
+    over-length records only."""
+    if not getattr(ds.image_tokens, "multi_view", False):
+        return None
+    try:
+        e, images = ds.encode(i)
+    except ValueError:  # nothing to train, or a bad record: found by the other checks
+        return None
+    if len(images) > 1 and e.num_images == 1:
+        return (f"truncation at model_max_length={ds.model_max_length} keeps 1 of its {len(images)} images "
+                f"(a OneVision image of several is one view + a newline; one alone is cropped)")
+    return None
