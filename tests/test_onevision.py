@@ -115,7 +115,7 @@ def test_saved_processor_files_are_transformers_own(qwen_tok, tmp_path):
     assert (saved["image_processor"]["image_mean"], saved["video_processor"]["image_mean"]) == ([0.5] * 3, [0.5] * 3)
 
 
-def test_several_images_in_a_onevision_sample_are_refused_not_cropped(tmp_path):
+def test_several_images_in_a_onevision_sample_take_one_view_each_not_crops(tmp_path):
     from PIL import Image
     from transformers import LlavaOnevisionImageProcessorPil
 
@@ -126,9 +126,12 @@ def test_several_images_in_a_onevision_sample_are_refused_not_cropped(tmp_path):
         Image.new("RGB", (40, 50), (200, 30, 30)).save(tmp_path / name)
     processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32], [32, 64]])
     source = ImageSource(folder=tmp_path)
-    assert anyres_images(source, ["a.png"], processor)["image_sizes"].tolist() == [[50, 40]]
-    with pytest.raises(ImageError, match="multi-image layout") as e:
-        anyres_images(source, ["a.png", "b.png"], processor)
+    one = anyres_images(source, ["a.png"], processor)
+    assert one["image_sizes"].tolist() == [[50, 40]] and one["pixel_values"].shape == (2, 3, 32, 32)  # base + 1x1
+    two = anyres_images(source, ["a.png", "b.png"], processor)  # tests/test_onevision_multi_image.py: the rest
+    assert two["pixel_values"].shape == (2, 3, 32, 32) and two["batch_num_images"].tolist() == [2]
+    with pytest.raises(ImageError, match="keeps 1 of this record's 2 images") as e:  # truncation kept one
+        anyres_images(source, ["a.png"], processor, of=2)
     assert e.value.kind == "multi_image_layout"
 
 

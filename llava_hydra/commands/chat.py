@@ -17,6 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from PIL import Image
+
+from llava_hydra.config.families import is_anyres
+from llava_hydra.data.images import open_rgb
 from llava_hydra.eval.generation import (assistant_message, encode, generation_kwargs, image_pixels, render,
                                          user_message)
 
@@ -27,25 +31,33 @@ class Chat:
     """One conversation with a model: ``ask(text)`` streams and returns the answer."""
 
     def __init__(self, model, processor, aspect: str, image=None, stream="stdout", **gen):
-        """``image``: a path or PIL image, made pixel values once as training makes them
-        (generation.image_pixels). ``stream``: where tokens are written as generated
+        """``image``: a path or PIL image (or a list of them: several images, in the first turn in that
+        order), made pixel values once as training makes them (generation.image_pixels; AnyRes: kept
+        decoded, the saved processor cuts it). ``stream``: where tokens are written as generated
         (``"stdout"``: sys.stdout at the time; None: nowhere)."""
         self.model, self.processor, self.aspect, self.gen, self.stream = model, processor, aspect, gen, stream
-        self.image, self.messages = None, []
+        self.images, self.messages = [], []
         self.reset(image)
 
+    @property
+    def image(self):
+        return self.images[0] if self.images else None
+
     def reset(self, image=None) -> None:
-        """A new conversation (about ``image`` if given; ImageError if it is unusable)."""
+        """A new conversation (about ``image`` -- one or a list -- if given; ImageError if one is unusable)."""
         if image is not None:
-            self.image = image_pixels(image, self.aspect, self.processor.image_processor)
+            many = image if isinstance(image, (list, tuple)) else [image]
+            self.images = [open_rgb(im) if is_anyres(self.aspect) and not isinstance(im, Image.Image)
+                           else im if is_anyres(self.aspect)
+                           else image_pixels(im, self.aspect, self.processor.image_processor) for im in many]
         self.messages = []
 
     def ask(self, text: str) -> str:
         import torch
 
         first = not self.messages
-        self.messages.append(user_message(text, image=first and self.image is not None))
-        images = [self.image] if self.image is not None else []
+        self.messages.append(user_message(text, image=len(self.images) if first else 0))
+        images = list(self.images)
         inputs = encode(self.processor, [render(self.processor, self.messages)], images, self.aspect,
                         self.model.device)
         if "pixel_values" in inputs:
@@ -104,7 +116,9 @@ def interact(chat: Chat, lines=None, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava_hydra.chat", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a stage 2 / LoRA run directory, a checkpoint, or a LLaVA model folder")
-    parser.add_argument("--image", help="the image to talk about (change it with /image PATH)")
+    parser.add_argument("--image", action="append",
+                        help="the image to talk about (change it with /image PATH); give it again for several "
+                             "images in the first turn, in that order")
     parser.add_argument("--prompt", help="ask this once, print the answer and exit")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
@@ -117,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from llava_hydra.eval.loading import load_for_inference
 
-    if args.image and not Path(args.image).is_file():  # before the model loads
-        parser.error(f"--image {args.image}: no such file")
+    for image in args.image or []:
+        if not Path(image).is_file():  # before the model loads
+            parser.error(f"--image {image}: no such file")
     model, processor, aspect = load_for_inference(args.model_dir, args.dtype, args.device)
     chat = Chat(model, processor, args.image_aspect_ratio or aspect, args.image,
                 **generation_kwargs(args.max_new_tokens, args.temperature, args.top_p))

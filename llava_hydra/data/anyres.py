@@ -16,6 +16,7 @@ from pathlib import Path
 from llava_hydra.config.families import FAMILIES, pinpoints_for
 from llava_hydra.data.images import ImageError, ImageSource
 from llava_hydra.data.image_tokens import ImageTokens, has_cls_token, image_token_count, select_strategy
+from llava_hydra.data.multi_view import is_multi_view, multi_view_images
 
 _SWAPPING = {5, 6, 7, 8}  # EXIF orientations that turn the image a quarter
 
@@ -59,7 +60,8 @@ def token_rule(family: str, vision_config, select_feature: str, pinpoints, aspec
     if family == "llava":
         return ImageTokens(base)
     return ImageTokens(base, vision_config.image_size, vision_config.patch_size,
-                       pinpoints_for(family, pinpoints, vision_config.image_size), aspect)
+                       pinpoints_for(family, pinpoints, vision_config.image_size), aspect,
+                       multi_view=family == "llava_onevision")
 
 
 def anyres_pixels(rgb, image_processor):
@@ -79,18 +81,17 @@ def image_size(source: ImageSource, name: str) -> tuple[int, int]:
         raise ImageError(f"cannot read the image header of {path}: {e}", "unreadable_image") from None
 
 
-def anyres_images(source: ImageSource, names: list[str], image_processor) -> dict:
+def anyres_images(source: ImageSource, names: list[str], image_processor, of: int | None = None) -> dict:
     """A sample's images: every image's crops (base view first) concatenated as ``pixel_values``,
     and ``image_sizes`` (n, 2); ImageError for an unusable image, or one whose decoded size is not
-    the header's (its token run was counted from the header)."""
+    the header's (its token run was counted from the header). ``of``: how many images the record
+    has (``names`` may be the ones truncation kept). OneVision (multi_view.py): a record of several
+    images gives each one padded base view, and the sample says how many it has (``batch_num_images``)."""
     import torch
 
-    if len(names) > 1 and type(image_processor).__name__.startswith("LlavaOnevision"):
-        # LLaVA-NeXT's train.py and transformers give each image of a several-image sample one padded base view
-        # + a newline token (batch_num_images); crops for each would train a layout no OneVision model serves
-        raise ImageError(f"{len(names)} images in one sample: OneVision's multi-image layout (a padded base view "
-                         f"and a newline per image) is not done yet for model.family=llava_onevision",
-                         "multi_image_layout")
+    of = len(names) if of is None else of
+    if is_multi_view(image_processor) and of > 1:
+        return multi_view_images(source, names, image_processor, of, image_size)
     crops, sizes = [], []
     for name in names:
         pixels, size = anyres_pixels(source.open(name), image_processor)
@@ -99,4 +100,7 @@ def anyres_images(source: ImageSource, names: list[str], image_processor) -> dic
                              f"{image_size(source, name)}", "unreadable_image")
         crops.append(pixels)
         sizes.append(size)
-    return {"pixel_values": torch.cat(crops), "image_sizes": torch.stack(sizes)}
+    out = {"pixel_values": torch.cat(crops), "image_sizes": torch.stack(sizes)}
+    if is_multi_view(image_processor):
+        out["batch_num_images"] = torch.tensor([len(names)])
+    return out

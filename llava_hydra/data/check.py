@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from llava_hydra.data.images import IMAGE_KINDS
+from llava_hydra.data.multi_view import keeps_one_of_several
 from llava_hydra.data.records import RECORD_KINDS
 
 ERRORS = (*RECORD_KINDS, *IMAGE_KINDS)
@@ -60,7 +61,11 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
             bad.add(i)
     max_len = ds.model_max_length
     for i in (table.tokens > max_len).nonzero()[0].tolist():
-        if i not in bad:
+        one_of_several = None if i in bad else keeps_one_of_several(ds, i)  # OneVision: refused in training
+        if one_of_several:
+            found["multi_image_layout"].append((i, one_of_several))
+            bad.add(i)
+        elif i not in bad:
             found["over_length"].append((i, f"{int(table.tokens[i])} tokens"))
     for i in table.nothing_to_train(max_len).nonzero()[0].tolist():
         first = int(table.first_label[i])

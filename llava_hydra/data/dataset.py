@@ -108,7 +108,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size."""
         if not self.anyres:
             return self.num_image_tokens
-        return [self.image_tokens.tokens(*image_size(self.images, name)) for name in images]
+        # by size; OneVision: one view + a newline for each of several (ImageTokens.runs)
+        return self.image_tokens.runs([image_size(self.images, name) for name in images])
 
     def _runs_for_lengths(self, images: list[str]) -> list[int]:
         try:
@@ -134,7 +135,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
                 if self.anyres:
-                    return {**sample, **anyres_images(self.images, images[:e.num_images], self.image_processor)}
+                    kept = images[:e.num_images]
+                    return {**sample, **anyres_images(self.images, kept, self.image_processor, of=len(images))}
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
@@ -306,4 +308,6 @@ def batch_images(samples: list[dict]) -> dict:
     out = {"pixel_values": images}
     if any("image_sizes" in s for s in samples):
         out["image_sizes"] = torch.cat([s["image_sizes"] for s in samples if "image_sizes" in s])
+    if any("batch_num_images" in s for s in samples):  # OneVision: images per sample (1: crops, more: one view each)
+        out["batch_num_images"] = torch.cat([s["batch_num_images"] for s in samples if "batch_num_images" in s])
     return out

@@ -84,22 +84,31 @@ def max_crops(aspect: str) -> int | None:
 
 
 class ImageTokens:
-    """Tokens per image for one model: ``tokens(height, width)``. ``fixed`` is the count when it
-    does not depend on the size (LLaVA-1.5), else None. ``key`` identifies the rule for caches."""
+    """Tokens per image for one model: ``tokens(height, width)``, or ``runs(sizes)`` for all the images
+    of one sample. ``fixed`` is the count when it does not depend on the size (LLaVA-1.5), else None.
+    ``multi_view``: several images in one sample take one base view + a newline token each, no crops
+    (OneVision: LLaVA-NeXT's train.py pads each, transformers' ``batch_num_images``). ``key``
+    identifies the rule for caches."""
 
-    def __init__(self, base: int, crop: int = 0, patch: int = 1, pinpoints=None, aspect: str = "square"):
+    def __init__(self, base: int, crop: int = 0, patch: int = 1, pinpoints=None, aspect: str = "square",
+                 multi_view: bool = False):
         self.base, self.crop, self.side, self.aspect = base, crop, crop // patch if crop else 0, aspect
         self.pinpoints = [tuple(p) for p in pinpoints] if pinpoints else None
         self.max_crops = max_crops(aspect)
         self.fixed = base if self.pinpoints is None else None
+        self.multi_view = multi_view and self.fixed is None
 
     def __str__(self) -> str:  # what the data commands print per <image>
-        return str(self.fixed) if self.fixed is not None else f"{self.base} + crops by size ({self.aspect})"
+        if self.fixed is not None:
+            return str(self.fixed)
+        return f"{self.base} + crops by size ({self.aspect})" + (
+            f"; {self.base + 1} each of several in a sample" if self.multi_view else "")
 
     @property
     def key(self) -> list:
-        return [self.base] if self.fixed is not None else [self.base, self.crop, self.side, self.pinpoints,
-                                                           self.aspect]
+        if self.fixed is not None:
+            return [self.base]
+        return [self.base, self.crop, self.side, self.pinpoints, self.aspect] + (["multi_view"] if self.multi_view else [])
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, cols) of crops the image is cut into."""
@@ -120,8 +129,16 @@ class ImageTokens:
         return self.base + rows * cols + rows  # base view + unpadded crops + a newline per row
 
     def __call__(self, sizes) -> list[int]:
-        """Counts for a list of (height, width)."""
+        """Counts for a list of (height, width), each image on its own (as if alone in its sample)."""
         return [self.tokens(h, w) for h, w in sizes]
+
+    def runs(self, sizes) -> list[int]:
+        """The run of each image of one sample, from all its (height, width): under ``multi_view`` two or
+        more images take the base view + one newline token each (whatever their sizes)."""
+        sizes = list(sizes)
+        if self.multi_view and len(sizes) > 1:
+            return [self.base + 1] * len(sizes)
+        return self(sizes)
 
 
 def tokens_for_config(config, aspect: str | None = None) -> ImageTokens:
@@ -132,4 +149,5 @@ def tokens_for_config(config, aspect: str | None = None) -> ImageTokens:
     if not pinpoints:
         return ImageTokens(getattr(config, "image_seq_length", None) or base)
     aspect = aspect or getattr(config, "vision_aspect_ratio", None) or "anyres"
-    return ImageTokens(base, vc.image_size, vc.patch_size, pinpoints, aspect)
+    return ImageTokens(base, vc.image_size, vc.patch_size, pinpoints, aspect,
+                       multi_view=config.model_type == "llava_onevision")

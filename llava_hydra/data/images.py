@@ -43,7 +43,7 @@ IMAGE_KINDS = {  # ImageError.kind -> what a report calls it (skip reasons, data
     "unreadable_image": "image files unreadable (corrupt, truncated)",
     "image_too_large": "images over data.max_image_pixels",
     "image_outside_folder": "image paths outside data.image_folder",
-    "multi_image_layout": "several images in one llava_onevision sample (its multi-image layout is not done yet)",
+    "multi_image_layout": "llava_onevision records of several images that truncation leaves with one (data/multi_view.py)",
 }
 
 

@@ -11,7 +11,8 @@ tokenizes as transformers' ``processor.apply_chat_template(tokenize=True)`` does
 bos is added unless the prompt already starts with one (our saved templates write none, as llava-hf's;
 a template that writes bos, e.g. Llama-3's, gets no second). AnyRes (``aspect`` anyres /
 anyres_max_N): the saved processor makes the crops and ``image_sizes`` from the decoded image,
-with the transformers image processor training used.
+with the transformers image processor training used; OneVision's gets each prompt's images as one list
+(``per_prompt``), so several images in one prompt take one padded view each, as in training.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from __future__ import annotations
 from PIL import Image
 
 from llava_hydra.config.families import is_anyres
+from llava_hydra.data.multi_view import is_multi_view
 from llava_hydra.data.images import load_image, open_rgb, to_rgb
 from llava_hydra.data.pixels import pipeline
 
 _AS_GIVEN = {"do_resize": False, "do_center_crop": False, "do_rescale": False, "do_normalize": False, "do_pad": False}
 
 
-def user_message(text: str, image: bool) -> dict:
-    return {"role": "user", "content": ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]}
+def user_message(text: str, image: bool | int) -> dict:
+    """A user turn: ``image`` True (one image) or a count of images, before the text."""
+    return {"role": "user", "content": [{"type": "image"}] * int(image) + [{"type": "text", "text": text}]}
 
 
 def assistant_message(text: str) -> dict:
@@ -65,8 +68,8 @@ def encode(processor, prompts: list[str], images: list, aspect: str, device=None
         decoded = [img if isinstance(img, Image.Image) else open_rgb(img) for img in images]
         bos = processor.tokenizer.bos_token
         written = bos is not None and all(p.startswith(bos) for p in prompts)  # the template wrote bos
-        inputs = processor(text=prompts, images=[to_rgb(im) for im in decoded] or None, padding=True,
-                           return_tensors="pt", add_special_tokens=not written)
+        inputs = processor(text=prompts, images=per_prompt(processor, prompts, [to_rgb(im) for im in decoded]),
+                           padding=True, return_tensors="pt", add_special_tokens=not written)
         return inputs.to(device) if device is not None else inputs
     pixels = [image_pixels(img, aspect, processor.image_processor) for img in images]
     # the processor expands each <image> by the pixel values' size and tokenizes; the pixel
@@ -80,6 +83,20 @@ def encode(processor, prompts: list[str], images: list, aspect: str, device=None
     if pixels:
         inputs["pixel_values"] = torch.stack(pixels)
     return inputs.to(device) if device is not None else inputs
+
+
+def per_prompt(processor, prompts: list[str], images: list) -> list | None:
+    """The batch's images (in tag order) as the processor takes them: OneVision's one list per prompt, so
+    that a prompt with several images gets one padded view each (its ``batch_num_images``) as training
+    gave them (data/multi_view.py); a flat list for the others (None: no image)."""
+    if not images:
+        return None
+    if not is_multi_view(processor.image_processor):
+        return images
+    counts, left = [p.count(processor.image_token) for p in prompts], iter(images)
+    if sum(counts) != len(images):
+        raise ValueError(f"{sum(counts)} {processor.image_token} tags in the prompts for {len(images)} images")
+    return [[next(left) for _ in range(n)] for n in counts]
 
 
 def generation_kwargs(max_new_tokens: int, temperature: float = 0.0, top_p: float | None = None,
