@@ -120,24 +120,25 @@ def test_packed_row_of_three_next_samples_keeps_each_image_run_and_its_crops(tmp
 
 def test_packed_dataset_truncates_with_variable_runs_and_drops_a_cut_image_with_its_crops(tmp_path, tok):
     """model_max_length 200: a two-image sample (runs 44 + 88) keeps its first image only (the second run
-    would not fit whole), so its row carries that image's 3 crops and one size, and the model finds as
-    many features as image tokens."""
+    would not fit whole), the length pass counts what it keeps, its row carries that image's 3 crops and
+    one size, and the model finds as many features as image tokens."""
     two = {"id": "two", "image": ["0.png", "2.png"],
            "conversations": turns("<image>\nWhat color?", "Red 0.", "<image>\nAnd this one?", "Red 2.")}
     ds, model = dataset(tmp_path, tok, "llava_next", NEXT, model_max_length=200, extra=[two])
-    assert ds.modality_lengths == [138, 170, 182, 200]  # a cut sample counts as model_max_length: an upper bound
+    assert ds.modality_lengths == [138, 170, 182, 144]  # the cut sample: what truncation keeps
     s = ds[3]
     assert len(s["input_ids"]) == 144  # the text up to the second image: its run of 88 did not fit whole
     assert runs(s["input_ids"], model.config.image_token_index)[0][1] == 44 and len(runs(
         s["input_ids"], model.config.image_token_index)) == 1
     assert s["pixel_values"].shape[0] == 3 and s["image_sizes"].tolist() == [[30, 50]]
-    # 690 tokens by the length pass / (fill 0.86 x 420) -> 2 rows; best-fit decreasing of 200, 182, 170, 138
-    packed = PackedDataset(ds, capacity=420)
-    assert sorted(map(sorted, packed.bins)) == [[0, 1], [2, 3]]
+    # 634 tokens / (fill 0.86 x 370) -> 2 rows (counted at 200, the cut sample would make 690: 3 rows);
+    # best-fit decreasing of 182, 170, 144, 138
+    packed = PackedDataset(ds, capacity=370)
+    assert sorted(map(sorted, packed.bins)) == [[0, 3], [1, 2]]
     rows = [packed[i] for i in range(len(packed))]
     for r, b in zip(rows, packed.bins):
         assert r["sample_lengths"].tolist() == [[138, 170, 182, 144][i] for i in b]
-        assert len(r["input_ids"]) == sum([138, 170, 182, 144][i] for i in b) <= 420
+        assert len(r["input_ids"]) == sum([138, 170, 182, 144][i] for i in b) <= 370
         assert r["image_sizes"].tolist() == [[[30, 50], [90, 30], [64, 64], [30, 50]][i] for i in b]
         assert r["pixel_values"].shape[0] == sum([3, 4, 5, 3][i] for i in b)
     with torch.no_grad():
