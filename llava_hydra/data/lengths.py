@@ -1,16 +1,16 @@
 """The length pass: every record's token count, computed once in batches and cached on disk.
 
-For each record it stores the token count with image tokens expanded (before truncation),
-where the first labelled token falls in a record longer than model_max_length (so samples whose
-answers all lie beyond it are known before training) and how many tokens it keeps there (truncation
-drops an image run that does not fit whole, with everything after it: what the sample holds and what
-packing fills a row with), whether it has an image, and the problem of each record that fails its
-checks. Texts are split at ``<image>`` exactly as training splits them (labels.tokenize) and the pieces go through the fast tokenizer's Rust backend in batches
-(``encode_batch_fast``, no character offsets); no per-token Python object is made. Only records
-longer than model_max_length are tokenized again with offsets, to find their first labelled
-token. With ``num_proc`` > 1 the records are split into contiguous ranges, each rendered and
-tokenized in a forked worker process (Linux; elsewhere it runs in one process), and the
-ranges' tables are joined in order.
+For each record it stores the token count with image tokens expanded (before truncation), where the
+first labelled token falls in a record longer than model_max_length (so samples whose answers all
+lie beyond it are known before training) and how many tokens it keeps there (truncation drops an
+image run that does not fit whole, with everything after it: what the sample holds and what packing
+fills a row with), whether it has an image, and the problem of each record that fails its checks.
+Texts are split at ``<image>`` exactly as training splits them (labels.tokenize) and the pieces go
+through the fast tokenizer's Rust backend in batches (``encode_batch_fast``, no character offsets);
+no per-token Python object is made. Only records longer than model_max_length are tokenized again
+with offsets, to find their first labelled token. With ``num_proc`` > 1 the records are split into
+contiguous ranges, each rendered and tokenized in a forked worker process (Linux; elsewhere it runs
+in one process), and the ranges' tables are joined in order.
 
 The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
 tokenizer (its full serialization, specials and chat template), the template, the image
