@@ -1,5 +1,6 @@
 """Training runs with AnyRes models (slow): ``training.packing=true`` with model=tiny_next and
-model=tiny_onevision in one process and in two (ZeRO-2 under torchrun), and QLoRA with model=tiny_next
+model=tiny_onevision in one process and in two (tiny_next under torchrun with ZeRO-2, tiny_onevision
+with launcher.nproc_per_node=2 DDP), and QLoRA with model=tiny_next
 (4-bit LLM on CPU through bitsandbytes): train, save the adapter, merge, evaluate.
 
 Run with ``pytest -m slow tests/test_anyres_packing_runs.py``."""
@@ -78,19 +79,30 @@ def test_one_process_packed_run(compose_spec, tmp_path, monkeypatch, caplog, mod
     assert any(n > 1 for b in seen for n in b["images_per_row"]), "no row held several image samples"
 
 
-def test_two_processes_zero2_packed_tiny_next(tmp_path):
+@pytest.mark.parametrize("model, launch, rows", [("tiny_next", "torchrun ZeRO-2", 18),
+                                                 ("tiny_onevision", "launcher.nproc_per_node DDP", 12)])
+def test_two_processes_packed(tmp_path, model, launch, rows):
+    import os
+    import subprocess
+    import sys
+
     from launching import torchrun
 
     out = tmp_path / "out"
-    done = torchrun("-m", "llava_hydra", "deepspeed=zero2", "model=tiny_next", f"paths.output_root={out}",
-                    f"paths.cache_dir={tmp_path / 'cache'}", *SMALL, *PACKED, "model.model_max_length=512",
-                    cwd=tmp_path)
+    overrides = [f"model={model}", f"paths.output_root={out}", f"paths.cache_dir={tmp_path / 'cache'}", *SMALL,
+                 *PACKED, "model.model_max_length=512"]
+    if launch.startswith("torchrun"):
+        done = torchrun("-m", "llava_hydra", "deepspeed=zero2", *overrides, cwd=tmp_path)
+    else:  # the runner starts its two workers itself
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-m", "llava_hydra", "launcher.nproc_per_node=2", "deepspeed=none",
+                               *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    run_dir = out / "tiny_next" / "finetune"
-    log = (run_dir / "tiny_next_finetune.log").read_text()
-    assert "packing: 40 samples in 18 rows of at most 512 tokens" in log
+    run_dir = out / model / "finetune"
+    log = (run_dir / f"{model}_finetune.log").read_text()
+    assert f"packing: 40 samples in {rows} rows of at most 512 tokens" in log
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["train_steps"] == 3 and math.isfinite(metrics["train_loss"])
+    assert metrics["train_steps"] == 3 and math.isfinite(metrics["train_loss"]) and metrics["skipped_steps"] == 0
     assert (run_dir / "model.safetensors").exists()
 
 
