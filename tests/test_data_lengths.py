@@ -131,3 +131,22 @@ def test_lengths_of_many_records_are_batched(toks, tmp_path):
     got = ds.modality_lengths
     assert len(got) == 5000 and all(v < 0 for v in got)
     assert got[4321] == -len(ds[4321]["input_ids"])
+
+
+@pytest.mark.parametrize("tok_name,template", [("sp", "v1"), ("qwen2", "chat_template")])
+def test_a_sample_cut_before_an_image_run_counts_what_it_keeps(toks, tmp_path, tok_name, template):
+    """An image run that does not fit whole is dropped with everything after it: the length pass counts
+    the tokens before it (what the sample holds, what packing fills a row with), not model_max_length."""
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    records = [{"id": k, "image": "a.png", "conversations": turns("Hi" + " there" * k, "Hello.",
+                                                                 "<image>\nWhat color?", "Red.")} for k in range(4)]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(records))
+    full = make(path, toks[tok_name], template)
+    image_at = [full[i]["input_ids"].tolist().index(full.image_token_id) for i in range(4)]
+    assert image_at == sorted(image_at) and len(set(image_at)) == 4  # one more word a record
+    limit = image_at[1] + N_IMG - 1  # record 0's run fits; records 1-3 are cut before theirs
+    ds = make(path, toks[tok_name], template, max_length=limit)
+    assert ds.modality_lengths == [limit, image_at[1], image_at[2], image_at[3]]
+    assert [len(ds[i]["input_ids"]) for i in range(4)] == [limit, image_at[1], image_at[2], image_at[3]]
+    assert [ds[i].get("pixel_values") is None for i in range(4)] == [False, True, True, True]

@@ -28,7 +28,6 @@ def test_tiny_next_spec(spec):
     (["model=tiny_next", "stage=finetune", "model.mm_patch_merge_type=flat"], "spatial_unpad only"),
     (["model=tiny_next", "model.mm_patch_merge_type=spatial_unpad"], "needs an AnyRes data.image_aspect_ratio"),
     (["model=tiny_next", "stage=finetune", "model.mm_vision_select_feature=cls_patch"], "no place for a CLS"),
-    (["model=tiny_next", "stage=finetune", "training.packing=true"], "not done yet"),
     (["model.family=llava_nxt"], "model.family='llava_nxt': not one of llava, llava_next, llava_onevision"),
 ])
 def test_family_mismatches_are_refused_by_key(spec, overrides, message):

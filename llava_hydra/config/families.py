@@ -93,7 +93,4 @@ def family_problems(model, data, training=None) -> list[str]:
                         f"AnyRes models merge spatial_unpad only")
     if is_anyres(aspect) and model.get("mm_vision_select_feature") == "cls_patch":
         problems.append("model.mm_vision_select_feature=cls_patch: the AnyRes grid has no place for a CLS token; use patch")
-    if is_anyres(aspect) and training is not None and training.get("packing"):
-        problems.append(f"training.packing with data.image_aspect_ratio={aspect!r}: packing AnyRes samples "
-                        f"(crops + image_sizes) is not done yet; set training.packing=false")
     return problems

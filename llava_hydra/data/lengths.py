@@ -1,15 +1,16 @@
 """The length pass: every record's token count, computed once in batches and cached on disk.
 
-For each record it stores the token count with image tokens expanded (before truncation),
-where the first labelled token falls in a record longer than model_max_length (so samples whose
-answers all lie beyond it are known before training), whether it has an image, and the problem of
-each record that fails its checks. Texts are split at ``<image>`` exactly as training splits
-them (labels.tokenize) and the pieces go through the fast tokenizer's Rust backend in batches
-(``encode_batch_fast``, no character offsets); no per-token Python object is made. Only records
-longer than model_max_length are tokenized again with offsets, to find their first labelled
-token. With ``num_proc`` > 1 the records are split into contiguous ranges, each rendered and
-tokenized in a forked worker process (Linux; elsewhere it runs in one process), and the
-ranges' tables are joined in order.
+For each record it stores the token count with image tokens expanded (before truncation), where the
+first labelled token falls in a record longer than model_max_length (so samples whose answers all
+lie beyond it are known before training) and how many tokens it keeps there (truncation drops an
+image run that does not fit whole, with everything after it: what the sample holds and what packing
+fills a row with), whether it has an image, and the problem of each record that fails its checks.
+Texts are split at ``<image>`` exactly as training splits them (labels.tokenize) and the pieces go
+through the fast tokenizer's Rust backend in batches (``encode_batch_fast``, no character offsets);
+no per-token Python object is made. Only records longer than model_max_length are tokenized again
+with offsets, to find their first labelled token. With ``num_proc`` > 1 the records are split into
+contiguous ranges, each rendered and tokenized in a forked worker process (Linux; elsewhere it runs
+in one process), and the ranges' tables are joined in order.
 
 The cache file ``<cache_dir>/lengths/<key>.npz`` is keyed by the data file's content, the
 tokenizer (its full serialization, specials and chat template), the template, the image
@@ -36,7 +37,7 @@ from llava_hydra.data.records import RecordError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # bump when what is stored changes (4: a piece that starts with a space keeps its dummy prefix)
+FORMAT = 5  # bump when what is stored changes (5: ``kept``, the length of a sample cut before an image run)
 
 NO_LABEL = -1  # first_label of a record with no labelled token
 FITS = -2  # first_label of a record that fits model_max_length: its first answer trains
@@ -50,17 +51,25 @@ class LengthTable:
     first_label: np.ndarray
     has_image: np.ndarray  # bool
     problems: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (kind, message)
+    # int32: tokens a record longer than model_max_length keeps (truncation stops before an image run that
+    # does not fit whole: fewer than model_max_length); 0 for a record that fits or has no answer
+    kept: np.ndarray | None = None
+
+    def _kept(self, max_length: int) -> np.ndarray:
+        capped = np.minimum(self.tokens, max_length)
+        return capped if self.kept is None else np.where(self.kept > 0, self.kept, capped)
 
     def nothing_to_train(self, max_length: int) -> np.ndarray:
         """Good records whose first labelled token lies at or beyond max_length (or which have none);
         ``max_length`` is the one the table was computed for (records that fit it were not located)."""
         bad = np.zeros(len(self.tokens), dtype=bool)
         bad[list(self.problems)] = True
-        return ~bad & ((self.first_label == NO_LABEL) | (self.first_label >= max_length))
+        return ~bad & ((self.first_label == NO_LABEL) | (self.first_label >= self._kept(max_length)))
 
     def modality_lengths(self, max_length: int) -> list[int]:
-        capped = np.minimum(self.tokens, max_length).astype(np.int64)
-        return np.where(self.has_image, capped, -capped).tolist()
+        """Tokens of each sample as the dataset hands it out (truncated), negative for text-only."""
+        kept = self._kept(max_length).astype(np.int64)
+        return np.where(self.has_image, kept, -kept).tolist()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -104,7 +113,8 @@ def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokeni
     for part in parts:
         problems.update(part.problems)
     return LengthTable(np.concatenate([p.tokens for p in parts]), np.concatenate([p.first_label for p in parts]),
-                       np.concatenate([p.has_image for p in parts]), problems)
+                       np.concatenate([p.has_image for p in parts]), problems,
+                       np.concatenate([p.kept for p in parts]))
 
 
 _JOB = None  # compute's arguments while its parallel pass is under way
@@ -124,6 +134,7 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens, max
     n = hi0 - lo0
     tokens = np.zeros(n, dtype=np.int32)
     first = np.full(n, NO_LABEL, dtype=np.int32)
+    kept = np.zeros(n, dtype=np.int32)
     has_image = np.zeros(n, dtype=bool)
     problems: dict[int, tuple[str, str]] = {}
     backend = rust_backend(tokenizer)
@@ -160,10 +171,12 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens, max
                     for _ in pieces:
                         next(encodings)
                     continue
-                count = _total(r, [next(encodings) for _ in pieces], tokenizer, runs[i])
+                encoded = [next(encodings) for _ in pieces]
+                count = _total(r, encoded, tokenizer, runs[i])
                 tokens[i - lo0] = count
                 if count > max_length and r.answer_spans:
                     over.append((i, r, pieces))
+                    kept[i - lo0] = _kept(encoded, tokenizer, runs[i], max_length)
                 elif r.answer_spans:
                     first[i - lo0] = FITS
             if over:
@@ -172,7 +185,30 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens, max
                 for i, r, pieces in over:
                     first[i - lo0] = _first_label(r, pieces, [next(encodings) for _ in pieces], tokenizer,
                                                   runs[i])
-    return LengthTable(tokens, first, has_image, problems)
+    return LengthTable(tokens, first, has_image, problems, kept)
+
+
+def _kept(encoded, tokenizer, runs: list[int], max_length: int) -> int:
+    """Tokens left after truncation at ``max_length``, as labels.encode truncates: an image run that
+    does not fit whole is dropped with everything after it."""
+    if len(encoded) == 1:  # tokenized whole: each <image> in it is one token
+        image, k, pos = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), 0, 0
+        for tok in encoded[0].ids:
+            n = runs[k] if tok == image else 1
+            if pos + n > max_length:
+                return pos
+            pos, k = pos + n, k + (tok == image)
+        return pos
+    skip, pos = int(drops_bos(encoded[0].ids, tokenizer)), 0
+    for k, e in enumerate(encoded):
+        pos += len(e) - (skip if k else 0)
+        if pos >= max_length:
+            return max_length
+        if k + 1 < len(encoded):  # the image between piece k and piece k + 1
+            if pos + runs[k] > max_length:
+                return pos
+            pos += runs[k]
+    return min(pos, max_length)
 
 
 def _runs(num_image_tokens, r: Rendered, images: list[str]) -> list[int]:
@@ -225,19 +261,20 @@ def save(table: LengthTable, path: Path) -> None:
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     problems = json.dumps({str(k): v for k, v in table.problems.items()})
     np.savez(tmp, tokens=table.tokens, first_label=table.first_label, has_image=table.has_image,
-             problems=np.array(problems))
+             problems=np.array(problems), kept=np.zeros_like(table.tokens) if table.kept is None else table.kept)
     os.replace(tmp, path)
 
 
 def load(path: Path) -> LengthTable:
     with np.load(path, allow_pickle=False) as z:
         problems = {int(k): tuple(v) for k, v in json.loads(str(z["problems"])).items()}
-        return LengthTable(z["tokens"], z["first_label"], z["has_image"], problems)
+        return LengthTable(z["tokens"], z["first_label"], z["has_image"], problems, z["kept"])
 
 
 def coverage_problem(table: LengthTable, n: int) -> str | None:
     """What makes a length table unusable for ``n`` records (None: it covers exactly them)."""
-    sizes = {len(table.tokens), len(table.first_label), len(table.has_image)}
+    sizes = {len(table.tokens), len(table.first_label), len(table.has_image),
+             len(table.tokens if table.kept is None else table.kept)}
     if sizes != {n}:
         return f"it covers {min(sizes)} of the {n} records"
     outside = [i for i in table.problems if not 0 <= i < n]

@@ -15,7 +15,11 @@ through untouched).
 Labels stay per sample: the first token of every sample is ``IGNORE_INDEX``, so the last
 token of one sample never learns to predict the first of the next (the model shifts labels
 by one internally). Image features are scattered into ``<image>`` positions in order, so the
-images of a packed batch are stacked row by row, sample by sample.
+images of a packed batch are stacked row by row, sample by sample. AnyRes (LLaVA-NeXT /
+OneVision): a sample's length counts each image's own run (its size's, data/image_tokens.py);
+a row carries every crop of every image in order as ``pixel_values`` (crops, C, h, w) and
+``image_sizes`` (one per image), from which the model splits the crops per image, so its
+features fill exactly the row's image-token runs.
 
 Rows (``llava_hydra.sampling.packing_rows``): every step is a random draw of samples of one modality
 (a contiguous run of a random permutation, as long as the step's token budget allows) packed
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from llava_hydra.data.dataset import stack_images
+from llava_hydra.data.dataset import batch_images
 from llava_hydra.data.labels import IGNORE_INDEX
 from llava_hydra.sampling.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
                                       step_counts)
@@ -65,9 +69,7 @@ def pack_samples(samples: list[dict]) -> dict:
            "sample_lengths": torch.tensor(lengths)}
     if "source" in samples[0]:  # a mixture's samples: their sources, for per-source loss (data.mixture_dataset)
         row["sources"] = torch.tensor([s["source"] for s in samples])
-    images = stack_images(samples)  # a multi-image sample brings all its images, in order
-    if images is not None:
-        row["pixel_values"] = images
+    row.update(batch_images(samples))  # every image in order; AnyRes: all crops, and image_sizes per image
     return row
 
 
@@ -185,9 +187,7 @@ class PackedCollator:
             rows = [{"input_ids": torch.cat([r["input_ids"] for r in rows]),
                      "labels": torch.cat([r["labels"] for r in rows]),
                      "position_ids": torch.cat([r["position_ids"] for r in rows]),
-                     "sample_lengths": torch.cat([r["sample_lengths"] for r in rows]),
-                     **({"pixel_values": torch.cat([r["pixel_values"] for r in rows if "pixel_values" in r])}
-                        if any("pixel_values" in r for r in rows) else {})}]
+                     "sample_lengths": torch.cat([r["sample_lengths"] for r in rows]), **_images(rows)}]
         longest = max(len(r["input_ids"]) for r in rows)
         if self.pad_to_multiple_of and not self.flatten:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -202,10 +202,19 @@ class PackedCollator:
         if self.explicit_mask:
             batch["attention_mask"] = block_causal_mask([r["sample_lengths"].tolist() for r in rows], longest,
                                                         self.mask_dtype)
-        images = [r["pixel_values"] for r in rows if "pixel_values" in r]
-        if images:
-            batch["pixel_values"] = torch.cat(images)
-        return batch
+        return {**batch, **_images(rows)}
+
+
+def _images(rows: list[dict]) -> dict:
+    """The rows' ``pixel_values`` concatenated in order (AnyRes: every image's crops) and, where the
+    rows carry them, their ``image_sizes`` (one per image, in the same order): the model splits the
+    crops per image by the sizes and fills the image-token runs in order."""
+    out = {}
+    for key in ("pixel_values", "image_sizes"):
+        parts = [r[key] for r in rows if key in r]
+        if parts:
+            out[key] = torch.cat(parts)
+    return out
 
 
 def prepare_model_for_packing(model) -> None:
