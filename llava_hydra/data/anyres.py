@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llava_hydra.config.families import FAMILIES, pinpoints_for
 from llava_hydra.data.anyres_pixels import anyres_pipeline
+from llava_hydra.data.image_headers import orientation
 from llava_hydra.data.images import ImageError, ImageSource
 from llava_hydra.data.image_tokens import ImageTokens, has_cls_token, image_token_count, select_strategy
 
@@ -27,7 +28,7 @@ def header_size(path: str | Path) -> tuple[int, int]:
 
     with Image.open(path) as img:
         w, h = img.size
-        if img.getexif().get(0x0112, 1) in _SWAPPING:
+        if orientation(img, path) in _SWAPPING:  # a PNG is not decoded for it (image_headers.py)
             w, h = h, w
     return h, w
 
