@@ -145,6 +145,8 @@ class Pipeline:
                 size = p["hw"]
                 if size[0] * w != size[1] * h:  # unequal scales (SigLIP's height x width on a non-square
                     return process(img, "square", self.processor)  # image): torch's differ from PIL's by ~18 levels
+            if p["mode"] == "bicubic" and size[0] < h and h > w:  # torch's bicubic shrink of a tall image: up to
+                return process(img, "square", self.processor)  # ~15 levels off PIL's (400x1200 -> 336x1008)
             if size != (h, w):
                 x = F.interpolate(x, size=size, mode=p["mode"], antialias=True)
         if p["crop"]:
