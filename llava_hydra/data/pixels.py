@@ -15,6 +15,7 @@ Three paths, chosen once per image processor and logged (``images: ...``):
   run through both paths and a larger difference switches to the processor for good. A
   height x width resize that scales the two axes differently (SigLIP, ``square``, a non-square
   image) goes to the processor: there torch's antialiased resize is up to ~18 levels off PIL's.
+  So does a bicubic shrink of an image taller than wide (``square``; 400x1200 at 336: 15 levels).
 - ``processor``: anything else (other resizes, padding, tiling): the processor itself.
 
 A saved ``pad`` model's ``LlavaImageProcessor`` (``do_pad``, model/saved_pixels.py) is used with its
