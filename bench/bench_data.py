@@ -167,7 +167,13 @@ def main() -> None:
     parser.add_argument("--big", type=Path, help="the --records file: generated here if missing, else reused")
     parser.add_argument("--only-images", action="store_true", help="only the throughput rows")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data.json")
+    parser.add_argument("--anyres", nargs=argparse.REMAINDER, help="the AnyRes rows instead: bench_anyres.py's "
+                        "(crops samples/s vs the transformers processor, the header pass); its own options follow")
     args = parser.parse_args()
+    if args.anyres is not None:
+        import bench_anyres  # bench/ is on sys.path when this file runs as a script
+
+        return bench_anyres.main(args.anyres)
 
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
     started = time.perf_counter()

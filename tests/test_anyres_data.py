@@ -67,7 +67,8 @@ def test_multi_turn_sample_has_its_image_run_in_place(tmp_path, tok):
     assert "The shape is red." in trained and "A blue circle." in trained
     assert s["pixel_values"].shape == (3, 3, 32, 32) and s["image_sizes"].tolist() == [[30, 50]]
     theirs = processor()(images=[Image.open(tmp_path / "a.png").convert("RGB")], return_tensors="pt")
-    assert torch.equal(s["pixel_values"], theirs["pixel_values"][0])  # the transformers image processor's
+    # the transformers image processor's (data/anyres_pixels.py's fast path: a plain colour differs by float rounding only)
+    assert (s["pixel_values"] - theirs["pixel_values"][0]).abs().max() < 1e-5
 
 
 def test_length_pass_counts_each_image_from_its_header(tmp_path, tok):

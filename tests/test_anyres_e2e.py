@@ -58,5 +58,8 @@ def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
         stock = processor.tokenizer.decode(stock[0, theirs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert answer(model, processor, [prompt], [f"{folder}/{name}"], "anyres", max_new_tokens=6,
                       do_sample=False) == [stock]
-        with torch.no_grad():  # the pixels are training's: the dataset's sample holds the same crops
-            assert torch.allclose(ds.build(i)["pixel_values"], theirs["pixel_values"][0])
+        with torch.no_grad():  # the pixels are training's: the dataset's sample holds the same crops, within
+            # README's 2 levels of 8 bits (training's fast AnyRes path, data/anyres_pixels.py)
+            ours_px, stock_px = ds.build(i)["pixel_values"], theirs["pixel_values"][0]
+            std = min(processor.image_processor.image_std)
+            assert ours_px.shape == stock_px.shape and (ours_px - stock_px).abs().max() <= 2 / (255 * std) + 1e-5

@@ -70,9 +70,10 @@ def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
         stock = processor.tokenizer.decode(stock[0, theirs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert answer(model, processor, [prompt], [f"{folder}/{name}"], "anyres_max_9", max_new_tokens=6,
                       do_sample=False) == [stock]
-        with torch.no_grad():  # the pixels are training's: the dataset's sample holds the same crops
-            crops = ds.build(i)["pixel_values"]
-            assert torch.allclose(crops, theirs["pixel_values"][0][:len(crops)])
+        with torch.no_grad():  # the pixels are training's: the dataset's sample holds the same crops, within
+            crops = ds.build(i)["pixel_values"]  # README's 2 levels of 8 bits (data/anyres_pixels.py)
+            std = min(processor.image_processor.image_std)
+            assert (crops - theirs["pixel_values"][0][:len(crops)]).abs().max() <= 2 / (255 * std) + 1e-5
 
     # python -m llava_hydra.chat / .eval load the folder the same way: OneVision class, its processor, its aspect;
     # a padded batch of two prompts answers as each prompt alone (the tokenizer has its own <video> token)

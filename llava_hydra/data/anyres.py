@@ -3,8 +3,8 @@ an image's (height, width) read from its file header (no decoding), and an image
 model takes them: ``pixel_values`` (crops, C, h, w) -- the base view then the grid's crops -- and
 ``image_sizes`` (height, width).
 
-Pixels come from transformers' own AnyRes image processor (correct first; the fast path of
-pixels.py does not cover crops yet). Sizes from headers are what the length pass and the
+Pixels come from data/anyres_pixels.py: the AnyRes processor's steps on uint8 tensors (the fast
+path, as pixels.py's for the base view) or transformers' own AnyRes image processor. Sizes from headers are what the length pass and the
 sample's token runs count with (data/image_tokens.py); they are upright sizes: an EXIF rotation
 of 90 or 270 degrees swaps them, as the decoder's transpose will (images.open_rgb).
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava_hydra.config.families import FAMILIES, pinpoints_for
+from llava_hydra.data.anyres_pixels import anyres_pipeline
+from llava_hydra.data.image_headers import orientation
 from llava_hydra.data.images import ImageError, ImageSource
 from llava_hydra.data.image_tokens import ImageTokens, has_cls_token, image_token_count, select_strategy
 from llava_hydra.data.multi_view import is_multi_view, multi_view_images
@@ -27,7 +29,7 @@ def header_size(path: str | Path) -> tuple[int, int]:
 
     with Image.open(path) as img:
         w, h = img.size
-        if img.getexif().get(0x0112, 1) in _SWAPPING:
+        if orientation(img, path) in _SWAPPING:  # a PNG is not decoded for it (image_headers.py)
             w, h = h, w
     return h, w
 
@@ -66,8 +68,7 @@ def token_rule(family: str, vision_config, select_feature: str, pinpoints, aspec
 
 def anyres_pixels(rgb, image_processor):
     """One upright RGB image -> (pixel_values (crops, C, h, w), image_size tensor [height, width])."""
-    out = image_processor(images=[rgb], return_tensors="pt")
-    return out["pixel_values"][0], out["image_sizes"][0]
+    return anyres_pipeline(image_processor)(rgb)
 
 
 def image_size(source: ImageSource, name: str) -> tuple[int, int]:

@@ -15,6 +15,7 @@ Three paths, chosen once per image processor and logged (``images: ...``):
   run through both paths and a larger difference switches to the processor for good. A
   height x width resize that scales the two axes differently (SigLIP, ``square``, a non-square
   image) goes to the processor: there torch's antialiased resize is up to ~18 levels off PIL's.
+  So does a bicubic shrink of an image taller than wide (``square``; 400x1200 at 336: 15 levels).
 - ``processor``: anything else (other resizes, padding, tiling): the processor itself.
 
 A saved ``pad`` model's ``LlavaImageProcessor`` (``do_pad``, model/saved_pixels.py) is used with its
@@ -145,6 +146,8 @@ class Pipeline:
                 size = p["hw"]
                 if size[0] * w != size[1] * h:  # unequal scales (SigLIP's height x width on a non-square
                     return process(img, "square", self.processor)  # image): torch's differ from PIL's by ~18 levels
+            if p["mode"] == "bicubic" and size[0] < h and h > w:  # torch's bicubic shrink of a tall image: up to
+                return process(img, "square", self.processor)  # ~15 levels off PIL's (400x1200 -> 336x1008)
             if size != (h, w):
                 x = F.interpolate(x, size=size, mode=p["mode"], antialias=True)
         if p["crop"]:
