@@ -176,3 +176,30 @@ def test_a_bad_sample_in_a_stream_takes_a_stand_in_from_the_buffer(data, bpe400,
     assert flat[6] != flat[7] and flat[11] != flat[12]  # the previous good sample (3, 10): the old rule
     report = s.report()
     assert report["skipped"] == 2 and report["by_reason"] == {"undecodable_image": 2}
+
+
+def test_trainer_counts_a_streams_samples_not_its_micro_batches(data, bpe400, lengths):
+    from types import SimpleNamespace
+
+    from llava_hydra.train.stream_loader import StreamTraining, stream_loader
+
+    class Trainer:
+        def num_examples(self, dataloader):
+            return -1  # the Trainer's own rule, for a map-style loader
+
+    class Streaming(StreamTraining, Trainer):
+        pass
+
+    s = packed(data, bpe400, lengths)
+    args = SimpleNamespace(dataloader_num_workers=0, dataloader_pin_memory=False, dataloader_multiprocessing_context=None)
+    loader = stream_loader(s, args)
+    assert len(loader) == len(s) < 14 and Streaming().num_examples(loader) == 14  # "Num examples", samples/s
+    assert Streaming().num_examples(SimpleNamespace(dataset=[1, 2])) == -1
+
+
+def test_a_stream_run_generates_no_synthetic_data_it_would_not_read(compose_spec, data, tmp_path):
+    from llava_hydra.data.synthetic import eval_data_path, prepare
+
+    cfg = compose_spec("stage=finetune", f"paths.cache_dir={tmp_path / 'cache'}", f"data.stream.shards={data / 'sh'}")
+    assert eval_data_path(cfg) is None  # the synthetic held-out set belongs to the synthetic training data
+    assert not prepare(cfg) and not (tmp_path / "cache" / "synthetic").exists()

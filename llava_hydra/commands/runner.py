@@ -264,7 +264,7 @@ def run(cfg: DictConfig) -> float | None:
             metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
         trainer.log({k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))})
     elif cfg.eval.enable and cfg.data.eval_data_path:
-        log.info("no evaluation: data.eval_data_path is the synthetic held-out set and data.data_path is not "
+        log.info("no evaluation: data.eval_data_path is the synthetic held-out set and the training data is not "
                  "the synthetic data; set data.eval_data_path to a held-out file of your data")
     if trainer.state.best_model_checkpoint:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint

@@ -223,7 +223,8 @@ def stream_dataset(cfg, tokenizer, image_processor, num_image_tokens, image_toke
 
     s = cfg.data.stream
     if cfg.training.packing:
-        raise ValueError("training.packing is not done for data.stream (shards) yet: set training.packing=false "
+        raise ValueError("training.packing with data.stream: packed rows come from "
+                         "llava_hydra.sampling.packed_stream.packed_stream_dataset (the runner calls it); "
                          "(data.stream.group_by_length sorts each step's micro-batches by length instead)")
     encoder = LazySupervisedDataset(
         s.shards, tokenizer, image_processor, template=cfg.data.template, image_folder=None,
