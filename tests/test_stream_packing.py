@@ -203,3 +203,30 @@ def test_a_stream_run_generates_no_synthetic_data_it_would_not_read(compose_spec
     cfg = compose_spec("stage=finetune", f"paths.cache_dir={tmp_path / 'cache'}", f"data.stream.shards={data / 'sh'}")
     assert eval_data_path(cfg) is None  # the synthetic held-out set belongs to the synthetic training data
     assert not prepare(cfg) and not (tmp_path / "cache" / "synthetic").exists()
+
+
+def test_a_bad_sample_in_a_packed_stream_takes_a_stand_in_from_its_group(data, bpe400, lengths, monkeypatch):
+    encode = PackedShardStream.encode
+
+    def failing(self, item):
+        if item[1] == 4:
+            raise BadSampleError("image is broken", "undecodable_image")
+        return encode(self, item)
+
+    def epoch(skip: bool):
+        s = packed(data, bpe400, lengths)
+        s.encoder.on_bad_sample = "skip" if skip else "raise"
+        return s, [[r["index"].tolist() for r in batch] for group in s for batch in group]
+
+    _, plain = epoch(False)
+    monkeypatch.setattr(PackedShardStream, "encode", failing)
+    with pytest.raises(BadSampleError, match="image is broken"):
+        epoch(False)
+    s, got = epoch(True)
+    k = next(k for k, batch in enumerate(plain) if any(4 in row for row in batch))  # group = micro-batch here
+    flat = [i for batch in got for row in batch for i in row]
+    assert 4 not in flat and len(flat) == 14
+    doubled = [i for i in set(flat) if flat.count(i) == 2]
+    assert len(doubled) == 1 and doubled[0] in {i for row in plain[k] for i in row}  # drawn from its own group
+    assert [b for j, b in enumerate(got) if j != k] == [b for j, b in enumerate(plain) if j != k]
+    assert s.report()["by_reason"] == {"undecodable_image": 1}

@@ -192,6 +192,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                 held[loc] = got
             return held[p]
 
+        def stand_ins(key, t):  # skip's stand-ins (data.stream_stand_in), worked out only for a bad sample
+            for p in drawn(key, self.epoch, window(emit, t, self.buffer)):
+                yield fetch(p)
+
         for sizes in wp.groups[done:]:
             samples = []
             for _ in range(sum(sizes)):
@@ -201,8 +205,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     loc, item = next(reader)
                     held[loc] = item
                 item = held.pop(want)
-                near = window(emit, skip + pos - 1, self.buffer)  # skip's stand-ins: data.stream_stand_in
-                last_good = self._sample(item, last_good, (fetch(p) for p in drawn(item[1], self.epoch, near)))
+                last_good = self._sample(item, last_good, stand_ins(item[1], skip + pos - 1))
                 samples.append(last_good)
             if self.group_by_length:  # inside the step: images first, longest first (LLaVA's modality split)
                 samples.sort(key=lambda s: ("pixel_values" not in s, -len(s["input_ids"])))

@@ -87,6 +87,10 @@ class PackedShardStream(ShardStream):
         wanted = sorted({where[i] for g in groups for batch in g for row in batch for i in row})
         reader = self._read(SimpleNamespace(start=mine.seq_start - self.plan.start), np.asarray(wanted, dtype=np.int64))
         held, last_good = {}, None
+
+        def stand_ins(i, ids):  # skip's stand-ins: the group's other samples (worked out only for a bad one)
+            yield from drawn(held[where[i]][1], epoch, [held[where[j]] for j in dict.fromkeys(ids) if j != i])
+
         for group in groups:
             ids = [i for batch in group for row in batch for i in row]
             for i in ids:
@@ -96,9 +100,7 @@ class PackedShardStream(ShardStream):
             built = {}
             for i in ids:
                 if i not in built:
-                    others = [held[where[j]] for j in dict.fromkeys(ids) if j != i]
-                    built[i] = last_good = self._sample(held[where[i]], last_good, drawn(held[where[i]][1], epoch, others),
-                                                             "its group")
+                    built[i] = last_good = self._sample(held[where[i]], last_good, stand_ins(i, ids), "its group")
             yield [self.collate([self.row([built[i] for i in row]) for row in batch]) for batch in group]
             for i in ids:
                 held.pop(where[i], None)
