@@ -52,6 +52,21 @@ def test_two_processes_two_workers_read_every_sample_once_per_epoch(shards, tmp_
     assert ranks[0]["0"] != ranks[0]["1"]  # a new shard order and buffer draw each epoch
 
 
+def test_two_processes_two_workers_pack_every_sample_once_per_epoch_in_equal_steps(shards, tmp_path):
+    done = torchrun(str(HELPERS / "stream_epochs.py"), str(shards / "sh"), str(tmp_path), str(shards / "tok"),
+                    env={"WORKERS": "2", "EPOCHS": "2", "BATCH": "2", "GROUP": "2", "PACK": "400"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = epochs(tmp_path)
+    for epoch in ("0", "1"):
+        steps = [ranks[r][epoch] for r in (0, 1)]
+        assert len(steps[0]) == len(steps[1]) and len(steps[0]) % 2 == 0  # equal, whole steps of 2 micro-batches
+        read = [i for s in steps for batch in s for row in batch for i in row]
+        assert sorted(read) == list(range(46))  # every sample once, packed
+        rows = [row for s in steps for batch in s for row in batch]
+        assert len(rows) < 46 and max(map(len, rows)) > 1  # several samples a row: packed
+    assert ranks[0]["0"] != ranks[0]["1"]
+
+
 class MotoServer:
     """moto's S3 server (``python -m moto.server``) on a free localhost port, stopped at the end."""
 
@@ -128,8 +143,9 @@ def steps(log: Path) -> dict[int, list]:
     return out
 
 
-def test_two_process_kill_and_resume_trains_the_same_samples_in_the_same_steps(shards, tmp_path):
-    cache, data = tmp_path / "cache", [f"data.stream.shards={shards / 'sh'}"]
+@pytest.mark.parametrize("packing", [False, True])
+def test_two_process_kill_and_resume_trains_the_same_samples_in_the_same_steps(shards, tmp_path, packing):
+    cache, data = tmp_path / "cache", [f"data.stream.shards={shards / 'sh'}", f"training.packing={packing}"]
     whole = run_helper(tmp_path / "whole", cache, tmp_path / "log-whole", *data)
     assert whole.returncode == 0, whole.stderr[-4000:]
     killed = run_helper(tmp_path / "resumed", cache, tmp_path / "log-killed", *data, kill_at=4)
@@ -146,7 +162,11 @@ def test_two_process_kill_and_resume_trains_the_same_samples_in_the_same_steps(s
     got = {**{s: v for s, v in steps(tmp_path / "log-killed").items() if s <= 3}, **steps(tmp_path / "log-resumed")}
     assert got == want  # the same samples on the same rank at the same step
     trained = [i for s in range(1, 7) for rank in want[s] for i in rank]
-    assert len(trained) == len(set(trained)) == 24  # 6 steps x 2 ranks x batch 2, all different (12 a rank < 23)
+    if packing:  # packed rows: more samples than rows, but within an epoch none twice
+        epoch = [i for s in range(1, 7) for rank in want[s] for i in rank][:46]
+        assert len(epoch) == len(set(epoch)) and len(trained) > 24
+    else:
+        assert len(trained) == len(set(trained)) == 24  # 6 steps x 2 ranks x batch 2, all different (12 a rank < 23)
     consumed = {i for s in (1, 2, 3) for rank in want[s] for i in rank}
     read = {int(x) for f in (tmp_path / "log-resumed").glob("read-*.txt") for x in f.read_text().split()}
     assert read and not read & consumed  # the resumed run read no sample its checkpoint had trained on

@@ -176,7 +176,15 @@ def run(cfg: DictConfig) -> float | None:
     from llava_hydra.data.image_tokens import tokens_for_config
 
     image_tokens = (tokens_for_config(model.config), model.config.image_token_index)  # AnyRes: a rule by size
-    if streamed:
+    packed_stream = None
+    if streamed and cfg.training.packing:  # rows packed inside each worker's shuffle buffer
+        from llava_hydra.sampling.packed_stream import packed_stream_dataset
+        from llava_hydra.sampling.packing import prepare_model_for_packing
+
+        samples, packed_stream = packed_stream_dataset(cfg, tokenizer, image_processor, *image_tokens, args,
+                                                       model.config.text_config._attn_implementation)
+        prepare_model_for_packing(model)
+    elif streamed:
         from llava_hydra.data.stream import stream_dataset
 
         samples = stream_dataset(cfg, tokenizer, image_processor, *image_tokens, args, DataCollator(tokenizer.pad_token_id))
@@ -192,8 +200,8 @@ def run(cfg: DictConfig) -> float | None:
         log.info("train data: %d samples (%d with an image, %d text-only) from %s, template %s, aspect %s",
                  len(samples), image_samples, len(samples) - image_samples, samples.data_path,
                  cfg.data.template, cfg.data.image_aspect_ratio)
-    train_set, collator = samples, DataCollator(tokenizer.pad_token_id)
-    if cfg.training.packing:
+    train_set, collator = samples, packed_stream or DataCollator(tokenizer.pad_token_id)
+    if cfg.training.packing and not streamed:
         from llava_hydra.sampling.packing import packed_training, prepare_model_for_packing
 
         train_set, collator = packed_training(samples, tokenizer.pad_token_id, cfg.model.model_max_length,
@@ -256,7 +264,7 @@ def run(cfg: DictConfig) -> float | None:
             metrics.update(exact_match(model, eval_set, cfg.eval.max_new_tokens, max_samples=cfg.eval.max_samples))
         trainer.log({k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))})
     elif cfg.eval.enable and cfg.data.eval_data_path:
-        log.info("no evaluation: data.eval_data_path is the synthetic held-out set and data.data_path is not "
+        log.info("no evaluation: data.eval_data_path is the synthetic held-out set and the training data is not "
                  "the synthetic data; set data.eval_data_path to a held-out file of your data")
     if trainer.state.best_model_checkpoint:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint

@@ -8,7 +8,9 @@ from the folder unchanged (no re-encoding: the pixels a run sees are the folder'
 record's index in the source file (9 digits), so an error names the sample as the JSON path would.
 ``index.json`` beside the shards lists them with their sample counts and sha256: a run splits an
 epoch across ranks and workers from it without opening a shard, and its digest is the data digest
-a checkpoint records (llava_hydra.train.data_tie).
+a checkpoint records (llava_hydra.train.data_tie). ``records.jsonl`` (listed in the index with its
+sha256) holds the records alone in the shards' order, so that packing (sampling.packed_stream)
+knows every sample's length, through the JSON path's length pass, before it reads a tar.
 
 Reading goes through fsspec (a local path, ``s3://``, ``gs://``, ``http(s)://`` ...), one shard
 at a time, front to back (tarfile's stream mode: no seek, so any store that can serve a byte
@@ -31,6 +33,7 @@ from llava_hydra.data.records import RecordError, images_of, load_records, norma
 
 FORMAT = "llava_hydra-webdataset/1"
 INDEX = "index.json"
+RECORDS = "records.jsonl"
 KEY_DIGITS = 9
 
 
@@ -64,7 +67,7 @@ def convert(data_path, image_folder, out, samples_per_shard: int = 1000, on_bad_
     source = ImageSource(Path(image_folder or "."), allow_images_outside_folder, None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards, skipped, tar, current, count = [], [], None, None, 0
+    shards, skipped, written, tar, current, count = [], [], [], None, None, 0
 
     def close():
         if tar is not None:
@@ -96,11 +99,16 @@ def convert(data_path, image_folder, out, samples_per_shard: int = 1000, on_bad_
         for j, (name, data) in enumerate(blobs):
             _add(tar, f"{key}.img{j}.{_suffix(name)}", data)
         count += 1
+        written.append(record)
     close()
     if not shards:
         raise ShardError(f"{data_path}: no record to write ({len(skipped)} skipped)")
+    # the records alone, one a line in the shards' order: what packing plans rows from (lengths) before reading a tar
+    raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written).encode()
+    (out / RECORDS).write_bytes(raw)
     index = {"format": FORMAT, "source": {"data_path": str(Path(data_path).resolve()), "sha256": digest},
-             "samples": sum(s["samples"] for s in shards), "shards": shards, "skipped": skipped}
+             "samples": sum(s["samples"] for s in shards), "shards": shards, "skipped": skipped,
+             "records": {"name": RECORDS, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}}
     (out / INDEX).write_text(json.dumps(index, indent=1))
     return index
 
@@ -125,6 +133,26 @@ def read_index(url: str, storage_options: dict | None = None) -> tuple[dict, str
     if index.get("format") != FORMAT:
         raise ShardError(f"{where}: format {index.get('format')!r}, expected {FORMAT!r}")
     return index, hashlib.sha256(raw).hexdigest()
+
+
+def read_records(url: str, storage_options: dict | None, index: dict) -> tuple[str, list[dict]]:
+    """(file name, records) of the shard folder's ``records.jsonl``: every sample's LLaVA record in
+    the shards' order (sample id order), checked against the index's sha256."""
+    import fsspec
+
+    meta = index.get("records")
+    if not meta:
+        raise ShardError(f"{join(str(url), INDEX)}: no {RECORDS} listed (shards written before packing could read "
+                         f"them): convert again with python -m llava_hydra.data.shards to pack a stream")
+    where = join(str(url), meta["name"])
+    with fsspec.open(where, "rb", **(storage_options or {})) as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
+        raise ShardError(f"{where}: its sha256 is not the one {INDEX} lists (changed after conversion)")
+    records = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    if len(records) != index["samples"]:
+        raise ShardError(f"{where}: {len(records)} records for the index's {index['samples']} samples")
+    return meta["name"], records
 
 
 def read_shard(url: str, storage_options: dict | None = None, wanted=None):

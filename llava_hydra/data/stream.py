@@ -16,8 +16,9 @@ stream_plan.buffer_order) and reads only the others: shards holding no unconsume
 worker are not opened again.
 
 Bad samples: a record refused by the checks raises (naming the shard, the sample's index in the
-source file and its id) under ``data.on_bad_sample=raise``; under ``skip`` the worker's previous
-good sample stands in (logged once, counted in ``report()``). ``data.shards`` conversion already
+source file and its id) under ``data.on_bad_sample=raise``; under ``skip`` a good sample drawn
+uniformly from the worker's shuffle buffer stands in (data.stream_stand_in; logged once, counted
+by reason in ``report()``). ``data.shards`` conversion already
 refused records with missing images or failed checks.
 """
 
@@ -35,6 +36,7 @@ from llava_hydra.data.images import ImageError, ImageSource
 from llava_hydra.data.labels import NothingToTrain
 from llava_hydra.data.records import BadSampleError
 from llava_hydra.data.shards import join, read_index, read_shard
+from llava_hydra.data.stream_stand_in import drawn, window
 from llava_hydra.data.stream_plan import buffer_order, consumed_groups, locate, rank_plan, shard_order
 
 log = logging.getLogger(__name__)
@@ -141,18 +143,33 @@ class ShardStream(torch.utils.data.IterableDataset):
         object.__setattr__(enc.images, "shard", url)
         return {**enc.build(key), "index": key}  # the record's index in the source file (the collator drops it)
 
-    def _sample(self, item, last_good):
+    def _sample(self, item, last_good, stand_ins=(), source: str = "the buffer"):
+        """The item's sample; under skip, if it is bad, the first good one of ``stand_ins``
+        (items, in draw order: data.stream_stand_in), else the previous good sample."""
         try:
-            sample = self.encode(item)
+            return self.encode(item)
         except (BadSampleError, NothingToTrain) as e:
-            if self.encoder.on_bad_sample == "raise" or last_good is None:
+            if self.encoder.on_bad_sample == "raise":
                 if isinstance(e, NothingToTrain):
                     raise BadSampleError(f"{item[0]}: sample {item[1]}: nothing to train on: {e}") from None
                 raise
-            kind = "nothing_to_train" if isinstance(e, NothingToTrain) else "bad"
-            self.encoder._skip(item[1], kind, f"{item[0]}: sample {item[1]}: {e}")
-            return last_good
-        return sample
+            problem = e
+        for other in stand_ins:
+            try:
+                sample = self.encode(other)
+            except (BadSampleError, NothingToTrain) as e:
+                self._skipped(other, e, "")
+                continue
+            self._skipped(item, problem, f"; stood in by sample {other[1]}, drawn from {source}")
+            return sample
+        if last_good is None:
+            raise BadSampleError(f"{item[0]}: sample {item[1]}: {problem}; and no good sample read yet to stand in")
+        self._skipped(item, problem, "; stood in by the previous good sample (none other in the buffer)")
+        return last_good
+
+    def _skipped(self, item, e, how: str) -> None:
+        kind = "nothing_to_train" if isinstance(e, NothingToTrain) else "bad"
+        self.encoder._skip(item[1], kind, f"{item[0]}: sample {item[1]}: {e}{how}", reason=getattr(e, "reason", kind))
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -168,6 +185,17 @@ class ShardStream(torch.utils.data.IterableDataset):
         remaining = emit[skip:]
         reader = self._read(wp, np.sort(remaining))
         held, pos, last_good = {}, 0, None
+
+        def fetch(p):  # a sample in the buffer (read on, within the buffer's reach, if not yet)
+            while p not in held:
+                loc, got = next(reader)
+                held[loc] = got
+            return held[p]
+
+        def stand_ins(key, t):  # skip's stand-ins (data.stream_stand_in), worked out only for a bad sample
+            for p in drawn(key, self.epoch, window(emit, t, self.buffer)):
+                yield fetch(p)
+
         for sizes in wp.groups[done:]:
             samples = []
             for _ in range(sum(sizes)):
@@ -176,7 +204,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 while want not in held:
                     loc, item = next(reader)
                     held[loc] = item
-                last_good = self._sample(held.pop(want), last_good)
+                item = held.pop(want)
+                last_good = self._sample(item, last_good, stand_ins(item[1], skip + pos - 1))
                 samples.append(last_good)
             if self.group_by_length:  # inside the step: images first, longest first (LLaVA's modality split)
                 samples.sort(key=lambda s: ("pixel_values" not in s, -len(s["input_ids"])))
@@ -197,7 +226,8 @@ def stream_dataset(cfg, tokenizer, image_processor, num_image_tokens, image_toke
 
     s = cfg.data.stream
     if cfg.training.packing:
-        raise ValueError("training.packing is not done for data.stream (shards) yet: set training.packing=false "
+        raise ValueError("training.packing with data.stream: packed rows come from "
+                         "llava_hydra.sampling.packed_stream.packed_stream_dataset (the runner calls it); "
                          "(data.stream.group_by_length sorts each step's micro-batches by length instead)")
     encoder = LazySupervisedDataset(
         s.shards, tokenizer, image_processor, template=cfg.data.template, image_folder=None,

@@ -123,7 +123,8 @@ def prepare(cfg) -> bool:
     user's data generates nothing. True when it generated."""
     d = cfg.data
     root = synthetic_root(cfg)
-    if d.synthetic is None or not any(_under(p, root) for p in (d.data_path, d.image_folder, eval_data_path(cfg))):
+    read = (d.data_path, d.image_folder) if not streamed(cfg) else ()  # a stream reads its shards, not these
+    if d.synthetic is None or not any(_under(p, root) for p in (*read, eval_data_path(cfg))):
         return False
     s = d.synthetic
     if s.get("task", "shapes") == "details":  # the high-resolution task (data/details.py), in its own folder
@@ -135,13 +136,19 @@ def prepare(cfg) -> bool:
 
 def eval_data_path(cfg) -> str | None:
     """The held-out set to evaluate on: ``data.eval_data_path``, except the synthetic held-out
-    file when the training data is a user's (it belongs to the synthetic training data only).
+    file when the training data is a user's or a stream's (it belongs to the synthetic training data only).
     Set ``data.eval_data_path`` to a file of one's own to evaluate on it."""
     d = cfg.data
     root = synthetic_root(cfg)
-    if d.eval_data_path and _under(d.eval_data_path, root) and not _under(d.data_path, root):
+    if d.eval_data_path and _under(d.eval_data_path, root) and (streamed(cfg) or not _under(d.data_path, root)):
         return None
     return d.eval_data_path
+
+
+def streamed(cfg) -> bool:
+    """Whether the run trains on ``data.stream.shards`` (then data_path / image_folder are not read)."""
+    stream = cfg.data.get("stream") if hasattr(cfg.data, "get") else None
+    return bool(stream is not None and stream.get("shards"))
 
 
 def corpus() -> list[str]:

@@ -67,6 +67,12 @@ class StreamTraining:
         self._stream_resume_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def num_examples(self, dataloader) -> int:
+        """A stream's samples (all ranks), not its micro-batches: the Trainer's "Num examples" line and
+        its samples/s (a packed stream's rows hold several samples each)."""
+        stream = getattr(dataloader, "dataset", None)
+        return stream.n if isinstance(stream, ShardStream) else super().num_examples(dataloader)
+
     def get_resumed_dataloader(self, dataloader, num_batches: int):
         stream = self._stream()
         if stream is None:

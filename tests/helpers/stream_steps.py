@@ -12,6 +12,7 @@ import torch
 
 from llava_hydra.data.dataset import DataCollator
 from llava_hydra.data.stream import ShardStream
+from llava_hydra.sampling.packing import PackedCollator
 from llava_hydra.train.trainer import LLaVATrainer
 
 log_dir = Path(os.environ["STEP_LOG"])
@@ -21,6 +22,13 @@ collate, encode, step = DataCollator.__call__, ShardStream.encode, LLaVATrainer.
 
 def collate_with_indices(self, samples):
     return {**collate(self, samples), "sample_index": torch.tensor([s.get("index", -1) for s in samples])}
+
+
+packed_collate = PackedCollator.__call__
+
+
+def packed_with_indices(self, rows):  # a packed stream's rows carry their samples' keys (sampling.packed_stream)
+    return {**packed_collate(self, rows), "sample_index": torch.cat([r["index"] for r in rows])}
 
 
 def encode_logged(self, item):
@@ -37,4 +45,5 @@ def training_step(self, model, inputs, *args, **kwargs):
 
 
 DataCollator.__call__, ShardStream.encode, LLaVATrainer.training_step = collate_with_indices, encode_logged, training_step
+PackedCollator.__call__ = packed_with_indices
 runpy.run_path(str(Path(__file__).parent / "run_and_die.py"), run_name="__main__")
