@@ -60,9 +60,15 @@ def end_process_group() -> None:
     while the interpreter is whole, and again after the group is gone, rather than torn down with
     the interpreter, when freeing gloo's pending work cannot take the GIL and aborts."""
     import gc
+    import sys
 
     import torch.distributed as dist
 
+    # ZeRO-3 keeps the last model it ran forward in a module-level stack: the model, its hooks and
+    # the engine they reach live until interpreter teardown unless it is emptied.
+    stack = getattr(sys.modules.get("deepspeed.runtime.zero.parameter_offload"), "FWD_MODULE_STACK", None)
+    if stack is not None:
+        stack.clear()
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
