@@ -86,6 +86,13 @@ class SavedOnevisionProcessor:
         with open(os.path.join(save_directory, "processor_config.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
+    def for_inference(self):
+        """The processor a client gets from the files ``save_pretrained`` writes (``inference_processor``),
+        built from the same parts without the round trip: what chat / eval use for a LoRA run, whose
+        processor is made in memory from the rebuilt base rather than loaded from a folder."""
+        return _image_only_class()(image_processor=self.image_processor, tokenizer=self.tokenizer,
+                                   chat_template=self.chat_template, **self.kwargs)
+
 
 def load_parts(path, trust_remote_code: bool = False):
     """A saved OneVision folder's tokenizer and image processor (``.tokenizer``, ``.image_processor``), which
@@ -113,6 +120,12 @@ def _image_only_class():
 
         _IMAGE_ONLY.append(ImageOnlyOnevisionProcessor)
     return _IMAGE_ONLY[0]
+
+
+def serving(processor):
+    """``processor`` ready to prompt and encode: a ``SavedOnevisionProcessor`` (no torchvision) becomes its
+    image-and-text ``LlavaOnevisionProcessor``; transformers' own processor is returned as it is."""
+    return processor.for_inference() if isinstance(processor, SavedOnevisionProcessor) else processor
 
 
 def inference_processor(path):
