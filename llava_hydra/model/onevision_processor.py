@@ -10,6 +10,8 @@ video processors nested in it (tests compare the two byte for byte) -- so wherev
 installed (any GPU install, vLLM, lmms-eval) ``AutoProcessor.from_pretrained`` loads the folder as a
 ``LlavaOnevisionProcessor``. The video processor is written with the tower's input size and mean / std
 (OneVision's frames are the tower's view of each frame); videos are not trained here.
+For generation without torchvision (``inference_processor`` from a folder; ``serving`` for the object made in
+memory for a LoRA run) the same class is built without its video processor, for images and text.
 """
 
 from __future__ import annotations
