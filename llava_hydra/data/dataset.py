@@ -9,7 +9,9 @@ grouped sampler asks. A multi-image record's sample carries its images' pixel va
 concatenate every sample's images in order (``stack_images``), as the model fills the batch's
 image-token runs in order. AnyRes (``num_image_tokens`` an ImageTokens rule): each image's run is
 counted from its size in the file header (length pass and sample alike), and a sample carries
-its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``.
+its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``. A OneVision ``video`` record
+(``videos``: a data/video.py VideoSource) has its tag expanded to its run of ``<video>`` tokens (counted by
+video_tokens.py before decoding) and carries ``pixel_values_videos`` ``(frames, C, H, W)``.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
@@ -44,6 +46,7 @@ from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordErro
                                       load_records, normalize_turns, record_id)
 from llava_hydra.data.stand_in import candidates, stand_in
 from llava_hydra.data.store import open_records
+from llava_hydra.data.video import Video, video_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
                  image_token_id: int | None = None, num_image_tokens: int | ImageTokens = 576,
                  on_bad_sample: str = "raise", cache_dir=None, allow_images_outside_folder: bool = False,
-                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None):
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None, videos=None,
+                 video_token_id: int | None = None):
         if on_bad_sample not in POLICIES:
             raise ValueError(f"data.on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         check_template(template)
@@ -82,6 +86,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             num_image_tokens)
         self.anyres = self.image_tokens.fixed is None
         self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
+        self.videos = videos  # a VideoSource (OneVision), else video records are refused
+        self.video_token_id = video_token_id if video_token_id is not None else tokenizer.convert_tokens_to_ids("<video>")
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
@@ -99,17 +105,27 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         return BadSampleError(f"{self.data_path}: sample {i} (id={record_id(self.records[i])!r}): {problem}", reason)
 
     def prepare(self, i: int) -> tuple[Rendered, list[str]]:
-        """(rendered conversation, image paths) of record i; RecordError if it is malformed."""
+        """(rendered conversation, image paths -- or [Video(path)]) of record i; RecordError if it is malformed."""
         record = self.records[i]
         turns = normalize_turns(record)
-        return render(self.template, turns, tokenizer=self.tokenizer), images_of(record)
+        video = video_of(record)
+        return render(self.template, turns, tokenizer=self.tokenizer), [Video(video)] if video else images_of(record)
 
     def image_runs(self, images: list[str]):
-        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size."""
+        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size;
+        a video's run by its frame count (video_tokens.py)."""
+        if images and isinstance(images[0], Video):
+            return [self._videos().tokens(images[0])]
         if not self.anyres:
             return self.num_image_tokens
         # by size; OneVision: one view + a newline for each of several (ImageTokens.runs)
         return self.image_tokens.runs([image_size(self.images, name) for name in images])
+
+    def _videos(self):
+        if self.videos is None:
+            raise RecordError("record has a 'video': videos train with model.family=llava_onevision "
+                              "(data.video_folder)", "malformed")
+        return self.videos
 
     def _runs_for_lengths(self, images: list[str]) -> list[int]:
         try:
@@ -132,6 +148,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """Sample i as the collator takes it; raises on any problem (no replacement)."""
         e, images = self.encode(i)
         sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
+        if images and isinstance(images[0], Video):
+            return self._video_sample(i, sample, images[0]) if e.num_images else sample
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
                 if self.anyres:
@@ -143,6 +161,20 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                 raise self._fail(i, str(err), err.kind) from None
             sample["pixel_values"] = torch.stack(pixels) if len(images) > 1 else pixels[0]
         return sample
+
+    def _video_sample(self, i: int, sample: dict, name: str) -> dict:
+        """The video's run re-tagged as ``<video>`` tokens (labels -100) and its pixels."""
+        run = sample["input_ids"] == self.image_token_id
+        try:
+            pixels = self.videos.load(name)
+        except ImageError as err:
+            raise self._fail(i, str(err), err.kind) from None
+        if int(run.sum()) != self.videos.rule.tokens(len(pixels)):
+            raise self._fail(i, f"video {name}: decoded {len(pixels)} frames ({self.videos.rule.tokens(len(pixels))} "
+                                f"tokens) where its header gave a run of {int(run.sum())}", "unreadable_video")
+        ids = sample["input_ids"].masked_fill(run, self.video_token_id)
+        return {"input_ids": ids, "labels": sample["labels"].masked_fill(run, IGNORE_INDEX),
+                "pixel_values_videos": pixels}
 
     # -- the policy ----------------------------------------------------------------------------
 
@@ -209,7 +241,10 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def _prepare_for_lengths(self, i: int):
         try:
-            return self.prepare(i)
+            rendered, images = self.prepare(i)
+            if images and isinstance(images[0], Video) and not self.anyres:
+                self._videos()  # a fixed-count (LLaVA-1.5) model: refused here, not counted as an image
+            return rendered, images
         except RecordError:
             raise
         except ValueError as e:  # a chat template problem: a record problem too
@@ -220,7 +255,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if self._table is None:
             digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
-                                        self.image_tokens.key if self.anyres else self.num_image_tokens)
+                                        (self.image_tokens.key if self.anyres else self.num_image_tokens)
+                                        if self.videos is None else [self.image_tokens.key, self.videos.rule.key])
             runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes from headers
             started = time.time()
             self._table, hit = lengths_mod.cached(
@@ -296,7 +332,13 @@ class DataCollator:
             n = len(s["input_ids"])
             ids[row, :n], labels[row, :n], mask[row, :n] = s["input_ids"], s["labels"], 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        return {**batch, **batch_images(samples)}
+        return {**batch, **batch_images(samples), **batch_videos(samples)}
+
+
+def batch_videos(samples: list[dict]) -> dict:
+    """``pixel_values_videos`` of every sample's video in order (stack_videos); {} if none."""
+    videos = stack_videos([s["pixel_values_videos"] for s in samples if "pixel_values_videos" in s])
+    return {} if videos is None else {"pixel_values_videos": videos}
 
 
 def batch_images(samples: list[dict]) -> dict:
@@ -311,3 +353,19 @@ def batch_images(samples: list[dict]) -> dict:
     if any("batch_num_images" in s for s in samples):  # OneVision: images per sample (1: crops, more: one view each)
         out["batch_num_images"] = torch.cat([s["batch_num_images"] for s in samples if "batch_num_images" in s])
     return out
+
+
+def stack_videos(videos: list, where: str = "a batch") -> torch.Tensor | None:
+    """Videos ``(frames, C, H, W)`` (or already stacked ``(n, frames, C, H, W)``) as the one
+    ``(n_videos, frames, C, H, W)`` tensor LlavaOnevisionForConditionalGeneration takes (None if none).
+    transformers takes one frame count per call: videos with different counts cannot share a batch."""
+    videos = [v if v.dim() == 5 else v.unsqueeze(0) for v in videos]
+    if not videos:
+        return None
+    counts = sorted({v.shape[1] for v in videos})
+    if len(counts) > 1:
+        raise ValueError(f"{where} holds videos of {counts} frames: transformers' pixel_values_videos is one "
+                         f"(videos, frames, C, H, W) tensor, so the videos of a batch need one frame count. Set "
+                         f"data.force_sample=true (every video data.frames_upbound frames), or train "
+                         f"training.per_device_train_batch_size=1 without training.packing")
+    return torch.cat(videos)

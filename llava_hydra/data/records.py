@@ -34,8 +34,8 @@ class BadSampleError(ValueError):
 
 
 # bump when normalize_turns accepts or refuses differently (keys the length cache); 4: a single
-# image tagged in a later human turn is accepted
-CHECKS_VERSION = 4
+# image tagged in a later human turn is accepted; 5: a ``video`` record's tag counts (data/video.py)
+CHECKS_VERSION = 5
 
 
 class RecordError(ValueError):
@@ -134,7 +134,10 @@ def normalize_turns(record) -> list[dict]:
         out.append({"from": role, "value": image_to_front(value)})
     if len(out) < 2:
         raise RecordError("no assistant ('gpt') answer to train on")
-    _check_images(turns, images_of(record))
+    from llava_hydra.data.video import video_of
+
+    video = video_of(record)  # LLaVA-NeXT: one <image> tag marks where the video goes
+    _check_images(turns, images_of(record) + ([video] if video else []))
     answers = [k for k, turn in enumerate(out) if turn["from"] == GPT]
     if all(not out[k]["value"].strip() for k in answers):  # one blank among real answers trains as in LLaVA
         where = f"turn {answers[0]}" if len(answers) == 1 else f"turns {', '.join(map(str, answers))}"
