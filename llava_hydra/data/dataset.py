@@ -88,6 +88,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
         self.videos = videos  # a VideoSource (OneVision), else video records are refused
         self.video_token_id = video_token_id if video_token_id is not None else tokenizer.convert_tokens_to_ids("<video>")
+        if videos is not None and self.video_token_id in (None, tokenizer.unk_token_id):
+            raise ValueError("videos need the tokenizer's own <video> token (OneVision's model assembly adds it)")
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)

@@ -45,6 +45,8 @@ def data_parts(cfg, image_processor: bool = True):
     source = m.pretrained_llava or m.llm
     tokenizer = load_tokenizer(pretrained_path(source, cfg.paths.cache_dir), m.model_max_length,
                                m.trust_remote_code)
+    if _family(cfg) == "llava_onevision" and not m.pretrained_llava:  # as model assembly adds it (a saved one has it)
+        tokenizer.add_tokens(["<video>"], special_tokens=True)
     processor = None
     if image_processor:
         from transformers import AutoImageProcessor

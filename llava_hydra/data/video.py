@@ -129,6 +129,14 @@ class VideoSource:
                              f"({len(kept)} of the {len(idx)} sampled frames read)", "unreadable_video")
         return np.stack([kept[k] for k in idx])
 
+    def check(self, name: str, decode: bool = False) -> ImageError | None:
+        """None if the video is usable, else the problem: its header read (``decode``: its sampled frames)."""
+        try:
+            self.frames(name) if decode else self.header(name)
+        except ImageError as e:
+            return e
+        return None
+
     def load(self, name: str):
         """The sample's ``pixel_values_videos`` (frames, C, H, W) float32."""
         return frame_pixels(self.frames(name), self.image_processor)
