@@ -220,3 +220,17 @@ def test_bad_missing_and_misplaced_videos(folder, qwen_tok):
                                   image_aspect_ratio="anyres_max_9", num_image_tokens=TINY)
     with pytest.raises(BadSampleError, match="sample 0 .*videos train with model.family=llava_onevision"):
         plain[0]
+
+
+def test_data_check_finds_missing_and_broken_videos_before_training(folder, qwen_tok):
+    """Under force_sample the length pass opens no file; data.check still reads every video's header
+    (--images: decodes its sampled frames) and names the record."""
+    from llava_hydra.data.check import check_dataset
+
+    (folder / "broken.mov").write_bytes(b"not a video at all" * 10)
+    records = [VIDEO, {**VIDEO, "id": "gone", "video": "gone.mov"}, {**VIDEO, "id": "broken", "video": "broken.mov"},
+               IMAGE, TEXT]
+    report = check_dataset(dataset(folder, qwen_tok, records, upbound=4, force=True, on_bad_sample="skip"))
+    assert report["found"]["missing_video"] == [[1, "gone", f"video file not found: {folder / 'gone.mov'}"]]
+    assert [i for i, _, _ in report["found"]["unreadable_video"]] == [2]
+    assert (report["video_samples"], report["image_samples"], report["bad_samples"], report["errors"]) == (1, 2, 2, 2)

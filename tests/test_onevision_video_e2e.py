@@ -41,17 +41,19 @@ def test_video_mix_trains_and_transformers_answers_from_the_saved_folder(compose
         else:
             records.append({"id": i, "conversations": turns("Say yes.", "yes.")})
     (tmp_path / "train.json").write_text(json.dumps(records))
+    held = [records[1], records[4], records[0]]  # two video questions and an image one: the in-run eval
+    (tmp_path / "held.json").write_text(json.dumps(held))
     fin = tmp_path / "out" / "fin"
     spec = compose_spec("model=tiny_onevision", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
                         f"paths.output_root={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
                         f"data.data_path={tmp_path / 'train.json'}", f"data.image_folder={images}",
                         f"data.video_folder={videos}", "data.frames_upbound=4", "data.force_sample=true",
-                        "data.synthetic=null", "data.eval_data_path=null", f"training.output_dir={fin}",
+                        "data.synthetic=null", f"data.eval_data_path={tmp_path / 'held.json'}", f"training.output_dir={fin}",
                         "training.max_steps=8", "training.per_device_train_batch_size=4", "training.logging_steps=1",
                         "training.learning_rate=1e-3", "training.warmup_ratio=0", "training.save_steps=100")
     run(spec)
     metrics = json.loads((fin / "metrics.json").read_text())
-    assert metrics["train_steps"] == 8 and metrics["skipped_samples"] == 0
+    assert metrics["train_steps"] == 8 and metrics["skipped_samples"] == 0 and metrics["eval_samples"] == 3
     state = json.loads((fin / "checkpoint-8" / "trainer_state.json").read_text())
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert len(losses) == 8 and all(map(math.isfinite, losses))
@@ -68,6 +70,9 @@ def test_video_mix_trains_and_transformers_answers_from_the_saved_folder(compose
     assert int((sample["input_ids"] == video_id).sum()) == 4 * 4 + 1  # 4 frames x (2 x 2 pooled) + 1
     prompt_len = int((sample["labels"] != -100).nonzero()[0])  # the question, up to the answer
     ids = sample["input_ids"][:prompt_len][None]
+    from llava_hydra.eval.heldout import prompt_and_reference
+
+    assert prompt_and_reference(ds, 0) == (ids[0].tolist(), "it gets brighter.")  # the in-run eval's prompt
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                          pixel_values_videos=sample["pixel_values_videos"][None], max_new_tokens=4, min_new_tokens=2,
                          do_sample=False)

@@ -9,9 +9,7 @@ grouped sampler asks. A multi-image record's sample carries its images' pixel va
 concatenate every sample's images in order (``stack_images``), as the model fills the batch's
 image-token runs in order. AnyRes (``num_image_tokens`` an ImageTokens rule): each image's run is
 counted from its size in the file header (length pass and sample alike), and a sample carries
-its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``. A OneVision ``video`` record
-(``videos``: a data/video.py VideoSource) has its tag expanded to its run of ``<video>`` tokens (counted by
-video_tokens.py before decoding) and carries ``pixel_values_videos`` ``(frames, C, H, W)``.
+its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``. A OneVision video: data/video.py.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
@@ -46,7 +44,7 @@ from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordErro
                                       load_records, normalize_turns, record_id)
 from llava_hydra.data.stand_in import candidates, stand_in
 from llava_hydra.data.store import open_records
-from llava_hydra.data.video import Video, video_of
+from llava_hydra.data.video import Video, batch_videos, media_of, require, video_sample, video_token_id
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +58,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
                  image_token_id: int | None = None, num_image_tokens: int | ImageTokens = 576,
                  on_bad_sample: str = "raise", cache_dir=None, allow_images_outside_folder: bool = False,
-                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None, videos=None,
-                 video_token_id: int | None = None):
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None, videos=None):
         if on_bad_sample not in POLICIES:
             raise ValueError(f"data.on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         check_template(template)
@@ -86,10 +83,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             num_image_tokens)
         self.anyres = self.image_tokens.fixed is None
         self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
-        self.videos = videos  # a VideoSource (OneVision), else video records are refused
-        self.video_token_id = video_token_id if video_token_id is not None else tokenizer.convert_tokens_to_ids("<video>")
-        if videos is not None and self.video_token_id in (None, tokenizer.unk_token_id):
-            raise ValueError("videos need the tokenizer's own <video> token (OneVision's model assembly adds it)")
+        self.videos, self.video_token_id = videos, video_token_id(tokenizer, videos)  # OneVision: a VideoSource
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
@@ -107,27 +101,19 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         return BadSampleError(f"{self.data_path}: sample {i} (id={record_id(self.records[i])!r}): {problem}", reason)
 
     def prepare(self, i: int) -> tuple[Rendered, list[str]]:
-        """(rendered conversation, image paths -- or [Video(path)]) of record i; RecordError if it is malformed."""
+        """(rendered conversation, image paths or [Video(path)]) of record i; RecordError if it is malformed."""
         record = self.records[i]
         turns = normalize_turns(record)
-        video = video_of(record)
-        return render(self.template, turns, tokenizer=self.tokenizer), [Video(video)] if video else images_of(record)
+        return render(self.template, turns, tokenizer=self.tokenizer), media_of(record, self.videos)
 
     def image_runs(self, images: list[str]):
-        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size;
-        a video's run by its frame count (video_tokens.py)."""
-        if images and isinstance(images[0], Video):
-            return [self._videos().tokens(images[0])]
+        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size."""
+        if images and isinstance(images[0], Video):  # by its frame count (video_tokens.py)
+            return [require(self.videos).tokens(images[0])]
         if not self.anyres:
             return self.num_image_tokens
         # by size; OneVision: one view + a newline for each of several (ImageTokens.runs)
         return self.image_tokens.runs([image_size(self.images, name) for name in images])
-
-    def _videos(self):
-        if self.videos is None:
-            raise RecordError("record has a 'video': videos train with model.family=llava_onevision "
-                              "(data.video_folder)", "malformed")
-        return self.videos
 
     def _runs_for_lengths(self, images: list[str]) -> list[int]:
         try:
@@ -150,10 +136,10 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """Sample i as the collator takes it; raises on any problem (no replacement)."""
         e, images = self.encode(i)
         sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
-        if images and isinstance(images[0], Video):
-            return self._video_sample(i, sample, images[0]) if e.num_images else sample
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
+                if isinstance(images[0], Video):  # its run re-tagged <video>, its frames
+                    return video_sample(sample, images[0], self.videos, self.image_token_id, self.video_token_id)
                 if self.anyres:
                     kept = images[:e.num_images]
                     return {**sample, **anyres_images(self.images, kept, self.image_processor, of=len(images))}
@@ -163,20 +149,6 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                 raise self._fail(i, str(err), err.kind) from None
             sample["pixel_values"] = torch.stack(pixels) if len(images) > 1 else pixels[0]
         return sample
-
-    def _video_sample(self, i: int, sample: dict, name: str) -> dict:
-        """The video's run re-tagged as ``<video>`` tokens (labels -100) and its pixels."""
-        run = sample["input_ids"] == self.image_token_id
-        try:
-            pixels = self.videos.load(name)
-        except ImageError as err:
-            raise self._fail(i, str(err), err.kind) from None
-        if int(run.sum()) != self.videos.rule.tokens(len(pixels)):
-            raise self._fail(i, f"video {name}: decoded {len(pixels)} frames ({self.videos.rule.tokens(len(pixels))} "
-                                f"tokens) where its header gave a run of {int(run.sum())}", "unreadable_video")
-        ids = sample["input_ids"].masked_fill(run, self.video_token_id)
-        return {"input_ids": ids, "labels": sample["labels"].masked_fill(run, IGNORE_INDEX),
-                "pixel_values_videos": pixels}
 
     # -- the policy ----------------------------------------------------------------------------
 
@@ -243,10 +215,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def _prepare_for_lengths(self, i: int):
         try:
-            rendered, images = self.prepare(i)
-            if images and isinstance(images[0], Video) and not self.anyres:
-                self._videos()  # a fixed-count (LLaVA-1.5) model: refused here, not counted as an image
-            return rendered, images
+            return self.prepare(i)
         except RecordError:
             raise
         except ValueError as e:  # a chat template problem: a record problem too
@@ -337,12 +306,6 @@ class DataCollator:
         return {**batch, **batch_images(samples), **batch_videos(samples)}
 
 
-def batch_videos(samples: list[dict]) -> dict:
-    """``pixel_values_videos`` of every sample's video in order (stack_videos); {} if none."""
-    videos = stack_videos([s["pixel_values_videos"] for s in samples if "pixel_values_videos" in s])
-    return {} if videos is None else {"pixel_values_videos": videos}
-
-
 def batch_images(samples: list[dict]) -> dict:
     """``pixel_values`` of every sample's images in order (stack_images) and, for AnyRes samples,
     ``image_sizes`` (n_images, 2): LlavaNext splits the crops per image by the sizes. {} if none."""
@@ -355,19 +318,3 @@ def batch_images(samples: list[dict]) -> dict:
     if any("batch_num_images" in s for s in samples):  # OneVision: images per sample (1: crops, more: one view each)
         out["batch_num_images"] = torch.cat([s["batch_num_images"] for s in samples if "batch_num_images" in s])
     return out
-
-
-def stack_videos(videos: list, where: str = "a batch") -> torch.Tensor | None:
-    """Videos ``(frames, C, H, W)`` (or already stacked ``(n, frames, C, H, W)``) as the one
-    ``(n_videos, frames, C, H, W)`` tensor LlavaOnevisionForConditionalGeneration takes (None if none).
-    transformers takes one frame count per call: videos with different counts cannot share a batch."""
-    videos = [v if v.dim() == 5 else v.unsqueeze(0) for v in videos]
-    if not videos:
-        return None
-    counts = sorted({v.shape[1] for v in videos})
-    if len(counts) > 1:
-        raise ValueError(f"{where} holds videos of {counts} frames: transformers' pixel_values_videos is one "
-                         f"(videos, frames, C, H, W) tensor, so the videos of a batch need one frame count. Set "
-                         f"data.force_sample=true (every video data.frames_upbound frames), or train "
-                         f"training.per_device_train_batch_size=1 without training.packing")
-    return torch.cat(videos)

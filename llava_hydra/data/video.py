@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from llava_hydra.data.images import ImageError
+from llava_hydra.data.records import images_of, video_of
 from llava_hydra.data.video_tokens import VideoTokens
 
 
@@ -34,19 +35,29 @@ class Video(str):
     """A record's video path, marked so the token counts treat it as a video (not an image)."""
 
 
-def video_of(record) -> str | None:
-    """The record's ``video`` path, or None. A record may have images or a video, not both."""
-    from llava_hydra.data.records import RecordError
+def require(videos: "VideoSource | None") -> "VideoSource":
+    """The dataset's VideoSource; a RecordError (the record is refused) where the model takes no videos."""
+    if videos is None:
+        from llava_hydra.data.records import RecordError
 
-    if not isinstance(record, dict) or record.get("video") in (None, ""):
+        raise RecordError("record has a 'video': videos train with model.family=llava_onevision (data.video_folder)")
+    return videos
+
+
+def media_of(record, videos: "VideoSource | None") -> list[str]:
+    """A record's image paths in tag order, or ``[Video(path)]`` for a video record (refused without videos)."""
+    video = video_of(record)
+    return [Video(require(videos) and video)] if video else images_of(record)
+
+
+def video_token_id(tokenizer, videos) -> int | None:
+    """The tokenizer's ``<video>`` id where videos are read (OneVision's assembly adds the token), else None."""
+    if videos is None:
         return None
-    video = record["video"]
-    if not isinstance(video, str):
-        raise RecordError(f"'video' must be a path (a non-empty string), got {video!r:.80}")
-    if record.get("image") not in (None, "", []):
-        raise RecordError("record has both 'image' and 'video'; LLaVA-NeXT would train its image and drop the "
-                          "video: give each its own record")
-    return video
+    token = tokenizer.convert_tokens_to_ids("<video>")
+    if token is None or token == tokenizer.unk_token_id:
+        raise ValueError("videos need the tokenizer's own <video> token (OneVision's model assembly adds it)")
+    return token
 
 
 def _av():
@@ -160,3 +171,40 @@ def frame_pixels(frames: np.ndarray, image_processor):
         resized = np.asarray(Image.fromarray(frame).resize((w, h), resample=resample), dtype=np.float32)
         out[k] = ((resized * scale - mean) / std).transpose(2, 0, 1)
     return torch.from_numpy(out)
+
+
+def video_sample(sample: dict, name: str, videos: VideoSource, image_token_id: int, video_token_id: int) -> dict:
+    """A tokenized video sample (its tag expanded to a run of ``image_token_id``): the run re-tagged as
+    ``<video>`` tokens (labels -100) and the video's ``pixel_values_videos``; ImageError if it does not load
+    or decodes to another frame count than its run was counted for."""
+    run = sample["input_ids"] == image_token_id
+    pixels = videos.load(name)
+    if int(run.sum()) != videos.rule.tokens(len(pixels)):
+        raise ImageError(f"video {name}: decoded {len(pixels)} frames ({videos.rule.tokens(len(pixels))} tokens) "
+                         f"where its header gave a run of {int(run.sum())}", "unreadable_video")
+    return {"input_ids": sample["input_ids"].masked_fill(run, video_token_id),
+            "labels": sample["labels"].masked_fill(run, -100), "pixel_values_videos": pixels}
+
+
+def stack_videos(videos: list, where: str = "a batch"):
+    """Videos ``(frames, C, H, W)`` (or already stacked ``(n, frames, C, H, W)``) as the one
+    ``(n_videos, frames, C, H, W)`` tensor LlavaOnevisionForConditionalGeneration takes (None if none).
+    transformers takes one frame count per call: videos with different counts cannot share a batch."""
+    import torch
+
+    videos = [v if v.dim() == 5 else v.unsqueeze(0) for v in videos]
+    if not videos:
+        return None
+    counts = sorted({v.shape[1] for v in videos})
+    if len(counts) > 1:
+        raise ValueError(f"{where} holds videos of {counts} frames: transformers' pixel_values_videos is one "
+                         f"(videos, frames, C, H, W) tensor, so the videos of a batch need one frame count. Set "
+                         f"data.force_sample=true (every video data.frames_upbound frames), or train "
+                         f"training.per_device_train_batch_size=1 without training.packing")
+    return torch.cat(videos)
+
+
+def batch_videos(samples: list[dict]) -> dict:
+    """``pixel_values_videos`` of every sample's video in order (stack_videos); {} if none."""
+    videos = stack_videos([s["pixel_values_videos"] for s in samples if "pixel_values_videos" in s])
+    return {} if videos is None else {"pixel_values_videos": videos}

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import torch
 
-from llava_hydra.data.dataset import batch_images, batch_videos, stack_videos
+from llava_hydra.data.dataset import batch_images
+from llava_hydra.data.video import batch_videos, stack_videos
 from llava_hydra.data.labels import IGNORE_INDEX
 from llava_hydra.sampling.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
                                       step_counts)
