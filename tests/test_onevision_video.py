@@ -234,3 +234,24 @@ def test_data_check_finds_missing_and_broken_videos_before_training(folder, qwen
     assert report["found"]["missing_video"] == [[1, "gone", f"video file not found: {folder / 'gone.mov'}"]]
     assert [i for i, _, _ in report["found"]["unreadable_video"]] == [2]
     assert (report["video_samples"], report["image_samples"], report["bad_samples"], report["errors"]) == (1, 2, 2, 2)
+
+
+def test_a_container_without_a_frame_count_has_its_packets_counted(tmp_path):
+    """WebM records no frame count in its header (PyAV's stream.frames is 0): the packets are counted."""
+    from llava_hydra.data.video import VideoSource
+
+    if "libvpx-vp9" not in av.codecs_available:
+        pytest.skip("this PyAV build has no VP9 encoder")
+    with av.open(str(tmp_path / "clip.webm"), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for k in range(10):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), k * GREY, np.uint8), "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(tmp_path / "clip.webm")) as container:
+        assert container.streams.video[0].frames == 0
+    videos = VideoSource(tmp_path, VideoTokens(4))
+    assert videos.header("clip.webm") == (10, 4.0) and videos.frame_count("clip.webm") == 3
+    assert videos.frames("clip.webm")[:, 0, 0, 0].tolist() == pytest.approx([0, 80, 160], abs=3)  # lossy VP9
