@@ -255,3 +255,20 @@ def test_a_container_without_a_frame_count_has_its_packets_counted(tmp_path):
     videos = VideoSource(tmp_path, VideoTokens(4))
     assert videos.header("clip.webm") == (10, 4.0) and videos.frame_count("clip.webm") == 3
     assert videos.frames("clip.webm")[:, 0, 0, 0].tolist() == pytest.approx([0, 80, 160], abs=3)  # lossy VP9
+
+
+def test_the_spec_gives_videos_to_onevision_only_from_its_or_a_sources_folder():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from llava_hydra.data.image_tokens import ImageTokens
+    from llava_hydra.data.spec import video_source
+
+    cfg = OmegaConf.create({"data": {"video_folder": "/v", "frames_upbound": 32, "force_sample": False,
+                                     "video_fps": 1, "allow_images_outside_folder": False}})
+    videos = video_source(cfg, TINY, None)
+    assert videos.folder == Path("/v") and videos.rule.key == ["video", 4, 32, False, 1]
+    assert video_source(cfg, TINY, None, video_folder="/source_videos").folder == Path("/source_videos")
+    assert video_source(cfg, ImageTokens(576), None) is None  # LLaVA-1.5: video records are refused
+    assert video_source(cfg, ImageTokens(576, 336, 14, [[336, 672]], "anyres"), None) is None  # LLaVA-NeXT
