@@ -64,7 +64,7 @@ DIRECT_FINETUNE_CLIP = {  # scripts/train/direct_finetune_clip.sh
     "--torch_compile_backend": "inductor", "--dataloader_drop_last": "True", "--attn_implementation": "sdpa",
 }
 NO_MEANING = {"--mm_use_im_start_end", "--mm_use_im_patch_token", "--evaluation_strategy", "--lazy_preprocess",
-              "--output_dir", "--run_name", "--video_folder", "--frames_upbound", "--torch_compile",
+              "--output_dir", "--run_name", "--torch_compile",
               "--torch_compile_backend", "--dataloader_drop_last"}
 DATA = {"/blip_558k/blip_558k_plain.json": "llava15_pretrain", "next_3p2m_single_image.yaml": "onevision_si",
         "next_ov_stage_july21.yaml": "onevision_ov"}
@@ -96,8 +96,8 @@ def ours(cfg, flag: str, preset: str):
         return cfg.data.template
     if key == "data_path":
         return cfg.data.name
-    if key == "image_folder":
-        return cfg.data.image_folder
+    if key in ("image_folder", "video_folder", "frames_upbound"):
+        return cfg.data[key]
     if key == "mm_tunable_parts":
         return sorted(cfg.stage.trainable)
     if key == "pretrain_mm_mlp_adapter":
@@ -142,6 +142,8 @@ def theirs(flag: str, text: str, cfg, preset: str):
         return DATA[text]
     if flag == "--image_folder":
         return cfg.data.image_folder  # where the user keeps them: data.image_folder (paths.data_root/...)
+    if flag == "--video_folder":
+        return cfg.data.video_folder  # as data.image_folder: data.video_folder (paths.data_root/llava_video)
     if flag == "--mm_tunable_parts":
         return sorted(PARTS[p] for p in text.split(","))
     return value(text)

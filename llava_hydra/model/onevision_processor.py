@@ -9,7 +9,7 @@ writes -- tokenizer files, ``chat_template.jinja`` and ``processor_config.json``
 video processors nested in it (tests compare the two byte for byte) -- so wherever torchvision is
 installed (any GPU install, vLLM, lmms-eval) ``AutoProcessor.from_pretrained`` loads the folder as a
 ``LlavaOnevisionProcessor``. The video processor is written with the tower's input size and mean / std
-(OneVision's frames are the tower's view of each frame); videos are not trained here.
+(OneVision's frames are the tower's view of each frame, as training makes them: data/video.py).
 For generation without torchvision (``inference_processor`` from a folder; ``serving`` for the object made in
 memory for a LoRA run) the same class is built without its video processor, for images and text.
 """
