@@ -111,15 +111,12 @@ def test_qlora_tiny_next_trains_saves_merges_and_evaluates(compose_spec, tmp_pat
     """4-bit NF4 LLM on CPU: the adapter + projector are saved, merge writes a LlavaNext model that
     computes what the 16-bit base + adapter computes on an AnyRes image, and the eval command gives
     the same answers from the adapter run and from the merged model."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
     from peft import PeftModel
     from PIL import Image
     from safetensors.torch import load_file
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-    from llava_hydra.commands import eval_cli
     from llava_hydra.commands.merge import merge
     from llava_hydra.commands.runner import run
     from llava_hydra.model.assemble import assemble
@@ -158,19 +155,8 @@ def test_qlora_tiny_next_trains_saves_merges_and_evaluates(compose_spec, tmp_pat
         with adapted.disable_adapter():  # and training moved it away from the base
             assert not torch.allclose(model(**inputs).logits, adapted(**inputs).logits, atol=1e-3)
 
-    answers = {}
-    for name, model_dir in (("adapter", run_dir), ("merged", merged_dir)):
-        GlobalHydra.instance().clear()
-        with initialize_config_module("llava_hydra.conf", version_base="1.3"):
-            cfg = compose("eval", overrides=[f"model_dir={model_dir}", f"paths.eval_root={tmp_path / 'ev'}",
-                                             "device=cpu", "benchmark=own", "benchmark.max_new_tokens=4",
-                                             f"benchmark.question_file={cache / 'synthetic' / 'qa_eval.json'}",
-                                             f"benchmark.image_folder={cache / 'synthetic' / 'images'}"])
-        GlobalHydra.instance().clear()
-        eval_cli.run(cfg)
-        answers[name] = [json.loads(line)["text"] for line in
-                         (model_dir / "eval" / "own" / "answers.jsonl").read_text().splitlines()]
-    assert len(answers["adapter"]) == 4 and answers["adapter"] == answers["merged"]
+    adapter, merged = (own_eval_answers(d, tmp_path, cache) for d in (run_dir, merged_dir))
+    assert len(adapter) == 4 and adapter == merged
 
 
 def test_qlora_tiny_onevision_trains_the_tower_merges_and_answers_as_transformers(compose_spec, tmp_path, caplog,
@@ -180,15 +166,12 @@ def test_qlora_tiny_onevision_trains_the_tower_merges_and_answers_as_transformer
     LlavaOnevisionForConditionalGeneration; a stock client of it gets the ids and pixels our eval app makes for
     the adapter run (whose processor is built in memory: no torchvision here), the same logits and the same
     greedy answer, and chat and ``python -m llava_hydra.eval`` work on the adapter run directory."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
     from onevision_client import stock_processor
     from PIL import Image
     from safetensors.torch import load_file
     from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 
-    from llava_hydra.commands import eval_cli
     from llava_hydra.commands.chat import Chat, main as chat_main
     from llava_hydra.commands.merge import merge
     from llava_hydra.commands.runner import run
@@ -262,16 +245,23 @@ def test_qlora_tiny_onevision_trains_the_tower_merges_and_answers_as_transformer
                       "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip() == plain
 
-    answers = {}
-    for name, model_dir in (("adapter", run_dir), ("merged", merged_dir)):
-        GlobalHydra.instance().clear()
-        with initialize_config_module("llava_hydra.conf", version_base="1.3"):
-            cfg = compose("eval", overrides=[f"model_dir={model_dir}", f"paths.eval_root={tmp_path / 'ev'}",
-                                             "device=cpu", "benchmark=own", "benchmark.max_new_tokens=4",
-                                             f"benchmark.question_file={cache / 'synthetic' / 'qa_eval.json'}",
-                                             f"benchmark.image_folder={cache / 'synthetic' / 'images'}"])
-        GlobalHydra.instance().clear()
-        eval_cli.run(cfg)
-        answers[name] = [json.loads(line)["text"] for line in
-                         (model_dir / "eval" / "own" / "answers.jsonl").read_text().splitlines()]
-    assert len(answers["adapter"]) == 4 and answers["adapter"] == answers["merged"]
+    adapter, merged = (own_eval_answers(d, tmp_path, cache) for d in (run_dir, merged_dir))
+    assert len(adapter) == 4 and adapter == merged
+
+
+def own_eval_answers(model_dir, tmp_path, cache) -> list[str]:
+    """``python -m llava_hydra.eval benchmark=own`` on the run's held-out synthetic questions: its answers."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from llava_hydra.commands import eval_cli
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("llava_hydra.conf", version_base="1.3"):
+        cfg = compose("eval", overrides=[f"model_dir={model_dir}", f"paths.eval_root={tmp_path / 'ev'}",
+                                         "device=cpu", "benchmark=own", "benchmark.max_new_tokens=4",
+                                         f"benchmark.question_file={cache / 'synthetic' / 'qa_eval.json'}",
+                                         f"benchmark.image_folder={cache / 'synthetic' / 'images'}"])
+    GlobalHydra.instance().clear()
+    eval_cli.run(cfg)
+    return [json.loads(line)["text"] for line in (model_dir / "eval" / "own" / "answers.jsonl").read_text().splitlines()]
