@@ -21,20 +21,26 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _spec_aspect(path: Path) -> str | None:
-    """data.image_aspect_ratio of the run that wrote ``path``: its spec, else Hydra's record of it."""
+def spec_data(path: Path) -> dict:
+    """The ``data`` section of the run that wrote ``path``: its spec, else Hydra's record of it ({} if none)."""
     from omegaconf import OmegaConf
 
     from llava_hydra.config.run_spec import find_spec
 
+    path = Path(path)
     try:
         candidates = [find_spec(path)]
     except FileNotFoundError:
         candidates = [path / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"]
     for candidate in candidates:
         if candidate.exists():
-            return OmegaConf.load(candidate).get("data", {}).get("image_aspect_ratio")
-    return None
+            return OmegaConf.load(candidate).get("data", {}) or {}
+    return {}
+
+
+def _spec_aspect(path: Path) -> str | None:
+    """data.image_aspect_ratio of the run that wrote ``path`` (spec_data)."""
+    return spec_data(path).get("image_aspect_ratio")
 
 
 def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
