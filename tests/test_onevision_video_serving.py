@@ -85,6 +85,8 @@ def test_chat_on_a_video_answers_as_a_stock_client(served, qwen_tok, capsys):
     model, processor, aspect = load_for_inference(folder, device="cpu")
     rule = video_rule(folder, model.config)
     assert rule.key == ["video", 4, 4, False, 1]  # tiny tower 32/8 = 4 patches a side; the spec's frame rule
+    # a folder without its run's spec (a merged model, llava-hf's): OneVision's recipes, <= 32 frames at 1/s
+    assert video_rule(videos, model.config).key == ["video", 4, 32, False, 1]
     video_id = qwen_tok.convert_tokens_to_ids("<video>")
 
     for name, indices, run in (("clip.mov", [0, 4, 8], 3 * 4 + 1), ("long.mov", [0, 13, 26, 39], 4 * 4 + 1)):

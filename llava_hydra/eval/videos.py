@@ -3,7 +3,8 @@ a rendered prompt's ``<video>`` tag -> its run of ``<video>`` tokens, as ``Llava
 
 - **Frames and pixels**: the run's own rule (``video_rule``: ``data.frames_upbound`` / ``force_sample`` /
   ``video_fps`` of the spec beside the model, read where its ``data.image_aspect_ratio`` is read:
-  eval/loading.py ``spec_data``; a folder without a spec: the schema's defaults, one frame a second, no cap)
+  eval/loading.py ``spec_data``; a folder without a spec, e.g. a merged model: OneVision's recipes' rule, at
+  most 32 frames, one a second)
   and training's own ``VideoSource.load`` (data/video.py): the same file checks, frame sampling and
   ``frame_pixels``, so the model is asked about the pixels it was trained on for that file.
 - **Prompt**: the chat template renders a ``{"type": "video"}`` part as ``<video>`` where training's record has
@@ -25,18 +26,23 @@ from pathlib import Path
 VIDEO_TOKEN = "<video>"
 
 
+# A folder without its run's spec (a merged model, llava-hf's): OneVision's recipes' rule (data=onevision_si /
+# onevision_ov: finetune_{si,ov}.sh's --frames_upbound 32, one frame a second, no --force_sample).
+RECIPE_RULE = {"frames_upbound": 32, "force_sample": False, "video_fps": 1}
+
+
 def video_rule(path, config):
     """The ``VideoTokens`` rule of the run that wrote ``path`` (model folder, run directory or checkpoint)
-    for a OneVision model ``config``: the tower's patches per side and the spec's frame rule."""
+    for a OneVision model ``config``: the tower's patches per side and the spec's frame rule (its
+    ``data.frames_upbound`` / ``force_sample`` / ``video_fps``; RECIPE_RULE where the folder has no spec)."""
     from llava_hydra.config.schema import DataConfig
     from llava_hydra.data.video_tokens import video_tokens_for
     from llava_hydra.eval.loading import spec_data
 
     vc = config.vision_config
     data = spec_data(Path(path)) if path is not None else {}
-    defaults = DataConfig()
-    merged = {k: data.get(k, getattr(defaults, k)) for k in ("frames_upbound", "force_sample", "video_fps")}
-    return video_tokens_for(vc.image_size // vc.patch_size, merged)
+    defaults = {k: getattr(DataConfig(), k) for k in RECIPE_RULE} if data else RECIPE_RULE
+    return video_tokens_for(vc.image_size // vc.patch_size, {k: data.get(k, v) for k, v in defaults.items()})
 
 
 def load_video(path, rule, image_processor):
