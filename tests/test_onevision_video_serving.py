@@ -179,3 +179,9 @@ def test_eval_own_benchmark_answers_video_records_as_the_stock_client(served, qw
     assert [r["question_id"] for r in rows] == ["v3", "img", "v4", "text"]
     assert [rows[0]["text"], rows[2]["text"]] == stock
     assert [r["reference"] for r in rows] == ["It gets brighter.", "Green.", "It gets brighter.", "Yes."]
+
+    (tmp_path / "gone.json").write_text(json.dumps([{**VIDEO, "id": "gone", "video": "gone.mov"}]))
+    cfg.benchmark.question_file, cfg.output_root = str(tmp_path / "gone.json"), str(tmp_path / "eval_gone")
+    cfg.output_dir = str(tmp_path / "eval_gone" / "own")
+    with pytest.raises(ValueError, match=r"question 'gone': video file not found: .*gone.mov"):
+        eval_run(cfg)

@@ -119,7 +119,12 @@ def answer_benchmark(model, processor, aspect: str, items: list[Item], path: Pat
                              f"LLaVA-OneVision models")
         from llava_hydra.eval.videos import load_video
 
-        return load_video(item.video, video_rule, processor.image_processor)
+        from llava_hydra.data.images import ImageError
+
+        try:
+            return load_video(item.video, video_rule, processor.image_processor)
+        except ImageError as err:
+            raise ValueError(f"question {item.question_id!r}: {err}") from err
 
     def append(batch: list[Item], rows: list[dict]) -> None:  # a killed run loses at most one batch
         with mine.open("a") as f:

@@ -13,6 +13,7 @@ a template that writes bos, e.g. Llama-3's, gets no second). AnyRes (``aspect`` 
 anyres_max_N): the saved processor makes the crops and ``image_sizes`` from the decoded image,
 with the transformers image processor training used; OneVision's gets each prompt's images as one list
 (``per_prompt``), so several images in one prompt take one padded view each, as in training.
+OneVision videos (``videos``: training's pixels, eval/videos.py) are encoded there, without images in the batch.
 """
 
 from __future__ import annotations

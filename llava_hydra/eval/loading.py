@@ -10,7 +10,8 @@
 
 ``aspect`` is how images are made square before the image processor: the run's
 ``data.image_aspect_ratio`` when the folder holds a spec (``llava_hydra_spec.yaml`` or
-Hydra's ``.hydra/config.yaml``), else ``pad`` (LLaVA-1.5's evaluation).
+Hydra's ``.hydra/config.yaml``), else ``pad`` (LLaVA-1.5's evaluation). The same ``data`` section
+(``spec_data``) gives a OneVision model's video frame rule (eval/videos.py).
 """
 
 from __future__ import annotations
