@@ -1,7 +1,10 @@
 """model=tiny_onevision stage 2 on a mix of video, image and text-only records (in one process, batches of
 several samples: data.force_sample=true, 4 frames each), and what it saves answers a video question from
 LlavaOnevisionForConditionalGeneration.from_pretrained with the <video> run and pixel_values_videos training's
-encoding makes (the frames as the saved video processor's config says: the tower's size, mean and std)."""
+encoding makes (the frames as the saved video processor's config says: the tower's size, mean and std).
+``python -m llava_hydra.chat --video`` and ``python -m llava_hydra.eval benchmark=own`` on the saved folder,
+and on a LoRA run's directory (the adapter merged in memory), give that direct transformers call's greedy
+answers (a stock client's ids: the saved chat template + LlavaOnevisionProcessor's own <video> expansion)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.slow
 av = pytest.importorskip("av")
 
 
-def test_video_mix_trains_and_transformers_answers_from_the_saved_folder(compose_spec, tmp_path):
+def test_video_mix_trains_and_transformers_answers_from_the_saved_folder(compose_spec, tmp_path, capsys):
     from PIL import Image
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -81,3 +84,102 @@ def test_video_mix_trains_and_transformers_answers_from_the_saved_folder(compose
     logits = model(input_ids=ids, pixel_values_videos=sample["pixel_values_videos"][None]).logits[0, -1]
     other = model(input_ids=ids, pixel_values_videos=torch.zeros_like(sample["pixel_values_videos"])[None]).logits[0, -1]
     assert not torch.allclose(logits, other)
+
+    # chat and eval on the saved folder answer as the direct transformers call; the frame rule comes from the
+    # run's config, which `python -m llava_hydra` leaves in the run directory as Hydra's .hydra/config.yaml
+    from omegaconf import OmegaConf
+
+    (fin / ".hydra").mkdir()
+    OmegaConf.save(spec, fin / ".hydra" / "config.yaml")
+    stock = {k: stock_answer(model, fin, spec, tmp_path, records[k]) for k in (1, 4)}  # clip1.mov, clip0.mov
+    chat_and_eval_answer(fin, model, videos, images, tmp_path / "held.json", tmp_path / "eval_full", stock, capsys)
+
+    # a LoRA run on the same mix: chat and eval on its directory answer as transformers on the merged model
+    from llava_hydra.commands.merge import merge
+
+    lora_dir = tmp_path / "out" / "lora"
+    lora_spec = compose_spec("model=tiny_onevision", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
+                             f"paths.output_root={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                             f"data.data_path={tmp_path / 'train.json'}", f"data.image_folder={images}",
+                             f"data.video_folder={videos}", "data.frames_upbound=4", "data.force_sample=true",
+                             "data.synthetic=null", f"training.output_dir={lora_dir}", "lora=lora", "lora.r=4",
+                             "lora.alpha=8", "training.max_steps=4", "training.per_device_train_batch_size=4",
+                             "training.learning_rate=1e-2", "training.warmup_ratio=0", "training.save_steps=100")
+    run(lora_spec)
+    merged = LlavaOnevisionForConditionalGeneration.from_pretrained(merge(lora_dir, tmp_path / "merged")).eval()
+    stock = {k: stock_answer(merged, tmp_path / "merged", lora_spec, tmp_path, records[k]) for k in (1, 4)}
+    chat_and_eval_answer(lora_dir, merged, videos, images, tmp_path / "held.json", tmp_path / "eval_lora", stock,
+                         capsys)
+
+
+GEN = {"max_new_tokens": 4, "do_sample": False}
+
+
+def stock_answer(model, folder, spec, tmp_path, record) -> tuple:
+    """A stock client's greedy answer to a video record's question: the saved chat template renders a video
+    part, LlavaOnevisionProcessor.replace_video_token expands it (the ids equal training's encoding of the
+    record), the pixels are training's (what the saved video processor's config does to the frames).
+    -> (input_ids, pixel_values_videos, answer)."""
+    from transformers import LlavaOnevisionProcessor
+
+    from llava_hydra.data.spec import data_parts, spec_dataset
+    from llava_hydra.eval.heldout import prompt_and_reference
+    from llava_hydra.model.onevision_processor import inference_processor
+
+    processor = inference_processor(folder)
+    question = record["conversations"][0]["value"].replace("<image>", "").strip()
+    message = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
+    text = processor.apply_chat_template([message], add_generation_prompt=True, tokenize=False)
+    tokenizer, image_processor, rule = data_parts(spec)
+    (tmp_path / "one.json").write_text(json.dumps([record]))
+    ds = spec_dataset(spec, str(tmp_path / "one.json"), tokenizer, image_processor, rule)
+    pixels = ds.build(0)["pixel_values_videos"]
+    run = LlavaOnevisionProcessor.replace_video_token(processor, {"pixel_values_videos": [pixels]}, 0)
+    assert len(run) == len("<video>") * (4 * 4 + 1)  # 4 frames (force_sample) x 2 x 2 pooled + 1 newline
+    ids = processor.tokenizer(text.replace("<video>", run), return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == prompt_and_reference(ds, 0)[0]
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None], **GEN)
+    return ids, pixels, processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def chat_and_eval_answer(model_dir, model, videos, images, held, out, stock, capsys):
+    """chat (object and command) on each held-out video, and eval benchmark=own on the held-out file (videos
+    from the run's data.video_folder), give ``model`` the ``stock`` client's ids and pixels (record index ->
+    (ids, pixels, answer)): the same logits and greedy answers."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from llava_hydra.commands.chat import Chat, main as chat_main
+    from llava_hydra.commands.eval_cli import run as eval_run
+    from llava_hydra.eval.generation import encode, render, user_message
+    from llava_hydra.eval.loading import load_for_inference
+    from llava_hydra.eval.videos import load_video, video_rule
+
+    loaded, processor, aspect = load_for_inference(model_dir, device="cpu")
+    rule = video_rule(model_dir, loaded.config)
+    assert rule.key == ["video", 4, 4, True, 1]  # the run's spec: 4 frames, force_sample
+    question = "What happens in the video?"
+    for k, (ids, pixels, answer) in stock.items():
+        clip = videos / f"clip{k % 4}.mov"
+        ours = encode(processor, [render(processor, [user_message(question, 0, video=True)])], [], aspect,
+                      videos=[load_video(clip, rule, processor.image_processor)], video_rule=rule)  # chat's inputs
+        assert torch.equal(ours["input_ids"], ids) and torch.equal(ours["pixel_values_videos"], pixels[None])
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**ours).logits, model(input_ids=ids, pixel_values_videos=pixels[None]).logits,
+                                       rtol=1e-4, atol=1e-4)
+        assert Chat(loaded, processor, aspect, video=str(clip), video_rule=rule, stream=None, **GEN).ask(
+            question) == answer
+    capsys.readouterr()
+    assert chat_main([str(model_dir), "--video", str(videos / "clip1.mov"), "--prompt", question,
+                      "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == stock[1][2]
+    GlobalHydra.instance().clear()
+    with initialize_config_module("llava_hydra.conf", version_base="1.3"):
+        cfg = compose("eval", overrides=[f"model_dir={model_dir}", "device=cpu", "benchmark=own",
+                                         f"benchmark.question_file={held}", f"benchmark.image_folder={images}",
+                                         "benchmark.max_new_tokens=4", f"output_root={out}", "batch_size=3"])
+    GlobalHydra.instance().clear()
+    eval_run(cfg)
+    rows = [json.loads(line) for line in (out / "own" / "answers.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == [1, 4, 0]
+    assert [rows[0]["text"], rows[1]["text"]] == [stock[1][2], stock[4][2]]

@@ -1,8 +1,9 @@
-"""Talk to a trained model: ``python -m llava_hydra.chat RUN_OR_MODEL_DIR --image PATH [--prompt TEXT]``.
+"""Talk to a trained model: ``python -m llava_hydra.chat RUN_OR_MODEL_DIR --image PATH [--prompt TEXT]``
+(a LLaVA-OneVision model: ``--video PATH`` instead, eval/videos.py: the run's frame rule, training's pixels).
 
 With ``--prompt`` it answers once and exits; without, it is interactive: each line is a user
-turn of one conversation (the model sees the whole history), ``/image PATH`` starts a new
-conversation about another image, ``/reset`` starts over with the same image, ``/quit`` (or
+turn of one conversation (the model sees the whole history), ``/image PATH`` (``/video PATH``) starts a new
+conversation about another image (video), ``/reset`` starts over with the same one, ``/quit`` (or
 end of input) leaves. Tokens are printed as they are generated. Decoding is greedy unless
 ``--temperature`` > 0 (then sampled, with ``--top-p``).
 
@@ -24,28 +25,41 @@ from llava_hydra.data.images import open_rgb
 from llava_hydra.eval.generation import (assistant_message, encode, generation_kwargs, image_pixels, render,
                                          user_message)
 
-COMMANDS = "commands: /image PATH (new conversation about that image), /reset, /quit"
+COMMANDS = "commands: /image PATH (new conversation about that image), /video PATH (OneVision), /reset, /quit"
 
 
 class Chat:
     """One conversation with a model: ``ask(text)`` streams and returns the answer."""
 
-    def __init__(self, model, processor, aspect: str, image=None, stream="stdout", **gen):
+    def __init__(self, model, processor, aspect: str, image=None, stream="stdout", video=None, video_rule=None,
+                 **gen):
         """``image``: a path or PIL image (or a list of them: several images, in the first turn in that
         order), made pixel values once as training makes them (generation.image_pixels; AnyRes: kept
-        decoded, the saved processor cuts it). ``stream``: where tokens are written as generated
-        (``"stdout"``: sys.stdout at the time; None: nowhere)."""
+        decoded, the saved processor cuts it). ``video`` (OneVision, instead of images): a file, read once by
+        the run's ``video_rule`` as training reads it (eval/videos.py), or its pixel values. ``stream``: where
+        tokens are written as generated (``"stdout"``: sys.stdout at the time; None: nowhere)."""
         self.model, self.processor, self.aspect, self.gen, self.stream = model, processor, aspect, gen, stream
+        self.video_rule, self.video = video_rule, None
         self.images, self.messages = [], []
-        self.reset(image)
+        self.reset(image, video)
 
     @property
     def image(self):
         return self.images[0] if self.images else None
 
-    def reset(self, image=None) -> None:
-        """A new conversation (about ``image`` -- one or a list -- if given; ImageError if one is unusable)."""
-        if image is not None:
+    def reset(self, image=None, video=None) -> None:
+        """A new conversation (about ``image`` -- one or a list -- or ``video`` if given; ImageError if one is
+        unusable)."""
+        if video is not None:
+            if self.video_rule is None:
+                raise ValueError("videos are answered by LLaVA-OneVision models (no video rule for this model)")
+            from llava_hydra.eval.videos import load_video
+
+            self.video = video if not isinstance(video, (str, Path)) else load_video(
+                video, self.video_rule, self.processor.image_processor)
+            self.images = []
+        elif image is not None:
+            self.video = None
             many = image if isinstance(image, (list, tuple)) else [image]
             self.images = [open_rgb(im) if is_anyres(self.aspect) and not isinstance(im, Image.Image)
                            else im if is_anyres(self.aspect)
@@ -56,12 +70,14 @@ class Chat:
         import torch
 
         first = not self.messages
-        self.messages.append(user_message(text, image=len(self.images) if first else 0))
+        self.messages.append(user_message(text, image=len(self.images) if first else 0,
+                                          video=first and self.video is not None))
         images = list(self.images)
         inputs = encode(self.processor, [render(self.processor, self.messages)], images, self.aspect,
-                        self.model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+                        self.model.device, [self.video] if self.video is not None else None, self.video_rule)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.model.dtype)
         stream = sys.stdout if self.stream == "stdout" else self.stream
         streamer = _Streamer(self.processor.tokenizer, stream) if stream is not None else None
         with torch.no_grad():
@@ -97,10 +113,10 @@ def interact(chat: Chat, lines=None, out=None) -> None:
             if line == "/reset":
                 chat.reset()
                 out.write("(new conversation)\n")
-            elif line.startswith("/image"):
-                path = line[len("/image"):].strip()
+            elif line.startswith("/image") or line.startswith("/video"):
+                kind, path = line[1:6], line[len("/image"):].strip()
                 try:
-                    chat.reset(path)
+                    chat.reset(**{kind: path})
                     out.write(f"(new conversation about {path})\n")
                 except (OSError, ValueError) as err:
                     out.write(f"cannot use {path!r}: {err}\n")
@@ -119,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", action="append",
                         help="the image to talk about (change it with /image PATH); give it again for several "
                              "images in the first turn, in that order")
+    parser.add_argument("--video", help="a video to talk about (LLaVA-OneVision; instead of --image): its frames "
+                                        "sampled as the run's spec says (data.frames_upbound, force_sample, video_fps)")
     parser.add_argument("--prompt", help="ask this once, print the answer and exit")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
@@ -134,8 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     for image in args.image or []:
         if not Path(image).is_file():  # before the model loads
             parser.error(f"--image {image}: no such file")
+    if args.video is not None and args.image:
+        parser.error("--video and --image: a conversation is about a video or images (OneVision trains them apart)")
+    if args.video is not None and not Path(args.video).is_file():
+        parser.error(f"--video {args.video}: no such file")
     model, processor, aspect = load_for_inference(args.model_dir, args.dtype, args.device)
-    chat = Chat(model, processor, args.image_aspect_ratio or aspect, args.image,
+    rule = None
+    from llava_hydra.model.families import family_of_config
+
+    if family_of_config(model.config) == "llava_onevision":
+        from llava_hydra.eval.videos import video_rule
+
+        rule = video_rule(args.model_dir, model.config)
+    elif args.video is not None:
+        parser.error(f"--video: {args.model_dir} is not a LLaVA-OneVision model; only OneVision models take videos")
+    chat = Chat(model, processor, args.image_aspect_ratio or aspect, args.image, video=args.video, video_rule=rule,
                 **generation_kwargs(args.max_new_tokens, args.temperature, args.top_p))
     if args.prompt is not None:
         chat.ask(args.prompt)

@@ -71,7 +71,10 @@ def run(cfg) -> dict | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if bench.question_file is None:
         raise ValueError(f"benchmark {bench.name}: set benchmark.question_file=PATH")
-    items = load_items(bench.format, bench.question_file, bench.image_folder, bench.prompt_suffix)
+    from llava_hydra.eval.loading import spec_data
+
+    video_folder = bench.get("video_folder") or spec_data(Path(cfg.model_dir)).get("video_folder")  # OneVision
+    items = load_items(bench.format, bench.question_file, bench.image_folder, bench.prompt_suffix, video_folder)
     if cfg.max_samples:
         items = items[:cfg.max_samples]
     import torch
@@ -79,9 +82,16 @@ def run(cfg) -> dict | None:
     rank_device = start_process_group(cpu=cfg.device == "cpu" or not torch.cuda.is_available())  # under torchrun
     model, processor, aspect = load_for_inference(cfg.model_dir, cfg.dtype, cfg.device or rank_device)
     model_id = cfg.model_id or Path(cfg.model_dir).resolve().name
+    from llava_hydra.model.families import family_of_config
+
+    rule = None
+    if family_of_config(model.config) == "llava_onevision":  # video questions: the run's frame rule
+        from llava_hydra.eval.videos import video_rule
+
+        rule = video_rule(cfg.model_dir, model.config)
     answers = answer_benchmark(model, processor, cfg.image_aspect_ratio or aspect, items,
                                out_dir / "answers.jsonl", model_id, cfg.batch_size,
-                               generation_kwargs(bench.max_new_tokens))
+                               generation_kwargs(bench.max_new_tokens), video_rule=rule)
     if answers is None:  # not rank 0
         return None
     metrics = score(bench, answers, items)

@@ -26,7 +26,9 @@ add them to a prompt that does not start with bos), ``processor(text=rendered)``
 LLaVA's llama_2 separator ``</s><s>`` between turns is text inside the prompt and stays.
 
 Message content is LLaVA's (a string, ``<image>`` anywhere in it) or transformers' (a list of
-``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts); as LLaVA's
+``{"type": "image"}`` / ``{"type": "video"}`` / ``{"type": "text", "text": ...}`` parts: a video part is
+written ``<video>`` where an image's ``<image>`` goes, as llava-hf's OneVision template and as a OneVision video
+record's tag stands in training, data/video.py); as LLaVA's
 preprocess_multimodal does, a message's one image moves to its front, followed by a newline. A
 message with several images keeps them where they stand, as training does (LLaVA-NeXT's
 interleaved format): the string's tags in place, or the parts in their order, texts verbatim.
@@ -72,7 +74,11 @@ def piece_prefix(tokenizer) -> str:
 _MACROS = """\
 {%- macro images(m) -%}
 {%- if m['content'] is string -%}{{ m['content'].count('<image>') }}\
-{%- else -%}{{ m['content'] | selectattr('type', 'equalto', 'image') | list | length }}{%- endif -%}
+{%- else -%}{{ m['content'] | selectattr('type', 'in', ['image', 'video']) | list | length }}{%- endif -%}
+{%- endmacro -%}
+{%- macro tag(m) -%}
+{%- if m['content'] is not string and m['content'] | selectattr('type', 'equalto', 'video') | list -%}{{ '<video>' }}\
+{%- else -%}{{ '<image>' }}{%- endif -%}
 {%- endmacro -%}
 {%- macro text(m) -%}
 {%- if m['content'] is string -%}{{ m['content'] }}\
@@ -85,16 +91,16 @@ _MACROS = """\
 {%- if m['content'] is string -%}{%- for piece in m['content'].split('<image>') -%}\
 {%- if not loop.first -%}{{ '<image>' ~ after_image(piece) }}{%- endif -%}{{ piece }}{%- endfor -%}\
 {%- else -%}{%- for part in m['content'] -%}\
-{%- if part['type'] == 'image' -%}{{ '<image>' }}\
+{%- if part['type'] in ['image', 'video'] -%}{{ '<' ~ part['type'] ~ '>' }}\
 {%- if loop.last or loop.nextitem['type'] != 'text' -%}{{ after_image('') }}{%- endif -%}\
 {%- elif part['type'] == 'text' -%}\
-{%- if not loop.first and loop.previtem['type'] == 'image' -%}{{ after_image(part['text']) }}{%- endif -%}\
+{%- if not loop.first and loop.previtem['type'] in ['image', 'video'] -%}{{ after_image(part['text']) }}{%- endif -%}\
 {{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}
 {%- endmacro -%}
 {%- macro content(m) -%}
 {%- set n = images(m) | int -%}
 {%- if n > 1 -%}{{ interleaved(m) }}\
-{%- elif n > 0 -%}{{ '<image>' * n ~ PAD ~ ('\\n' ~ text(m).replace('<image>', '').strip()).rstrip() }}\
+{%- elif n > 0 -%}{{ tag(m) ~ PAD ~ ('\\n' ~ text(m).replace('<image>', '').strip()).rstrip() }}\
 {%- else -%}{{ text(m) }}{%- endif -%}
 {%- endmacro -%}
 {%- set ns = namespace(system=DEFAULT_SYSTEM, turns=messages) -%}

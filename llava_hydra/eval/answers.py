@@ -4,7 +4,10 @@ Rows are ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"
 format's own fields), as LLaVA's model_vqa_* scripts write them. Answers already in the file are
 kept and their questions not asked again; new ones are appended a batch at a time (a killed run
 loses at most one batch), and at the end the file is rewritten in question-file order (the order
-LLaVA's POPE scorer relies on). Greedy decoding, batches left padded.
+LLaVA's POPE scorer relies on). Greedy decoding, batches left padded. A OneVision video question
+(``Item.video``) is read by the run's frame rule as training reads it (eval/videos.py) and asked in a
+sub-batch of the videos of its frame count (transformers takes one count per call); the batch's other
+questions are asked together, as before.
 
 Under several processes (``torchrun``: the process group eval/sharding.py starts) the questions
 are sharded by the generation loop heldout.py uses too (``llava_hydra.eval.sharding``); rank r
@@ -51,6 +54,15 @@ def _images(item: Item) -> list:
     return list(item.image) if isinstance(item.image, (list, tuple)) else [item.image]
 
 
+def _groups(clips: list) -> list[list[int]]:
+    """Indices of a batch asked together: the questions without a video, then those with a video of each frame
+    count (in order of appearance)."""
+    groups: dict = {}
+    for i, clip in enumerate(clips):
+        groups.setdefault(None if clip is None else len(clip), []).append(i)
+    return list(groups.values())
+
+
 def _messages(item: Item) -> list[dict]:
     return item.messages if item.messages is not None else [user_message(item.text, item.image is not None)]
 
@@ -67,9 +79,10 @@ def write_answers(path: Path, rows: list[dict]) -> None:
 
 
 def answer_benchmark(model, processor, aspect: str, items: list[Item], path: Path, model_id: str,
-                     batch_size: int, gen: dict) -> list[dict] | None:
+                     batch_size: int, gen: dict, video_rule=None) -> list[dict] | None:
     """All answers in question order (rank 0; other ranks get None), written to ``path``.
-    Questions already answered there or in a rank's file are not asked again."""
+    Questions already answered there or in a rank's file are not asked again. ``video_rule``: the run's
+    (eval/videos.py), needed where an item has a video."""
     rank, world = rank_and_world()
     path.parent.mkdir(parents=True, exist_ok=True)
     rank_files = sorted(path.parent.glob(f"{path.stem}.rank*.jsonl"))
@@ -85,10 +98,33 @@ def answer_benchmark(model, processor, aspect: str, items: list[Item], path: Pat
 
     def ask(batch: list[Item]) -> list[dict]:
         prompts = [render(processor, _messages(it)) for it in batch]
-        images = [image for it in batch for image in _images(it)]
+        clips = [_video(it) for it in batch]
+        texts = [None] * len(batch)
+        for group in _groups(clips):
+            videos = [clips[i] for i in group if clips[i] is not None]
+            out = answer(model, processor, [prompts[i] for i in group],
+                         [image for i in group for image in _images(batch[i])], aspect,
+                         videos=videos or None, video_rule=video_rule, **gen)
+            for i, text in zip(group, out):
+                texts[i] = text
         return [{"question_id": it.question_id, "prompt": it.prompt, "text": text, "answer_id": uuid.uuid4().hex,
                  "model_id": model_id, "metadata": {}, **it.extra}
-                for it, text in zip(batch, answer(model, processor, prompts, images, aspect, **gen))]
+                for it, text in zip(batch, texts)]
+
+    def _video(item: Item):
+        if item.video is None:
+            return None
+        if video_rule is None:
+            raise ValueError(f"question {item.question_id!r} has a video: videos are answered by "
+                             f"LLaVA-OneVision models")
+        from llava_hydra.eval.videos import load_video
+
+        from llava_hydra.data.images import ImageError
+
+        try:
+            return load_video(item.video, video_rule, processor.image_processor)
+        except ImageError as err:
+            raise ValueError(f"question {item.question_id!r}: {err}") from err
 
     def append(batch: list[Item], rows: list[dict]) -> None:  # a killed run loses at most one batch
         with mine.open("a") as f:

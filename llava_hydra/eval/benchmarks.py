@@ -10,7 +10,9 @@
   ``image``): the prompt mmbench.py builds as LLaVA does (hint, question, ``A. option`` lines up
   to the first missing option), then the suffix.
 - ``training``: a held-out file in the training format: the conversation up to its last answer
-  (owndata.py scores against that answer), its images (one, or several in tag order) as paths.
+  (owndata.py scores against that answer), its images (one, or several in tag order) as paths; a
+  OneVision ``video`` record's video as a path under ``video_folder``, its ``<image>`` tag the turn's video part
+  (the chat template writes ``<video>`` there, as training places the video: eval/videos.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Item:
     extra: dict = field(default_factory=dict)  # more fields for the answers row
     messages: list | None = None  # a whole conversation (training format), else one user turn
     source: dict = field(default_factory=dict)  # the question file's row (POPE's category, ...)
+    video: Any = None  # a video's path (training format, OneVision), or None
 
 
 def _with_suffix(text: str, suffix: str | None) -> str:
@@ -88,8 +91,13 @@ def mmbench(path: str, image_folder: str | None, suffix: str | None) -> list[Ite
             for q in prompts(path)]
 
 
-def training(path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
-    from llava_hydra.data.records import RecordError, images_of, load_records, normalize_turns, record_id
+def _video_turn(value: str) -> list[dict]:
+    """A human turn whose ``<image>`` tag marks the record's video, as transformers' message parts."""
+    return [{"type": "video"}, {"type": "text", "text": value}]  # the template drops the tag, writes <video>
+
+
+def training(path: str, image_folder: str | None, suffix: str | None, video_folder: str | None = None) -> list[Item]:
+    from llava_hydra.data.records import RecordError, images_of, load_records, normalize_turns, record_id, video_of
 
     items = []
     records, _ = load_records(path)
@@ -97,24 +105,33 @@ def training(path: str, image_folder: str | None, suffix: str | None) -> list[It
         try:
             turns = normalize_turns(record)
             images = images_of(record)
+            video = video_of(record)
         except RecordError as err:
             raise ValueError(f"{path}: sample {i}: {err}") from err
         if turns[-1]["from"] != "gpt":
             raise ValueError(f"{path}: sample {i}: the last turn must be the reference answer (from gpt)")
         paths = [_image_path(image_folder, name) for name in images]
-        messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+        if video and not video_folder:
+            raise ValueError(f"{path}: sample {i}: a video record ({video!r}): set benchmark.video_folder=DIR "
+                             f"(default: the run's data.video_folder)")
+        messages = [{"role": "user" if t["from"] == "human" else "assistant",
+                     "content": _video_turn(t["value"]) if video and "<image>" in t["value"] else t["value"]}
                     for t in turns[:-1]]
         qid = record_id(record)
         items.append(Item(qid if qid is not None else i, turns[-2]["value"], turns[-2]["value"],
                           paths[0] if len(paths) == 1 else paths or None,
-                          {"reference": turns[-1]["value"]}, messages))
+                          {"reference": turns[-1]["value"]}, messages,
+                          video=_image_path(video_folder, video) if video else None))
     return items
 
 
-def load_items(fmt: str, path: str, image_folder: str | None, suffix: str | None) -> list[Item]:
+def load_items(fmt: str, path: str, image_folder: str | None, suffix: str | None,
+               video_folder: str | None = None) -> list[Item]:
     if fmt not in FORMATS:
         raise ValueError(f"benchmark.format must be one of {FORMATS}, got {fmt!r}")
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: question file not found (benchmarks read local files under "
                                 f"paths.eval_root; see README 'Check and evaluate your model')")
+    if fmt == "training":
+        return training(path, image_folder, suffix, video_folder)
     return globals()[fmt](path, image_folder, suffix)

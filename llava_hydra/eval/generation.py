@@ -13,6 +13,7 @@ a template that writes bos, e.g. Llama-3's, gets no second). AnyRes (``aspect`` 
 anyres_max_N): the saved processor makes the crops and ``image_sizes`` from the decoded image,
 with the transformers image processor training used; OneVision's gets each prompt's images as one list
 (``per_prompt``), so several images in one prompt take one padded view each, as in training.
+OneVision videos (``videos``: training's pixels, eval/videos.py) are encoded there, without images in the batch.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from llava_hydra.data.pixels import pipeline
 _AS_GIVEN = {"do_resize": False, "do_center_crop": False, "do_rescale": False, "do_normalize": False, "do_pad": False}
 
 
-def user_message(text: str, image: bool | int) -> dict:
-    """A user turn: ``image`` True (one image) or a count of images, before the text."""
-    return {"role": "user", "content": [{"type": "image"}] * int(image) + [{"type": "text", "text": text}]}
+def user_message(text: str, image: bool | int, video: bool = False) -> dict:
+    """A user turn: ``image`` True (one image) or a count of images, or ``video`` (one), before the text."""
+    media = [{"type": "video"}] if video else [{"type": "image"}] * int(image)
+    return {"role": "user", "content": media + [{"type": "text", "text": text}]}
 
 
 def assistant_message(text: str) -> dict:
@@ -58,11 +60,19 @@ def image_pixels(image, aspect: str, image_processor):
     return load_image(image, aspect, image_processor, max_pixels=None)
 
 
-def encode(processor, prompts: list[str], images: list, aspect: str, device=None):
+def encode(processor, prompts: list[str], images: list, aspect: str, device=None, videos=None, video_rule=None):
     """Model inputs for a batch of rendered prompts (left padded) and their images in tag order
-    (paths, PIL images or pixel values; see image_pixels)."""
+    (paths, PIL images or pixel values; see image_pixels), or their videos (OneVision: pixel values
+    (frames, C, H, W) as eval/videos.py loads them, with the run's ``video_rule``; not beside images)."""
     import torch
 
+    if videos:
+        if images:
+            raise ValueError("a batch of prompts with videos and images: encode them in separate batches")
+        from llava_hydra.eval.videos import encode_videos
+
+        inputs = encode_videos(processor, prompts, videos, video_rule)
+        return inputs.to(device) if device is not None else inputs
     processor.tokenizer.padding_side = "left"
     if is_anyres(aspect):  # AnyRes: the saved processor makes the crops and image_sizes, as training's did
         decoded = [img if isinstance(img, Image.Image) else open_rgb(img) for img in images]
@@ -110,13 +120,16 @@ def generation_kwargs(max_new_tokens: int, temperature: float = 0.0, top_p: floa
     return kw
 
 
-def answer(model, processor, prompts: list[str], images: list[Image.Image], aspect: str, **gen) -> list[str]:
+def answer(model, processor, prompts: list[str], images: list[Image.Image], aspect: str, videos=None,
+           video_rule=None, **gen) -> list[str]:
     """One generated answer per rendered prompt (a batch, left padded), special tokens dropped, stripped."""
     import torch
 
-    inputs = encode(processor, prompts, images, aspect, model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = encode(processor, prompts, images, aspect, model.device,
+                    **({"videos": videos, "video_rule": video_rule} if videos else {}))
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(model.dtype)
     with torch.no_grad():
         out = model.generate(**inputs, **gen)
     start = inputs["input_ids"].shape[1]

@@ -10,7 +10,8 @@
 
 ``aspect`` is how images are made square before the image processor: the run's
 ``data.image_aspect_ratio`` when the folder holds a spec (``llava_hydra_spec.yaml`` or
-Hydra's ``.hydra/config.yaml``), else ``pad`` (LLaVA-1.5's evaluation).
+Hydra's ``.hydra/config.yaml``), else ``pad`` (LLaVA-1.5's evaluation). The same ``data`` section
+(``spec_data``) gives a OneVision model's video frame rule (eval/videos.py).
 """
 
 from __future__ import annotations
@@ -21,20 +22,26 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _spec_aspect(path: Path) -> str | None:
-    """data.image_aspect_ratio of the run that wrote ``path``: its spec, else Hydra's record of it."""
+def spec_data(path: Path) -> dict:
+    """The ``data`` section of the run that wrote ``path``: its spec, else Hydra's record of it ({} if none)."""
     from omegaconf import OmegaConf
 
     from llava_hydra.config.run_spec import find_spec
 
+    path = Path(path)
     try:
         candidates = [find_spec(path)]
     except FileNotFoundError:
         candidates = [path / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"]
     for candidate in candidates:
         if candidate.exists():
-            return OmegaConf.load(candidate).get("data", {}).get("image_aspect_ratio")
-    return None
+            return OmegaConf.load(candidate).get("data", {}) or {}
+    return {}
+
+
+def _spec_aspect(path: Path) -> str | None:
+    """data.image_aspect_ratio of the run that wrote ``path`` (spec_data)."""
+    return spec_data(path).get("image_aspect_ratio")
 
 
 def adapted_base(adapter_dir: str | Path, dtype: str | None = None):
