@@ -160,6 +160,9 @@ def test_lora_run_checkpoints_merge_into_a_model_that_generates(compose_spec, pa
         f"{PREFIX}model.multi_modal_projector.linear_1.weight"], saved[f"{PREFIX}model.multi_modal_projector.linear_1.weight"])
 
     merged_dir = merge(run_dir / "checkpoint-2", tmp_path / "merged")  # an intermediate checkpoint
+    from llava_hydra.eval.loading import spec_data  # the run's data settings travel with the merged model
+
+    assert spec_data(merged_dir)["image_aspect_ratio"] == "pad" and not (merged_dir / "adapter_config.json").exists()
     model = LlavaForConditionalGeneration.from_pretrained(merged_dir)
     processor = AutoProcessor.from_pretrained(merged_dir)
     assert not any("lora" in n or "modules_to_save" in n for n, _ in model.named_parameters())

@@ -7,7 +7,8 @@ start of every LoRA run) at 16 bits, even after QLoRA (merging into 4-bit weight
 the update away); the adapter and the parts trained whole (projector, ...) come from
 ``adapter_model.safetensors`` of the directory given, so any checkpoint merges, not only the
 last. ``out_dir`` then loads with ``LlavaForConditionalGeneration.from_pretrained`` and
-``AutoProcessor.from_pretrained``.
+``AutoProcessor.from_pretrained``; it also keeps the run's spec, so chat and eval of the merged folder
+read images and videos by the run's own data settings (aspect ratio, frames), as they do on the run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
+    from llava_hydra.config.run_spec import write_spec
     from llava_hydra.eval.loading import adapted_base
     from llava_hydra.model.processor import make_processor
 
@@ -30,6 +32,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None
     merged.save_pretrained(str(out_dir))
     make_processor(tokenizer, image_processor, merged, cfg.data.template,
                    cfg.data.image_aspect_ratio).save_pretrained(str(out_dir))
+    write_spec(cfg, out_dir)  # no adapter_config.json beside it: the folder still loads as a full model
     log.info("wrote the merged model and its processor to %s", out_dir)
     return out_dir
 
