@@ -43,7 +43,8 @@ from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encod
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
 from llava_hydra.data.stand_in import candidates, stand_in
-from llava_hydra.data.store import open_records
+from llava_hydra.data.store import RecordStore, open_records
+from llava_hydra.data.store_sizes import stored_sizes
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
+        self._sizes = None  # (the RecordStore, its StoredSizes): AnyRes image sizes, read on first use
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
         self.epoch = 0  # set_epoch: skip's stand-ins are drawn per epoch
         self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
@@ -104,16 +106,27 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         turns = normalize_turns(record)
         return render(self.template, turns, tokenizer=self.tokenizer), images_of(record)
 
-    def image_runs(self, images: list[str]):
-        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size."""
+    def stored_sizes(self):
+        """AnyRes: the record store's image sizes (store_sizes.py; read from the headers on first use),
+        None without a store (records from a list, or a shard stream's)."""
+        if not self.anyres or not isinstance(self.records, RecordStore):
+            return None
+        if self._sizes is None or self._sizes[0] is not self.records:
+            self._sizes = (self.records, stored_sizes(self.records, self.images))
+        return self._sizes[1]
+
+    def image_runs(self, images: list[str], i: int | None = None):
+        """The token run of each image (of record ``i``): the fixed count (LLaVA-1.5), or one count per
+        image by its size (stored, else from its header)."""
         if not self.anyres:
             return self.num_image_tokens
-        # by size; OneVision: one view + a newline for each of several (ImageTokens.runs)
-        return self.image_tokens.runs([image_size(self.images, name) for name in images])
+        stored = self.stored_sizes() if i is not None else None
+        sizes = stored.of(i, images) if stored is not None else [image_size(self.images, name) for name in images]
+        return self.image_tokens.runs(sizes)  # OneVision: one view + a newline for each of several
 
-    def _runs_for_lengths(self, images: list[str]) -> list[int]:
+    def _runs_for_lengths(self, images: list[str], i: int) -> list[int]:
         try:
-            return self.image_runs(images)
+            return self.image_runs(images, i)
         except ImageError as e:
             raise RecordError(str(e), e.kind) from None
 
@@ -121,7 +134,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """Tokens + labels of record i (no image decoded); BadSampleError / NothingToTrain."""
         try:
             rendered, images = self.prepare(i)
-            return encode(rendered, self.tokenizer, self.image_token_id, self.image_runs(images),
+            return encode(rendered, self.tokenizer, self.image_token_id, self.image_runs(images, i),
                           self.model_max_length), images
         except NothingToTrain:
             raise
@@ -135,8 +148,9 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
                 if self.anyres:
-                    kept = images[:e.num_images]
-                    return {**sample, **anyres_images(self.images, kept, self.image_processor, of=len(images))}
+                    kept, stored = images[:e.num_images], self.stored_sizes()
+                    sizes = stored.of(i, images)[:e.num_images] if stored is not None else None
+                    return {**sample, **anyres_images(self.images, kept, self.image_processor, len(images), sizes)}
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
@@ -219,9 +233,11 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """The cached length pass (computed on first use)."""
         if self._table is None:
             digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
+            if (sizes := self.stored_sizes()) is not None:  # AnyRes: the sizes it counts from (read here, before
+                digest += f"/sizes{sizes.digest}"  # the pass forks its workers)
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
                                         self.image_tokens.key if self.anyres else self.num_image_tokens)
-            runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes from headers
+            runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes (stored)
             started = time.time()
             self._table, hit = lengths_mod.cached(
                 self.cache_dir, key,
