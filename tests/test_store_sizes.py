@@ -6,6 +6,7 @@ image is still named (or counted under skip); processes starting at once read ea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 from types import SimpleNamespace
@@ -209,3 +210,46 @@ def test_parallel_read_equals_one_process(tmp_path, monkeypatch):
     monkeypatch.setattr(store_sizes.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     many = store_sizes._read(got, source, got.image_offsets())
     assert many.sizes.tolist() == one.sizes.tolist() == [[30, 50], [70, 30], [50, 30], [40, 20]] * 3
+
+
+def test_shards_keep_sizes_and_an_anyres_packed_stream_counts_from_them(tmp_path, tok, monkeypatch):
+    from contextlib import nullcontext
+
+    from omegaconf import OmegaConf
+
+    from llava_hydra.data.shards import convert
+    from llava_hydra.data.stream import ShardImages
+    from llava_hydra.sampling.packed_stream import packed_stream_dataset
+
+    records = folder_of_images(tmp_path)
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    index = convert(tmp_path / "d.jsonl", tmp_path, tmp_path / "sh", samples_per_shard=2)
+    assert [json.loads(line) for line in (tmp_path / "sh" / "image_sizes.jsonl").read_text().splitlines()] == [
+        [[30, 50]], [], [[70, 30], [50, 30]], [[40, 20]]]  # from the bytes in the tars, upright
+    assert index["image_sizes"]["name"] == "image_sizes.jsonl"
+    # a PNG's header read from a shard's bytes (the unpacked stream's samples): its chunks walked in memory
+    png = (tmp_path / "rot.png").read_bytes()
+    assert anyres.image_size(ShardImages(blobs={"rot.png": png}, shard="s.tar"), "rot.png") == (40, 20)
+
+    json_path = dataset(tmp_path, tok, records, model_max_length=2048).modality_lengths
+    monkeypatch.setattr(anyres, "header_size", lambda path: (_ for _ in ()).throw(AssertionError("header read")))
+    cfg = OmegaConf.create({
+        "data": {"stream": {"shards": str(tmp_path / "sh"), "storage_options": {}, "shuffle_buffer": 4},
+                 "template": "v1", "image_aspect_ratio": "anyres", "on_bad_sample": "raise", "max_image_pixels": None},
+        "model": {"model_max_length": 2048}, "paths": {"cache_dir": str(tmp_path / "cache2")},
+        "training": {"packing_fill": 1.0}})
+    args = SimpleNamespace(main_process_first=lambda **kw: nullcontext(), data_seed=0, seed=0,
+                           gradient_accumulation_steps=1, world_size=1, per_device_train_batch_size=1,
+                           dataloader_num_workers=0, process_index=0, max_steps=1, num_train_epochs=1)
+    proc = family_image_processor("llava_next", testing.clip_processor(), SimpleNamespace(image_size=32), PINPOINTS)
+    stream, _ = packed_stream_dataset(cfg, tok, proc, RULE, tok.convert_tokens_to_ids("<image>"), args)
+    # its lengths are the JSON path's, counted from the sizes kept at conversion: no image file opened, no
+    # folder given (before, the headers were looked for under the working directory)
+    assert stream.lengths_digest == hashlib.sha256(np.asarray(json_path, dtype=np.int64).tobytes()).hexdigest()
+    # shards written before sizes were kept: an AnyRes packed stream asks for a new conversion
+    from llava_hydra.data.shards import ShardError
+    old = json.loads((tmp_path / "sh" / "index.json").read_text())
+    del old["image_sizes"]
+    (tmp_path / "sh" / "index.json").write_text(json.dumps(old))
+    with pytest.raises(ShardError, match=r"index.json: no image_sizes.jsonl listed .* convert again"):
+        packed_stream_dataset(cfg, tok, proc, RULE, tok.convert_tokens_to_ids("<image>"), args)

@@ -86,6 +86,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
         self._sizes = None  # (the RecordStore, its StoredSizes): AnyRes image sizes, read on first use
+        self.sizes_given = None  # StoredSizes of ``records`` kept elsewhere (a shard folder's: packed_stream)
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
         self.epoch = 0  # set_epoch: skip's stand-ins are drawn per epoch
         self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
@@ -108,7 +109,9 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def stored_sizes(self):
         """AnyRes: the record store's image sizes (store_sizes.py; read from the headers on first use),
-        None without a store (records from a list, or a shard stream's)."""
+        or ``sizes_given``; None without either (records from a list, or a shard stream's)."""
+        if self.anyres and self.sizes_given is not None:
+            return self.sizes_given
         if not self.anyres or not isinstance(self.records, RecordStore):
             return None
         if self._sizes is None or self._sizes[0] is not self.records:

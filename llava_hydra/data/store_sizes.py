@@ -77,6 +77,24 @@ class StoredSizes:
         return [(int(h), int(w)) for h, w in self.sizes[lo:hi].tolist()]
 
 
+def given_sizes(per_record: list[list], where: str) -> StoredSizes:
+    """StoredSizes of records whose sizes were kept elsewhere (a shard folder's image_sizes.jsonl:
+    shards.py): record i's images' [height, width], None for one whose header could not be read."""
+    counts = [len(s) for s in per_record]
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+    sizes = np.zeros((int(offsets[-1]), 2), dtype=np.int32)
+    problems = {}
+    for i, record in enumerate(per_record):
+        for j, size in enumerate(record):
+            row = int(offsets[i]) + j
+            if size is None:
+                problems[row] = ("unreadable_image", f"{where}: image {j} of sample {i}: its header could not be "
+                                                     f"read when the shards were written")
+            else:
+                sizes[row] = size
+    return StoredSizes(sizes, offsets, problems, StoredSizes.digest_of(sizes, problems))
+
+
 def sizes_key(source: ImageSource) -> str:
     spec = [FORMAT, os.path.realpath(source.folder), bool(source.allow_outside)]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:32]
