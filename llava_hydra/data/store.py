@@ -187,11 +187,12 @@ class RecordStore:
 
     def image_offsets(self) -> np.ndarray:
         """int64 (records + 1): record i's paths are rows ``[i]:[i + 1]`` of ``image_paths()``'s."""
-        import pyarrow.compute as pc
-
-        counts = [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in self._table.column(PATHS_COLUMN).chunks]
-        counts = np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, dtype=np.int64)
-        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        parts, start = [np.zeros(1, dtype=np.int64)], 0
+        for chunk in self._table.column(PATHS_COLUMN).chunks:  # each chunk's list offsets (a view), renumbered
+            offsets = chunk.offsets.to_numpy().astype(np.int64)
+            parts.append(offsets[1:] - offsets[0] + start)
+            start = int(parts[-1][-1]) if len(parts[-1]) else start
+        return np.concatenate(parts)
 
     def __len__(self) -> int:
         return self._n
