@@ -82,7 +82,7 @@ def test_sizes_are_read_once_and_later_runs_open_no_header(tmp_path, tok, monkey
     with np.load(sizes_file(first)) as z:  # rows: the store's image paths, records in order, tags in order
         assert z["sizes"].tolist() == [[30, 50], [70, 30], [50, 30], [40, 20]]  # (height, width), upright
         assert json.loads(str(z["problems"])) == {}
-    assert first.stored_sizes().offsets.tolist() == [0, 1, 1, 3, 4]
+    assert store_sizes.of_dataset(first).offsets.tolist() == [0, 1, 1, 3, 4]
 
     def refuse(path):
         raise AssertionError(f"a header was read: {path}")
@@ -104,7 +104,7 @@ def test_llava15_run_reads_and_keeps_no_sizes(tmp_path, tok, no_headers):
     records = folder_of_images(tmp_path)
     ds = dataset(tmp_path, tok, records, rule=16)
     assert ds.modality_lengths[0] > 16 and ds[0]["pixel_values"].shape == (3, 32, 32)
-    assert not (ds.records.folder / "sizes").exists() and ds.stored_sizes() is None
+    assert not (ds.records.folder / "sizes").exists() and store_sizes.of_dataset(ds) is None
 
 
 def test_a_replaced_image_of_another_size_is_refused(tmp_path, tok):
@@ -170,7 +170,7 @@ def test_damaged_sizes_are_read_again(tmp_path, tok, caplog):
     path = sizes_file(ds)
     path.write_bytes(path.read_bytes()[:40])
     again = dataset(tmp_path, tok, records, rule=MAX1)
-    assert again.stored_sizes().sizes.tolist() == [[30, 50], [70, 30], [50, 30], [40, 20]]
+    assert store_sizes.of_dataset(again).sizes.tolist() == [[30, 50], [70, 30], [50, 30], [40, 20]]
     assert "are damaged or incomplete" in caplog.text
 
 

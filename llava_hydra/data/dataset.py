@@ -8,8 +8,8 @@ grouped sampler asks. A multi-image record's sample carries its images' pixel va
 ``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator and packing
 concatenate every sample's images in order (``stack_images``), as the model fills the batch's
 image-token runs in order. AnyRes (``num_image_tokens`` an ImageTokens rule): each image's run is
-counted from its size in the file header (length pass and sample alike), and a sample carries
-its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``.
+counted from its size (length pass and sample alike: kept in the record store, store_sizes.py, else
+from its file header), and a sample carries its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from llava_hydra.data import lengths as lengths_mod
-from llava_hydra.data.anyres import anyres_images, image_size
+from llava_hydra.data.anyres import anyres_images
 from llava_hydra.data.image_tokens import ImageTokens
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
@@ -43,8 +43,8 @@ from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encod
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
 from llava_hydra.data.stand_in import candidates, stand_in
-from llava_hydra.data.store import RecordStore, open_records
-from llava_hydra.data.store_sizes import stored_sizes
+from llava_hydra.data import store_sizes
+from llava_hydra.data.store import open_records
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
-        self._sizes = None  # (the RecordStore, its StoredSizes): AnyRes image sizes, read on first use
-        self.sizes_given = None  # StoredSizes of ``records`` kept elsewhere (a shard folder's: packed_stream)
+        self._sizes = self.sizes_given = None  # AnyRes image sizes (store_sizes.of_dataset)
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
         self.epoch = 0  # set_epoch: skip's stand-ins are drawn per epoch
         self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
@@ -107,25 +106,12 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         turns = normalize_turns(record)
         return render(self.template, turns, tokenizer=self.tokenizer), images_of(record)
 
-    def stored_sizes(self):
-        """AnyRes: the record store's image sizes (store_sizes.py; read from the headers on first use),
-        or ``sizes_given``; None without either (records from a list, or a shard stream's)."""
-        if self.anyres and self.sizes_given is not None:
-            return self.sizes_given
-        if not self.anyres or not isinstance(self.records, RecordStore):
-            return None
-        if self._sizes is None or self._sizes[0] is not self.records:
-            self._sizes = (self.records, stored_sizes(self.records, self.images))
-        return self._sizes[1]
-
     def image_runs(self, images: list[str], i: int | None = None):
-        """The token run of each image (of record ``i``): the fixed count (LLaVA-1.5), or one count per
-        image by its size (stored, else from its header)."""
+        """The token run of each image (of record i): the fixed count (LLaVA-1.5), or one per image by its size."""
         if not self.anyres:
             return self.num_image_tokens
-        stored = self.stored_sizes() if i is not None else None
-        sizes = stored.of(i, images) if stored is not None else [image_size(self.images, name) for name in images]
-        return self.image_tokens.runs(sizes)  # OneVision: one view + a newline for each of several
+        # by size (stored, else its header's); OneVision: one view + a newline for each of several (ImageTokens.runs)
+        return self.image_tokens.runs(store_sizes.sizes_of(self, i, images))
 
     def _runs_for_lengths(self, images: list[str], i: int) -> list[int]:
         try:
@@ -151,9 +137,9 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
                 if self.anyres:
-                    kept, stored = images[:e.num_images], self.stored_sizes()
-                    sizes = stored.of(i, images)[:e.num_images] if stored is not None else None
-                    return {**sample, **anyres_images(self.images, kept, self.image_processor, len(images), sizes)}
+                    kept, sizes = images[:e.num_images], store_sizes.stored_of(self, i, images)
+                    return {**sample, **anyres_images(self.images, kept, self.image_processor, len(images),
+                                                      sizes and sizes[:e.num_images])}
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
@@ -236,8 +222,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """The cached length pass (computed on first use)."""
         if self._table is None:
             digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
-            if (sizes := self.stored_sizes()) is not None:  # AnyRes: the sizes it counts from (read here, before
-                digest += f"/sizes{sizes.digest}"  # the pass forks its workers)
+            digest += f"/sizes{s.digest}" if (s := store_sizes.of_dataset(self)) else ""  # AnyRes (before any fork)
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
                                         self.image_tokens.key if self.anyres else self.num_image_tokens)
             runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes (stored)

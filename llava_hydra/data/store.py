@@ -7,11 +7,12 @@ holding the record as a JSON string, exactly what :func:`records.load_records` r
 line-aligned), a ``has_image`` column (the record names an image) so that counting
 modalities decodes nothing, and an ``images`` column (the record's image paths, in tag order;
 none for a malformed ``image`` field) so that checking where images live decodes nothing either
-(``image_paths``). AnyRes runs keep each path's image size beside them, in the store's ``sizes/``
-folder (store_sizes.py: filled by the first AnyRes pass, not at build). Reading record ``i`` slices its bytes straight out of the mapped
-Arrow buffers (numpy views of the offsets, no pyarrow scalar per access) and decodes that one
-string: no process holds the whole list of dicts, nor per-record Python objects, and the Arrow
-pages are shared through the page cache instead of copied per process.
+(``image_paths``). AnyRes runs keep each path's image size beside them, in the store's
+``sizes/`` folder (store_sizes.py: filled by the first AnyRes pass, not at build). Reading
+record ``i`` slices its bytes straight out of the mapped Arrow buffers (numpy views of the
+offsets, no pyarrow scalar per access) and decodes that one string: no process holds the
+whole list of dicts, nor per-record Python objects, and the Arrow pages are shared through the
+page cache instead of copied per process.
 
 The store lives at ``<cache_dir>/records/<key>`` where the key is the sha256 of the file's
 bytes plus whether bad lines are kept (``on_bad_sample=skip``). The sha256 is computed once per

@@ -95,6 +95,37 @@ def given_sizes(per_record: list[list], where: str) -> StoredSizes:
     return StoredSizes(sizes, offsets, problems, StoredSizes.digest_of(sizes, problems))
 
 
+def of_dataset(ds) -> StoredSizes | None:
+    """The sizes a LazySupervisedDataset ``ds`` counts its AnyRes runs from: ``ds.sizes_given`` (kept
+    elsewhere: a shard folder's), or its record store's (read on first use, kept on ``ds``); None for
+    a LLaVA-1.5 rule or records without a store (a list, a shard stream's sample)."""
+    from llava_hydra.data.store import RecordStore
+
+    if not ds.anyres:
+        return None
+    if ds.sizes_given is not None:
+        return ds.sizes_given
+    if not isinstance(ds.records, RecordStore):
+        return None
+    if ds._sizes is None or ds._sizes[0] is not ds.records:
+        ds._sizes = (ds.records, stored_sizes(ds.records, ds.images))
+    return ds._sizes[1]
+
+
+def stored_of(ds, i: int | None, names: list[str]) -> list[tuple[int, int]] | None:
+    """Record i's images' stored sizes (``of_dataset``), None without stored sizes (or without i)."""
+    stored = of_dataset(ds) if i is not None else None
+    return stored.of(i, names) if stored is not None else None
+
+
+def sizes_of(ds, i: int | None, names: list[str]) -> list[tuple[int, int]]:
+    """Record i's images' sizes: stored, else read from their headers (anyres.image_size)."""
+    from llava_hydra.data.anyres import image_size
+
+    stored = stored_of(ds, i, names)
+    return stored if stored is not None else [image_size(ds.images, name) for name in names]
+
+
 def sizes_key(source: ImageSource) -> str:
     spec = [FORMAT, os.path.realpath(source.folder), bool(source.allow_outside)]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:32]
@@ -153,7 +184,8 @@ def _load(path: Path, offsets: np.ndarray, warn: bool) -> StoredSizes | None:
 def _save(sizes: StoredSizes, path: Path) -> None:
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     try:
-        np.savez(tmp, sizes=sizes.sizes, problems=np.array(_problems_json(sizes.problems)), digest=np.array(sizes.digest))
+        np.savez(tmp, sizes=sizes.sizes, problems=np.array(_problems_json(sizes.problems)),
+                 digest=np.array(sizes.digest))
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot keep image sizes in %s (%s): they will be read from the headers again", path, e)
