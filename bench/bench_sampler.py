@@ -27,6 +27,13 @@ about as many tokens as --batch-size samples, or one row. Pad waste, step effici
 imbalance are then over rows; fairness over the samples in the rows. Its seconds are one
 epoch's, as the sampler spends them; the row counts (``pack_rows``, ``step_counts``: once per
 run) are timed apart.
+
+Packed stream rows (``training.packing`` with ``data.stream.shards``): what ``PackedShardStream``
+yields (``llava_hydra.sampling.stream_packing.rank_rows``, no I/O): shards of 1,000 samples, 4
+workers a rank, each packing inside its 1,000-sample buffer. A worker's last micro-batches may hold
+fewer rows; the columns are over the steps where every rank's micro-batch is full (the rest are
+counted and printed). Its seconds are every rank's plan, which the stream spends spread over its
+ranks and workers.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import torch
 from llava_hydra.data.stream_plan import rank_batches, rank_plan
 from llava_hydra.sampling.packing_rows import FILL, bin_lengths, pack_rows, packed_epoch, step_counts
 from llava_hydra.sampling.sampler import LengthGroupedSampler
+from llava_hydra.sampling.stream_packing import PackedStreamPlan, rank_rows
 
 
 def mix665k_like(n_image: int = 625_000, n_text: int = 40_000, seed: int = 0) -> torch.Tensor:
@@ -70,6 +78,32 @@ def stream_order(lengths: torch.Tensor, bs: int, ws: int, group: int = 1, worker
             for b in ranks[r][s:s + group]:
                 order += b
     return torch.tensor(order)
+
+
+def packed_stream_order(lengths: list[int], cap: int, rows: int, ws: int, fill: float, group: int = 1,
+                        workers: int = 4, buffer: int = 1000, shard: int = 1000
+                        ) -> tuple[list[list[int]], torch.Tensor, int]:
+    """What PackedShardStream hands out: (rows as sample ids, the order of the steps whose every
+    micro-batch holds ``rows`` rows -- one optimizer step after another, ranks in order, each rank's
+    ``group`` micro-batches in order --, steps left out)."""
+    n = len(lengths)
+    counts = [shard] * (n // shard) + ([n % shard] if n % shard else [])
+    plan = PackedStreamPlan(lengths, counts, ws, rows, group, workers, buffer, cap, seed=1, fill=fill)
+    ranks = [rank_rows(plan, 0, r) for r in range(ws)]
+    bins = [row for rank in ranks for batch in rank for row in batch]
+    ids = sorted(i for row in bins for i in row)
+    assert ids == list(range(n)), "a packed stream epoch must hold every sample once"
+    first, at = [], 0  # each micro-batch's first row in ``bins``
+    for rank in ranks:
+        for batch in rank:
+            first.append(at)
+            at += len(batch)
+    # (steps, ranks x group) micro-batches, laid out step by step
+    first = torch.tensor(first).view(ws, -1, group).permute(1, 0, 2).reshape(-1, ws * group)
+    sizes = torch.tensor([[len(b) for b in rank] for rank in ranks]).view(ws, -1, group).permute(1, 0, 2)
+    full = (sizes.reshape(-1, ws * group) == rows).all(dim=1)
+    order = (first[full].unsqueeze(-1) + torch.arange(rows)).reshape(-1)
+    return bins, order, int((~full).sum())
 
 
 def step_mean_std(tokens: torch.Tensor, counts: torch.Tensor) -> float:
@@ -180,6 +214,20 @@ def main() -> None:
         counts = step_counts(as_list, cap, rows_ * ws, 0, fill_counts)  # once per run (PackedSampler)
         count_seconds[name] = time.perf_counter() - start
         methods[name] = packing(name, rows_, args.fill, counts)
+    stream_rows = {}  # name -> (bins, rows per device, steps left out), filled by the timed function
+
+    def packed_stream(name, rows, group=1):
+        def order_fn():
+            bins, order, left = packed_stream_order(as_list, cap, rows, ws, args.fill, group)
+            stream_rows[name] = (bins, rows, left)
+            return order
+        return order_fn
+
+    for rows_, group in ((rows_per_device, 1), (1, 1), (1, 4)):
+        name = f"packed stream, {rows_} row{'s' if rows_ > 1 else ''}" + (f" (accum {group})" if group > 1 else "")
+        if not args.only or args.only in name:
+            methods[name] = packed_stream(name, rows_, group)
+            step_world[name] = ws * group
     results = []
     for name, order_fn in methods.items():
         seconds = []
@@ -188,16 +236,23 @@ def main() -> None:
             order = order_fn()
             order.tolist()  # the sampler's __iter__ hands out Python ints
             seconds.append(time.perf_counter() - start)
+        left = None
         if name in packed:
             bins, batch = packed[name]
             units = torch.tensor(bin_lengths(as_list, bins, cap))
+        elif name in stream_rows:
+            bins, batch, left = stream_rows[name]
+            units = torch.tensor(bin_lengths(as_list, bins, cap))
         else:
             bins, batch, units = None, bs, lengths
-        assert torch.equal(order.sort().values, torch.arange(len(units))), name
+        if left is None:
+            assert torch.equal(order.sort().values, torch.arange(len(units))), name
         row = {"method": name, "seconds": min(seconds), "batch_size": batch,
                **measure(order, units, batch, step_world.get(name, ws), lengths, bins)}
         if bins is not None:
             row.update(rows=len(units), fill=units.abs().sum().item() / (len(units) * cap))
+        if left is not None:
+            row.update(steps_left_out=left, steps=len(order) // (batch * step_world.get(name, ws)) + left)
         results.append(row)
 
     print(f"{len(lengths)} samples ({int((lengths < 0).sum())} text-only), "
@@ -211,8 +266,11 @@ def main() -> None:
               f"{r['fairness_image']:>10.2f}{r['fairness_text']:>10.2f}{r['mixed_batches']:>7d}")
     for r in results:
         if "fill" in r:
-            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled; counted once "
-                  f"per run in {count_seconds['pack_rows']:.1f} + {count_seconds[r['method']]:.1f} s")
+            counted = (f"counted once per run in {count_seconds['pack_rows']:.1f} + {count_seconds[r['method']]:.1f} s"
+                       if r["method"] in count_seconds else
+                       f"{r['steps_left_out']} of {r['steps']} steps left out of the columns (a rank's micro-batch "
+                       f"short of {r['batch_size']} rows)")
+            print(f"{r['method']}: {r['rows']} rows, {r['fill']:.2%} of their {cap} tokens filled; {counted}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"samples": len(lengths), "text_only": int((lengths < 0).sum()),

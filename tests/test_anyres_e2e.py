@@ -18,7 +18,12 @@ SMALL = ["model=tiny_next", "data.synthetic.num_images=48", "data.synthetic.num_
          "training.save_steps=2", "training.logging_steps=1"]
 
 
-def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
+@pytest.mark.parametrize("llm", [
+    [],  # tiny Llama, Vicuna v1 chats (LLaVA-NeXT 1.6)
+    # tiny Qwen2, ChatML chats: model=llava_next_qwen2_7b's shape (LLaVA-NeXT's pretrain_clip.sh / direct_finetune_clip.sh)
+    pytest.param(["model.llm=builtin://tiny-qwen2", "model.template=qwen_1_5"], marks=pytest.mark.slow, id="qwen2"),
+], ids=lambda x: "llama" if x == [] else None)
+def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path, llm):
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration, LlavaNextProcessor
 
     from llava_hydra.data.records import images_of, normalize_turns
@@ -27,9 +32,9 @@ def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
     from llava_hydra.eval.heldout import prompt_and_reference
 
     paths = [f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    run(compose_spec(*paths, *SMALL))
+    run(compose_spec(*paths, *SMALL, *llm))
     assert (tmp_path / "tiny_next" / "pretrain" / "mm_projector.safetensors").exists()
-    spec = compose_spec("stage=finetune", *paths, *SMALL)
+    spec = compose_spec("stage=finetune", *paths, *SMALL, *llm)
     accuracy = run(spec)
     fin = tmp_path / "tiny_next" / "finetune"
     metrics = json.loads((fin / "metrics.json").read_text())
@@ -39,6 +44,7 @@ def test_stage1_then_stage2_then_stock_transformers(compose_spec, tmp_path):
     processor = AutoProcessor.from_pretrained(fin)
     assert isinstance(processor, LlavaNextProcessor)
     assert model.config.image_grid_pinpoints == [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+    assert model.config.text_config.model_type == ("qwen2" if llm else "llama")
 
     tokenizer, image_processor, rule = data_parts(spec)
     ds = spec_dataset(spec, spec.data.eval_data_path, tokenizer, image_processor, rule)

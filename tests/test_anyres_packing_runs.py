@@ -1,7 +1,8 @@
 """Training runs with AnyRes models (slow): ``training.packing=true`` with model=tiny_next and
 model=tiny_onevision in one process and in two (tiny_next under torchrun with ZeRO-2, tiny_onevision
-with launcher.nproc_per_node=2 DDP), and QLoRA with model=tiny_next
-(4-bit LLM on CPU through bitsandbytes): train, save the adapter, merge, evaluate.
+with launcher.nproc_per_node=2 DDP), and QLoRA with model=tiny_next and model=tiny_onevision
+(4-bit LLM on CPU through bitsandbytes): train, save the adapter, merge, evaluate; the OneVision adapter
+run also answers through chat and eval without torchvision, as its merged model does in transformers.
 
 Run with ``pytest -m slow tests/test_anyres_packing_runs.py``."""
 
@@ -110,15 +111,12 @@ def test_qlora_tiny_next_trains_saves_merges_and_evaluates(compose_spec, tmp_pat
     """4-bit NF4 LLM on CPU: the adapter + projector are saved, merge writes a LlavaNext model that
     computes what the 16-bit base + adapter computes on an AnyRes image, and the eval command gives
     the same answers from the adapter run and from the merged model."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
     from peft import PeftModel
     from PIL import Image
     from safetensors.torch import load_file
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-    from llava_hydra.commands import eval_cli
     from llava_hydra.commands.merge import merge
     from llava_hydra.commands.runner import run
     from llava_hydra.model.assemble import assemble
@@ -157,16 +155,113 @@ def test_qlora_tiny_next_trains_saves_merges_and_evaluates(compose_spec, tmp_pat
         with adapted.disable_adapter():  # and training moved it away from the base
             assert not torch.allclose(model(**inputs).logits, adapted(**inputs).logits, atol=1e-3)
 
-    answers = {}
-    for name, model_dir in (("adapter", run_dir), ("merged", merged_dir)):
-        GlobalHydra.instance().clear()
-        with initialize_config_module("llava_hydra.conf", version_base="1.3"):
-            cfg = compose("eval", overrides=[f"model_dir={model_dir}", f"paths.eval_root={tmp_path / 'ev'}",
-                                             "device=cpu", "benchmark=own", "benchmark.max_new_tokens=4",
-                                             f"benchmark.question_file={cache / 'synthetic' / 'qa_eval.json'}",
-                                             f"benchmark.image_folder={cache / 'synthetic' / 'images'}"])
-        GlobalHydra.instance().clear()
-        eval_cli.run(cfg)
-        answers[name] = [json.loads(line)["text"] for line in
-                         (model_dir / "eval" / "own" / "answers.jsonl").read_text().splitlines()]
-    assert len(answers["adapter"]) == 4 and answers["adapter"] == answers["merged"]
+    adapter, merged = (own_eval_answers(d, tmp_path, cache) for d in (run_dir, merged_dir))
+    assert len(adapter) == 4 and adapter == merged
+
+
+def test_qlora_tiny_onevision_trains_the_tower_merges_and_answers_as_transformers(compose_spec, tmp_path, caplog,
+                                                                                   capsys):
+    """OneVision's stage 2 under QLoRA: LoRA on the 4-bit LLM, the vision tower and projector trained whole (the
+    tower at its own lr), the newline embedding frozen and not saved. The merged model loads as transformers'
+    LlavaOnevisionForConditionalGeneration; a stock client of it gets the ids and pixels our eval app makes for
+    the adapter run (whose processor is built in memory: no torchvision here), the same logits and the same
+    greedy answer, and chat and ``python -m llava_hydra.eval`` work on the adapter run directory."""
+    from omegaconf import OmegaConf
+    from onevision_client import stock_processor
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+
+    from llava_hydra.commands.chat import Chat, main as chat_main
+    from llava_hydra.commands.merge import merge
+    from llava_hydra.commands.runner import run
+    from llava_hydra.eval.generation import answer, encode, render, user_message
+    from llava_hydra.eval.loading import load_for_inference
+    from llava_hydra.model.assemble import assemble
+
+    cache = tmp_path / "cache"
+    small = [o for o in SMALL if not o.startswith("training.max_steps")]
+    with caplog.at_level("INFO"):
+        run(compose_spec("model=tiny_onevision", f"paths.output_root={tmp_path}", f"paths.cache_dir={cache}", *small,
+                         "training.max_steps=8", "lora=qlora", "lora.r=4", "lora.alpha=8",
+                         "training.per_device_train_batch_size=4", "training.learning_rate=1e-2"))
+    run_dir = tmp_path / "tiny_onevision" / "finetune_qlora"
+    assert "4-bit LLM" in caplog.text and "(llm through LoRA)" in caplog.text
+    assert "trained whole: ['mm_projector', 'vision_tower']" in caplog.text
+    assert "optimizer group vision_tower_decay: 19 tensors, lr 0.0002" in caplog.text  # training.vision_tower_lr
+    assert "dtypes: newline float32 frozen;" in caplog.text  # README: under LoRA the newline stays frozen
+
+    saved = load_file(run_dir / "adapter_model.safetensors")
+    lora = {k.split(".lora_")[0].split("language_model.")[1] for k in saved if ".lora_" in k}
+    assert lora == {f"layers.{i}.{m}" for i in range(2) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+        "mlp.up_proj", "mlp.down_proj")}
+    whole = [k for k in saved if ".lora_" not in k]
+    assert {k.removeprefix("base_model.model.model.").split(".")[0] for k in whole} == {"multi_modal_projector",
+                                                                                      "vision_tower"}
+    assert len(whole) == 4 + 48 and len(saved) == 28 + 4 + 48  # the whole tower, no newline / embeddings / lm_head
+    state = json.loads((run_dir / "checkpoint-8" / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert len(losses) == 8 and all(map(math.isfinite, losses))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses  # 6.09 6.04 5.42 ... 5.23 4.64 4.61 here
+
+    merged_dir = merge(run_dir, tmp_path / "merged")
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(merged_dir).eval()
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    spec = OmegaConf.load(run_dir / "llava_hydra_spec.yaml")
+    spec.lora.bits = 16
+    base, _, _ = assemble(spec, torch.float32, "sdpa")  # the base merge rebuilt: same seeded newline
+    assert torch.equal(model.model.image_newline, base.model.image_newline)
+    tower = dict(model.model.vision_tower.named_parameters())
+    assert any(not torch.equal(tower[n], p) for n, p in base.model.vision_tower.named_parameters())  # it trained
+
+    held = json.loads((cache / "synthetic" / "qa_eval.json").read_text())[0]["image"]
+    image = tmp_path / "tall.png"  # a held-out shape, stretched to 30x70: cut into crops (a plain colour says "\n")
+    Image.open(cache / "synthetic" / "images" / held).convert("RGB").resize((30, 70)).save(image)
+    question = "What shape is this?"
+    processor = stock_processor(merged_dir)
+    message = {"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": question}]}
+    theirs = processor.apply_chat_template([message], add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    loaded, inference, aspect = load_for_inference(run_dir, device="cpu")  # the adapter, merged in memory
+    assert type(loaded) is LlavaOnevisionForConditionalGeneration and aspect == "anyres_max_9"
+    assert isinstance(inference, LlavaOnevisionProcessor)
+    prompt = render(inference, [user_message(question, image=True)])
+    ours = encode(inference, [prompt], [str(image)], aspect)
+    assert theirs["image_sizes"].tolist() == [[70, 30]] and theirs["pixel_values"].shape[1] == 4  # base + 3x1 grid
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
+        assert torch.equal(ours[key], theirs[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**ours).logits, model(**theirs).logits, rtol=1e-4, atol=1e-4)
+    gen = {"max_new_tokens": 6, "min_new_tokens": 4, "do_sample": False}  # it would say <|im_end|> at once
+    stock = model.generate(**theirs, **gen)
+    stock = processor.tokenizer.decode(stock[0, theirs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert stock and answer(loaded, inference, [prompt], [str(image)], aspect, **gen) == [stock]
+    assert Chat(loaded, inference, aspect, str(image), stream=None, **gen).ask(question) == stock
+
+    plain = answer(loaded, inference, [prompt], [str(image)], aspect, max_new_tokens=6, do_sample=False)[0]
+    capsys.readouterr()  # python -m llava_hydra.chat on the adapter run: decodes as the eval app (no minimum)
+    assert chat_main([str(run_dir), "--image", str(image), "--prompt", question, "--max-new-tokens", "6",
+                      "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == plain
+
+    adapter, merged = (own_eval_answers(d, tmp_path, cache) for d in (run_dir, merged_dir))
+    assert len(adapter) == 4 and adapter == merged
+
+
+def own_eval_answers(model_dir, tmp_path, cache) -> list[str]:
+    """``python -m llava_hydra.eval benchmark=own`` on the run's held-out synthetic questions: its answers."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from llava_hydra.commands import eval_cli
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("llava_hydra.conf", version_base="1.3"):
+        cfg = compose("eval", overrides=[f"model_dir={model_dir}", f"paths.eval_root={tmp_path / 'ev'}",
+                                         "device=cpu", "benchmark=own", "benchmark.max_new_tokens=4",
+                                         f"benchmark.question_file={cache / 'synthetic' / 'qa_eval.json'}",
+                                         f"benchmark.image_folder={cache / 'synthetic' / 'images'}"])
+    GlobalHydra.instance().clear()
+    eval_cli.run(cfg)
+    return [json.loads(line)["text"] for line in (model_dir / "eval" / "own" / "answers.jsonl").read_text().splitlines()]

@@ -23,6 +23,7 @@ MODELS = {  # name: (llm, vision tower, stage 2 template, projector)
     "tiny_onevision": ("builtin://tiny-qwen2", "builtin://tiny-siglip", "qwen_1_5", "mlp2x_gelu"),
     "llava_next_vicuna7b": ("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14-336", "v1", "mlp2x_gelu"),
     "llava_next_vicuna13b": ("lmsys/vicuna-13b-v1.5", "openai/clip-vit-large-patch14-336", "v1", "mlp2x_gelu"),
+    "llava_next_qwen2_7b": ("Qwen/Qwen2-7B-Instruct", "openai/clip-vit-large-patch14-336", "qwen_1_5", "mlp2x_gelu"),
     "onevision_qwen2_0_5b": ("Qwen/Qwen2-0.5B-Instruct", "google/siglip-so400m-patch14-384", "qwen_1_5", "mlp2x_gelu"),
     "onevision_qwen2_7b": ("Qwen/Qwen2-7B-Instruct", "google/siglip-so400m-patch14-384", "qwen_1_5", "mlp2x_gelu"),
 }
@@ -91,6 +92,7 @@ SCRIPTS = {
 def test_every_experiment_option_is_a_script():
     assert set(options("experiment")) == {f"llava15_{s}_{k}" for s in ("7b", "13b") for k in SCRIPTS} | {
         "onevision_7b_pretrain", "onevision_7b_si", "onevision_7b_ov",  # LLaVA-NeXT's: test_onevision_presets.py
+        "llava_next_qwen2_7b_pretrain", "llava_next_qwen2_7b_finetune",  # also LLaVA-NeXT's (the CLIP scripts)
         "tiny_details"}  # not a script: the AnyRes-vs-base detail task (tests/test_details_compare.py)
 
 

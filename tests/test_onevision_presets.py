@@ -4,6 +4,7 @@ LLaVA-VL/LLaVA-NeXT) is either the preset's value or named in the preset's comme
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,27 @@ FINETUNE_SI = {  # scripts/train/finetune_si.sh (finetune_ov.sh: the same but --
     "--torch_compile_backend": "inductor", "--dataloader_drop_last": "True", "--frames_upbound": "32",
 }
 FINETUNE_OV = {**FINETUNE_SI, "--data_path": "next_ov_stage_july21.yaml"}
+PRETRAIN_CLIP = {**PRETRAIN_SIGLIP, "--vision_tower": "openai/clip-vit-large-patch14-336"}  # pretrain_clip.sh
+DIRECT_FINETUNE_CLIP = {  # scripts/train/direct_finetune_clip.sh
+    "--deepspeed": "scripts/zero3.json", "--model_name_or_path": "Qwen/Qwen2-7B-Instruct", "--version": "qwen_1_5",
+    "--data_path": "llava_1_6.json", "--image_folder": "your_image_folder",
+    "--pretrain_mm_mlp_adapter": "/checkpoints/projectors/x/mm_projector.bin",
+    "--mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model", "--mm_vision_tower_lr": "2e-6",
+    "--vision_tower": "openai/clip-vit-large-patch14-336", "--mm_projector_type": "mlp2x_gelu",
+    "--mm_vision_select_layer": "-2", "--mm_use_im_start_end": "False", "--mm_use_im_patch_token": "False",
+    "--group_by_modality_length": "True", "--image_aspect_ratio": "anyres",
+    "--image_grid_pinpoints": "[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]",
+    "--mm_patch_merge_type": "spatial_unpad", "--bf16": "True", "--run_name": "x", "--output_dir": "x",
+    "--num_train_epochs": "1", "--per_device_train_batch_size": "4", "--per_device_eval_batch_size": "4",
+    "--gradient_accumulation_steps": "1", "--evaluation_strategy": "no", "--save_strategy": "steps",
+    "--save_steps": "3000", "--save_total_limit": "1", "--learning_rate": "1e-5", "--weight_decay": "0.",
+    "--warmup_ratio": "0.03", "--lr_scheduler_type": "cosine", "--logging_steps": "1", "--tf32": "True",
+    "--model_max_length": "32768", "--gradient_checkpointing": "True", "--dataloader_num_workers": "16",
+    "--lazy_preprocess": "True", "--report_to": "wandb", "--torch_compile": "True",
+    "--torch_compile_backend": "inductor", "--dataloader_drop_last": "True", "--attn_implementation": "sdpa",
+}
 NO_MEANING = {"--mm_use_im_start_end", "--mm_use_im_patch_token", "--evaluation_strategy", "--lazy_preprocess",
-              "--output_dir", "--run_name", "--video_folder", "--frames_upbound", "--torch_compile",
+              "--output_dir", "--run_name", "--torch_compile",
               "--torch_compile_backend", "--dataloader_drop_last"}
 DATA = {"/blip_558k/blip_558k_plain.json": "llava15_pretrain", "next_3p2m_single_image.yaml": "onevision_si",
         "next_ov_stage_july21.yaml": "onevision_ov"}
@@ -76,16 +96,20 @@ def ours(cfg, flag: str, preset: str):
         return cfg.data.template
     if key == "data_path":
         return cfg.data.name
-    if key == "image_folder":
-        return cfg.data.image_folder
+    if key in ("image_folder", "video_folder", "frames_upbound"):
+        return cfg.data[key]
     if key == "mm_tunable_parts":
         return sorted(cfg.stage.trainable)
+    if key == "pretrain_mm_mlp_adapter":
+        return cfg.stage.pretrain_mm_mlp_adapter
     if key == "mm_vision_tower_lr":
         return cfg.training.vision_tower_lr
     if key == "image_aspect_ratio":
         return cfg.data.image_aspect_ratio
     if key == "report_to":
         return ",".join(cfg.training.report_to)
+    if key == "image_grid_pinpoints" and not isinstance(cfg.model[key], str):
+        return [list(p) for p in cfg.model[key]]
     if key in ("vision_tower", "mm_vision_select_layer", "mm_projector_type", "image_grid_pinpoints",
                "mm_patch_merge_type", "model_max_length", "attn_implementation"):
         return cfg.model[key]
@@ -94,29 +118,45 @@ def ours(cfg, flag: str, preset: str):
 
 
 PREV_STAGE = {"onevision_7b_ov": "/runs/onevision_qwen2_7b/finetune_si"}  # ov starts from si's model
+# the projector stage 1's preset writes (the scripts' /checkpoints/projectors/<run>/mm_projector.bin)
+PROJECTOR = {"llava_next_qwen2_7b_finetune": "/runs/llava_next_qwen2_7b/pretrain/mm_projector.safetensors"}
 # where a preset deliberately differs from its script, and says so in its comment
-DIFFERS = {("onevision_7b_si", "--model_name_or_path"): "$PREV_STAGE_CHECKPOINT is LLaVA-NeXT's unreleased mid-stage model"}
+DIFFERS = {("onevision_7b_si", "--model_name_or_path"): "$PREV_STAGE_CHECKPOINT is LLaVA-NeXT's unreleased mid-stage model",
+           ("llava_next_qwen2_7b_finetune", "--data_path"): "--data_path=llava_1_6.json is LLaVA-NeXT 1.6's 760K mix, never released"}
+# the files whose comments explain a preset's flags: its own and the presets it says it shares them with
+EXPLAINED_IN = {"onevision_7b_pretrain": ["onevision_7b_pretrain"],
+                "onevision_7b_si": ["onevision_7b_si", "onevision_7b_pretrain"],
+                "onevision_7b_ov": ["onevision_7b_ov", "onevision_7b_si", "onevision_7b_pretrain"],
+                "llava_next_qwen2_7b_pretrain": ["llava_next_qwen2_7b_pretrain"],
+                "llava_next_qwen2_7b_finetune": ["llava_next_qwen2_7b_finetune", "llava_next_qwen2_7b_pretrain"]}
 
 
 def theirs(flag: str, text: str, cfg, preset: str):
     if text == "$PREV_STAGE_CHECKPOINT":
         return PREV_STAGE[preset]
+    if flag == "--pretrain_mm_mlp_adapter":
+        return PROJECTOR[preset]
+    if flag == "--image_grid_pinpoints" and text.startswith("["):  # (width, height) pairs; symmetric set
+        return [list(p) for p in ast.literal_eval(text)]
     if flag == "--data_path":
         return DATA[text]
     if flag == "--image_folder":
         return cfg.data.image_folder  # where the user keeps them: data.image_folder (paths.data_root/...)
+    if flag == "--video_folder":
+        return cfg.data.video_folder  # as data.image_folder: data.video_folder (paths.data_root/llava_video)
     if flag == "--mm_tunable_parts":
         return sorted(PARTS[p] for p in text.split(","))
     return value(text)
 
 
 @pytest.mark.parametrize("preset, flags", [("onevision_7b_pretrain", PRETRAIN_SIGLIP),
-                                           ("onevision_7b_si", FINETUNE_SI), ("onevision_7b_ov", FINETUNE_OV)])
+                                           ("onevision_7b_si", FINETUNE_SI), ("onevision_7b_ov", FINETUNE_OV),
+                                           ("llava_next_qwen2_7b_pretrain", PRETRAIN_CLIP),
+                                           ("llava_next_qwen2_7b_finetune", DIRECT_FINETUNE_CLIP)])
 def test_preset_equals_the_script_flag_for_flag(compose_spec, preset, flags):
     cfg = compose_spec(f"experiment={preset}", "paths.output_root=/runs")
     validate(cfg, local_paths=False)
-    comments = (CONF / "experiment" / f"{preset}.yaml").read_text() + (CONF / "experiment" / "onevision_7b_si.yaml").read_text() \
-        + (CONF / "experiment" / "onevision_7b_pretrain.yaml").read_text()
+    comments = "".join((CONF / "experiment" / f"{name}.yaml").read_text() for name in EXPLAINED_IN[preset])
     for flag, text in flags.items():
         if flag in NO_MEANING:
             assert flag in comments, f"{preset}: {flag} neither set nor explained"
@@ -147,6 +187,8 @@ def test_presets_chain_the_stages(compose_spec):
      [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
     ("llava_next_vicuna13b", "llava_next", "lmsys/vicuna-13b-v1.5", "openai/clip-vit-large-patch14-336", "anyres",
      [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
+    ("llava_next_qwen2_7b", "llava_next", "Qwen/Qwen2-7B-Instruct", "openai/clip-vit-large-patch14-336", "anyres",
+     [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
     ("onevision_qwen2_0_5b", "llava_onevision", "Qwen/Qwen2-0.5B-Instruct", "google/siglip-so400m-patch14-384",
      "anyres_max_9", "(1x1),...,(6x6)"),
     ("onevision_qwen2_7b", "llava_onevision", "Qwen/Qwen2-7B-Instruct", "google/siglip-so400m-patch14-384",
@@ -157,7 +199,7 @@ def test_model_options_compose_and_validate(compose_spec, model, family, llm, to
     validate(fin, local_paths=False)  # (and test_validation.py validates every model option in both stages)
     assert (fin.model.family, fin.model.llm, fin.model.vision_tower) == (family, llm, tower)
     assert (fin.data.image_aspect_ratio, fin.model.mm_patch_merge_type) == (aspect, "spatial_unpad")
-    assert fin.data.template == ("v1" if family == "llava_next" else "qwen_1_5")
+    assert fin.data.template == ("qwen_1_5" if llm.startswith("Qwen/") else "v1")
     assert list(fin.stage.trainable) == ["mm_projector", "llm", "vision_tower"] and fin.training.vision_tower_lr == 2e-6
     got = fin.model.image_grid_pinpoints
     assert (got if isinstance(got, str) else [list(p) for p in got]) == pinpoints

@@ -10,11 +10,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import InterpolationToMissingValueError
 
 CONF = Path(__file__).parents[1] / "conf"
-PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("llava15_*.yaml"))  # onevision_*: test_onevision_presets.py
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("llava15_*.yaml"))  # onevision_*, llava_next_*: test_onevision_presets.py
 LLM = {"tiny": "builtin://tiny-llama", "tiny_next": "builtin://tiny-llama", "vicuna7b": "lmsys/vicuna-7b-v1.5", "vicuna13b": "lmsys/vicuna-13b-v1.5",
        "vicuna7b_v1_linear": "lmsys/vicuna-7b-v1.5", "llama2_7b_chat": "meta-llama/Llama-2-7b-chat-hf",
        "llama3_8b_instruct": "meta-llama/Meta-Llama-3-8B-Instruct", "qwen2_7b_instruct": "Qwen/Qwen2-7B-Instruct"}
-ANYRES = {"tiny_onevision", "llava_next_vicuna7b", "llava_next_vicuna13b", "onevision_qwen2_0_5b",
+ANYRES = {"tiny_onevision", "llava_next_vicuna7b", "llava_next_vicuna13b", "llava_next_qwen2_7b", "onevision_qwen2_0_5b",
           "onevision_qwen2_7b"}  # composed and validated in test_onevision_presets.py / test_onevision.py
 RELEASED = {"vicuna7b": "llava-hf/llava-1.5-7b-hf", "vicuna13b": "llava-hf/llava-1.5-13b-hf"}
 

@@ -109,6 +109,8 @@ COMMANDS = {
     "python -m llava_hydra experiment=onevision_7b_si model=onevision_qwen2_0_5b":
         ("skip", "needs Qwen2-0.5B-Instruct, SigLIP-so400m and LLaVA-NeXT's data"),
     "python -m llava_hydra model=llava_next_vicuna13b stage=finetune": ("skip", HUB_GPU),
+    "python -m llava_hydra experiment=llava_next_qwen2_7b_pretrain": ("skip", HUB_GPU),
+    "python -m llava_hydra experiment=llava_next_qwen2_7b_finetune": ("skip", HUB_GPU),
     'pip install lmms-eval==0.7.3 decord "filelock<3.20"': ("skip", "a separate environment (lmms-eval pulls its own torch); "
                                                            "run by hand, README says how"),
     "python -m lmms_eval eval --model llava_hf --model_args pretrained=outputs/tiny/finetune,device_map=cpu,dtype=float32 "

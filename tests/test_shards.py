@@ -164,3 +164,35 @@ def test_resume_mid_epoch_continues_the_same_batches_without_reopening_consumed_
     resumed.resume_at(3)
     assert round_robin(resumed, workers, monkeypatch) == full[3:]
     assert len(resumed.opened) < len(whole.opened)  # the shards of the 6 consumed samples stay closed
+
+
+def test_a_checkpoint_of_a_stream_read_by_other_worker_counts_is_refused(data, bpe400, tmp_path, monkeypatch):
+    """Workers split each rank's part of the epoch, so their count decides which samples a step sees:
+    a resume with another ``dataloader_num_workers`` is refused, and a stream read by more workers than
+    it was built for stops instead of silently reading another order."""
+    from types import SimpleNamespace
+
+    from llava_hydra.train.checkpoints import RUN_RECORD, CheckpointError
+    from llava_hydra.train.stream_loader import StreamTraining
+
+    convert(data / "qa.json", data / "images", tmp_path / "sh", samples_per_shard=2)
+    two = stream(tmp_path / "sh", data, bpe400, batch_size=2, shuffle_buffer=2, workers=2)
+    assert two.key()["workers"] == 2
+    assert stream(tmp_path / "sh", data, bpe400, batch_size=2, shuffle_buffer=2, workers=0).key()["workers"] == 1
+    ckpt = tmp_path / "checkpoint-3"
+    ckpt.mkdir()
+    (ckpt / RUN_RECORD).write_text(json.dumps({"stream": {"epoch": 0, "micro_batches": 3, "key": two.key()}}))
+
+    class Resuming(StreamTraining):
+        def __init__(self, ds, workers):
+            self.train_dataset, self._stream_resume_from = ds, str(ckpt)
+            self.args = SimpleNamespace(dataloader_num_workers=workers, dataloader_pin_memory=False,
+                                        dataloader_prefetch_factor=None, dataloader_multiprocessing_context=None)
+
+    one = stream(tmp_path / "sh", data, bpe400, batch_size=2, shuffle_buffer=2, workers=1)
+    with pytest.raises(CheckpointError, match=r"workers: \{'workers': 2\} then, \{'workers': 1\} now"):
+        Resuming(one, 1).get_resumed_dataloader(None, 3)
+    assert Resuming(two, 2).get_resumed_dataloader(None, 3).dataset.start_step == 3
+    monkeypatch.setattr(worker_mod, "_worker_info", as_worker(0, 3))
+    with pytest.raises(RuntimeError, match="built for 2 DataLoader workers .* read by 3"):
+        next(iter(two))

@@ -253,3 +253,12 @@ def test_shards_keep_sizes_and_an_anyres_packed_stream_counts_from_them(tmp_path
     (tmp_path / "sh" / "index.json").write_text(json.dumps(old))
     with pytest.raises(ShardError, match=r"index.json: no image_sizes.jsonl listed .* convert again"):
         packed_stream_dataset(cfg, tok, proc, RULE, tok.convert_tokens_to_ids("<image>"), args)
+
+
+def test_a_sample_before_any_length_pass_reads_its_own_headers_only(tmp_path, tok):
+    records = folder_of_images(tmp_path)
+    ds = dataset(tmp_path, tok, records)  # no grouping, no packing: no length pass runs
+    assert ds[2]["image_sizes"].tolist() == [[70, 30], [50, 30]]
+    assert not (ds.records.folder / "sizes").exists()  # the file's other headers were not read for it
+    ds.modality_lengths  # the length pass fills them; the next sample reads them
+    assert (ds.records.folder / "sizes").is_dir() and ds[2]["image_sizes"].tolist() == [[70, 30], [50, 30]]

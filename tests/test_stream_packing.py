@@ -47,6 +47,27 @@ def test_rows_of_a_tiny_stream_written_out():
     assert merged_workers([3, 1, 2]) == [0, 1, 2, 0, 2, 0]
 
 
+def test_bench_sampler_lays_out_the_packed_streams_steps_as_the_ranks_run_them():
+    """bench_sampler's packed-stream rows measure rank_rows laid out step by step: rank 0's group of
+    micro-batches, then rank 1's; a step with a short micro-batch is left out of the columns."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from bench_sampler import packed_stream_order
+
+    lengths = LENGTHS * 4  # 48 samples, 4 shards of 12
+    bins, order, left = packed_stream_order(lengths, 100, rows=1, ws=2, fill=0.86, group=2, workers=1, buffer=3,
+                                            shard=12)
+    plan = PackedStreamPlan(lengths, [12] * 4, world=2, batch=1, group=2, workers=1, buffer=3, capacity=100, seed=1)
+    r0, r1 = rank_rows(plan, 0, 0), rank_rows(plan, 0, 1)
+    assert len(r0) == len(r1) == 12 and left == 0  # 6 steps of 2 micro-batches a rank, every one a full row
+    laid = [bins[i] for i in order.tolist()]
+    assert laid[:4] == [r0[0][0], r0[1][0], r1[0][0], r1[1][0]]  # step 1: rank 0's two rows, then rank 1's
+    assert laid[4:8] == [r0[2][0], r0[3][0], r1[2][0], r1[3][0]]
+    assert sorted(i for row in laid for i in row) == list(range(48))
+
+
 def test_stand_in_draws_from_the_buffer_window():
     emit = np.array([2, 1, 4, 5, 3, 0, 6, 9, 10, 11, 7, 8])  # buffer_order(12, 3) above
     # when position 4 leaves (t=2) the buffer holds 0 and 3 besides it (read: < 2 + 3; leave later)

@@ -201,7 +201,8 @@ def test_a_bad_value_stops_the_command_in_one_clear_line():
 
 def test_unknown_group_option_gets_a_suggestion():
     assert group_option_problems(["model=vicuna14b", "stage=finetune", "training.learning_rate=1e-4"]) == [
-        "model=vicuna14b: no such option; the options are llama2_7b_chat, llama3_8b_instruct, llava_next_vicuna13b, "
+        "model=vicuna14b: no such option; the options are llama2_7b_chat, llama3_8b_instruct, llava_next_qwen2_7b, "
+        "llava_next_vicuna13b, "
         "llava_next_vicuna7b, onevision_qwen2_0_5b, onevision_qwen2_7b, qwen2_7b_instruct, tiny, tiny_next, "
         "tiny_onevision, vicuna13b, vicuna7b, vicuna7b_v1_linear (did you mean 'vicuna13b'?)"]
     assert group_option_problems(["lora=lora,qlor"]) == [  # each value of a sweep

@@ -76,7 +76,7 @@ class SourceConfig:
     data_path: str = MISSING  # LLaVA-format JSON / JSONL (a mixture .yaml may call it json_path, as LLaVA-NeXT)
     name: Optional[str] = None  # in logs and trackers (loss/<name>); default: the file's name without suffix
     image_folder: Optional[str] = None  # default: data.image_folder
-    video_folder: Optional[str] = None  # accepted, not read yet (no video support: a note in the log)
+    video_folder: Optional[str] = None  # default: data.video_folder (video records: llava_onevision, data/video.py)
     sampling_strategy: str = "all"  # all | first:N% | end:N% | random:N% | first:N | end:N | random:N
     repeat: float = 1  # the selection this many times per epoch (a fraction: a random part of it)
 
@@ -96,6 +96,11 @@ class DataConfig:
     synthetic: Optional[SyntheticSpec] = None  # set: generate data_path if it is missing
     allow_images_outside_folder: bool = False  # image paths written to leave image_folder (../, absolute; symlinks in it are fine)
     max_image_pixels: Optional[int] = 50_000_000  # larger images refused before decoding; null: PIL's own limit
+    # videos (model.family=llava_onevision; data/video.py, data/video_tokens.py), LLaVA-NeXT's DataArguments:
+    video_folder: Optional[str] = None  # a record's "video" path is relative to this
+    frames_upbound: int = 0  # at most this many frames, uniformly spread (0: no cap); OneVision's recipes: 32
+    force_sample: bool = False  # always frames_upbound frames (a constant count: batches / packing of videos)
+    video_fps: int = 1  # frames read per second of video before the upbound
     stream: StreamConfig = field(default_factory=StreamConfig)  # shards streamed (llava_hydra.config.stream)
 
 

@@ -59,6 +59,12 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
         if problem:
             found[problem.kind].append((i, str(problem)))
             bad.add(i)
+    videos = _videos_of(ds, bad, table)  # OneVision: each video's file (--images: decoded) as training reads it
+    for i, name in videos:
+        problem = ds.videos.check(name, decode=decode_images)
+        if problem:
+            found[problem.kind].append((i, str(problem)))
+            bad.add(i)
     max_len = ds.model_max_length
     for i in (table.tokens > max_len).nonzero()[0].tolist():
         one_of_several = None if i in bad else keeps_one_of_several(ds, i)  # OneVision: refused in training
@@ -77,6 +83,7 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
              for kind, items in found.items()}
     return {"data_path": ds.data_path, "samples": len(ds), "image_samples": n_image,
             "multi_image_samples": sum(images_per_record[i] > 1 for i in good),
+            "video_samples": sum(i not in bad for i, _ in videos),
             "text_only_samples": len(good) - n_image, "bad_samples": len(bad), "model_max_length": max_len,
             "max_tokens": int(table.tokens.max(initial=0)), "images_decoded": decode_images,
             "errors": sum(len(found[k]) for k in ERRORS), "warnings": sum(len(found[k]) for k in WARNINGS),
@@ -85,6 +92,16 @@ def check_dataset(ds, decode_images: bool = False, workers: int = 8) -> dict:
 
 TOTALS = ("samples", "image_samples", "multi_image_samples", "text_only_samples", "bad_samples", "errors",
           "warnings")
+
+
+def _videos_of(ds, bad: set, table) -> list[tuple[int, str]]:
+    """(index, video path) of every well-formed video record (data/video.py)."""
+    from llava_hydra.data.video import video_of
+
+    if getattr(ds, "videos", None) is None:
+        return []
+    return [(i, video_of(ds.records[i])) for i in range(len(ds))
+            if i not in bad and table.has_image[i] and video_of(ds.records[i])]
 
 
 def check_mixture(mixture, decode_images: bool = False) -> dict:
@@ -124,7 +141,8 @@ def _print(report: dict, limit: int, out=None) -> None:
     p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
     p(f"{report['data_path']}")
     p(f"  samples            {report['samples']:>10}")
-    p(f"  with image(s)      {report['image_samples']:>10}   ({report['multi_image_samples']} with several)")
+    videos = f", {report['video_samples']} videos" if report.get("video_samples") else ""
+    p(f"  with image(s)      {report['image_samples']:>10}   ({report['multi_image_samples']} with several{videos})")
     p(f"  text-only          {report['text_only_samples']:>10}")
     p(f"  bad (errors below) {report['bad_samples']:>10}")
     p(f"  longest (tokens)   {report['max_tokens']:>10}   (model_max_length {report['model_max_length']})")

@@ -8,8 +8,8 @@ grouped sampler asks. A multi-image record's sample carries its images' pixel va
 ``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator and packing
 concatenate every sample's images in order (``stack_images``), as the model fills the batch's
 image-token runs in order. AnyRes (``num_image_tokens`` an ImageTokens rule): each image's run is
-counted from its size (length pass and sample alike: kept in the record store, store_sizes.py, else
-from its file header), and a sample carries its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``.
+counted from its size (from its file header, kept in the record store: store_sizes.py), and a sample
+carries its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``. A OneVision video: data/video.py.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from llava_hydra.data import lengths as lengths_mod
+from llava_hydra.data import lengths as lengths_mod, store_sizes
 from llava_hydra.data.anyres import anyres_images
 from llava_hydra.data.image_tokens import ImageTokens
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
@@ -43,8 +43,8 @@ from llava_hydra.data.labels import IGNORE_INDEX, Encoded, NothingToTrain, encod
 from llava_hydra.data.records import (CHECKS_VERSION, BadSampleError, RecordError, images_of,  # noqa: F401
                                       load_records, normalize_turns, record_id)
 from llava_hydra.data.stand_in import candidates, stand_in
-from llava_hydra.data import store_sizes
 from llava_hydra.data.store import open_records
+from llava_hydra.data.video import Video, batch_videos, media_of, require, video_sample, video_token_id
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                  image_aspect_ratio: str = "square", model_max_length: int = 2048,
                  image_token_id: int | None = None, num_image_tokens: int | ImageTokens = 576,
                  on_bad_sample: str = "raise", cache_dir=None, allow_images_outside_folder: bool = False,
-                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None):
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, records=None, videos=None):
         if on_bad_sample not in POLICIES:
             raise ValueError(f"data.on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         check_template(template)
@@ -83,9 +83,9 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             num_image_tokens)
         self.anyres = self.image_tokens.fixed is None
         self.num_image_tokens = self.image_tokens if self.anyres else self.image_tokens.fixed
+        self.videos, self.video_token_id = videos, video_token_id(tokenizer, videos)  # OneVision: a VideoSource
         self.cache_dir = cache_dir
         self._table: lengths_mod.LengthTable | None = None
-        self._sizes = self.sizes_given = None  # AnyRes image sizes (store_sizes.of_dataset)
         self._known_bad: set[int] = set()  # indices replaced without trying (from the length pass)
         self.epoch = 0  # set_epoch: skip's stand-ins are drawn per epoch
         self._seen: dict[int, tuple[str, str, str]] = {}  # skips noticed in this process: (kind, message, reason)
@@ -101,13 +101,15 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         return BadSampleError(f"{self.data_path}: sample {i} (id={record_id(self.records[i])!r}): {problem}", reason)
 
     def prepare(self, i: int) -> tuple[Rendered, list[str]]:
-        """(rendered conversation, image paths) of record i; RecordError if it is malformed."""
+        """(rendered conversation, image paths or [Video(path)]) of record i; RecordError if it is malformed."""
         record = self.records[i]
         turns = normalize_turns(record)
-        return render(self.template, turns, tokenizer=self.tokenizer), images_of(record)
+        return render(self.template, turns, tokenizer=self.tokenizer), media_of(record, self.videos)
 
     def image_runs(self, images: list[str], i: int | None = None):
         """The token run of each image (of record i): the fixed count (LLaVA-1.5), or one per image by its size."""
+        if images and isinstance(images[0], Video):  # by its frame count (video_tokens.py)
+            return [require(self.videos).tokens(images[0])]
         if not self.anyres:
             return self.num_image_tokens
         # by size (stored, else its header's); OneVision: one view + a newline for each of several (ImageTokens.runs)
@@ -136,10 +138,11 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         sample = {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(e.labels)}
         if images and e.num_images:  # the images whose token runs survived truncation, in tag order
             try:
+                if isinstance(images[0], Video):  # its run re-tagged <video>, its frames
+                    return video_sample(sample, images[0], self.videos, self.image_token_id, self.video_token_id)
                 if self.anyres:
-                    kept, sizes = images[:e.num_images], store_sizes.stored_of(self, i, images)
-                    return {**sample, **anyres_images(self.images, kept, self.image_processor, len(images),
-                                                      sizes and sizes[:e.num_images])}
+                    kept, sizes = images[:e.num_images], store_sizes.stored_of(self, i, images, e.num_images)
+                    return {**sample, **anyres_images(self.images, kept, self.image_processor, len(images), sizes)}
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
@@ -221,10 +224,10 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     def length_table(self) -> lengths_mod.LengthTable:
         """The cached length pass (computed on first use)."""
         if self._table is None:
-            digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
-            digest += f"/sizes{s.digest}" if (s := store_sizes.of_dataset(self)) else ""  # AnyRes (before any fork)
+            digest = f"{self.data_digest}/checks{CHECKS_VERSION}" + store_sizes.length_key(self)  # + AnyRes sizes
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
-                                        self.image_tokens.key if self.anyres else self.num_image_tokens)
+                                        (self.image_tokens.key if self.anyres else self.num_image_tokens)
+                                        if self.videos is None else [self.image_tokens.key, self.videos.rule.key])
             runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes (stored)
             started = time.time()
             self._table, hit = lengths_mod.cached(
@@ -300,7 +303,7 @@ class DataCollator:
             n = len(s["input_ids"])
             ids[row, :n], labels[row, :n], mask[row, :n] = s["input_ids"], s["labels"], 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        return {**batch, **batch_images(samples)}
+        return {**batch, **batch_images(samples), **batch_videos(samples)}
 
 
 def batch_images(samples: list[dict]) -> dict:

@@ -43,6 +43,8 @@ IMAGE_KINDS = {  # ImageError.kind -> what a report calls it (skip reasons, data
     "unreadable_image": "image files unreadable (corrupt, truncated)",
     "image_too_large": "images over data.max_image_pixels",
     "image_outside_folder": "image paths outside data.image_folder",
+    "missing_video": "video files missing (or no data.video_folder)",
+    "unreadable_video": "video files unreadable (corrupt, no frames; data/video.py)",
     "multi_image_layout": "llava_onevision records of several images that truncation leaves with one (data/multi_view.py)",
 }
 

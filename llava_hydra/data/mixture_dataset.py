@@ -159,12 +159,9 @@ def mixture_dataset(cfg, tokenizer, image_processor, num_image_tokens: int, imag
     sources = read_sources(cfg.data)
     datasets = []
     for s in sources:
-        if s.video_folder:
-            log.warning("data source %r: video_folder=%s is not read (videos are not supported yet); "
-                        "records with a video train as text", s.name, s.video_folder)
         datasets.append(spec_dataset(cfg, s.data_path, tokenizer, image_processor, num_image_tokens,
                                      image_token_id=image_token_id, on_bad_sample=on_bad_sample,
-                                     image_folder=s.image_folder))
+                                     image_folder=s.image_folder, video_folder=s.video_folder))
     mixture = MixtureDataset(sources, datasets, data_seed(cfg))
     for s, ds, sel in zip(sources, datasets, mixture.selected):
         repeat = f", x{s.repeat:g}: {len(sel)} samples" if s.repeat != 1 else ""

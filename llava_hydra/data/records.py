@@ -34,8 +34,8 @@ class BadSampleError(ValueError):
 
 
 # bump when normalize_turns accepts or refuses differently (keys the length cache); 4: a single
-# image tagged in a later human turn is accepted
-CHECKS_VERSION = 4
+# image tagged in a later human turn is accepted; 5: a ``video`` record's tag counts (data/video.py)
+CHECKS_VERSION = 5
 
 
 class RecordError(ValueError):
@@ -104,6 +104,19 @@ def images_of(record) -> list[str]:
     raise RecordError(f"'image' must be a path or a list of paths (non-empty strings), got {image!r:.80}")
 
 
+def video_of(record) -> str | None:
+    """The record's ``video`` path (LLaVA-NeXT's format, data/video.py), or None. Images or a video, not both."""
+    if not isinstance(record, dict) or record.get("video") in (None, ""):
+        return None
+    video = record["video"]
+    if not isinstance(video, str):
+        raise RecordError(f"'video' must be a path (a non-empty string), got {video!r:.80}")
+    if record.get("image") not in (None, "", []):
+        raise RecordError("record has both 'image' and 'video'; LLaVA-NeXT would train its image and drop the "
+                          "video: give each its own record")
+    return video
+
+
 def normalize_turns(record) -> list[dict]:
     """Check a record and return its turns with ``<image>`` moved to the front of its message,
     as LLaVA does. Raises RecordError saying what is wrong."""
@@ -134,7 +147,8 @@ def normalize_turns(record) -> list[dict]:
         out.append({"from": role, "value": image_to_front(value)})
     if len(out) < 2:
         raise RecordError("no assistant ('gpt') answer to train on")
-    _check_images(turns, images_of(record))
+    video = video_of(record)  # LLaVA-NeXT: one <image> tag marks where the video goes
+    _check_images(turns, images_of(record) + ([video] if video else []))
     answers = [k for k, turn in enumerate(out) if turn["from"] == GPT]
     if all(not out[k]["value"].strip() for k in answers):  # one blank among real answers trains as in LLaVA
         where = f"turn {answers[0]}" if len(answers) == 1 else f"turns {', '.join(map(str, answers))}"

@@ -45,6 +45,8 @@ def data_parts(cfg, image_processor: bool = True):
     source = m.pretrained_llava or m.llm
     tokenizer = load_tokenizer(pretrained_path(source, cfg.paths.cache_dir), m.model_max_length,
                                m.trust_remote_code)
+    if _family(cfg) == "llava_onevision" and not m.pretrained_llava:  # as model assembly adds it (a saved one has it)
+        tokenizer.add_tokens(["<video>"], special_tokens=True)
     processor = None
     if image_processor:
         from transformers import AutoImageProcessor
@@ -64,10 +66,23 @@ def data_parts(cfg, image_processor: bool = True):
     return tokenizer, processor, image_tokens_per_image(cfg)
 
 
+def video_source(cfg, num_image_tokens, image_processor, video_folder: str | None = None):
+    """The spec's videos (data/video.py) for a OneVision model (its ImageTokens rule is ``multi_view``),
+    else None (a record with a video is then refused)."""
+    if not getattr(num_image_tokens, "multi_view", False):
+        return None
+    from llava_hydra.data.video import VideoSource
+    from llava_hydra.data.video_tokens import video_tokens_for
+
+    return VideoSource(video_folder or cfg.data.get("video_folder"), video_tokens_for(num_image_tokens.side, cfg.data),
+                       image_processor, cfg.data.allow_images_outside_folder)
+
+
 def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_tokens,
-                 image_token_id: int | None = None, on_bad_sample: str | None = None, image_folder: str | None = None):
+                 image_token_id: int | None = None, on_bad_sample: str | None = None, image_folder: str | None = None,
+                 video_folder: str | None = None):
     """The dataset of ``data_path`` under the spec's ``data.*`` and ``model.model_max_length``
-    (``image_folder``: a mixture source's own, instead of ``data.image_folder``)."""
+    (``image_folder`` / ``video_folder``: a mixture source's own, instead of ``data.image_folder`` / ``video_folder``)."""
     from llava_hydra.data.dataset import LazySupervisedDataset
 
     return LazySupervisedDataset(
@@ -76,4 +91,5 @@ def spec_dataset(cfg, data_path: str, tokenizer, image_processor, num_image_toke
         image_aspect_ratio=cfg.data.image_aspect_ratio, model_max_length=cfg.model.model_max_length,
         image_token_id=image_token_id, num_image_tokens=num_image_tokens,
         on_bad_sample=on_bad_sample or cfg.data.on_bad_sample, cache_dir=cfg.paths.cache_dir,
-        allow_images_outside_folder=cfg.data.allow_images_outside_folder, max_image_pixels=cfg.data.max_image_pixels)
+        allow_images_outside_folder=cfg.data.allow_images_outside_folder, max_image_pixels=cfg.data.max_image_pixels,
+        videos=video_source(cfg, num_image_tokens, image_processor, video_folder))

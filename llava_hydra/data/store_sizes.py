@@ -13,9 +13,12 @@ missing file, an unreadable header, a path leaving the folder): such a record is
 file, sample index and problem by the length pass as before (or counted by reason under
 ``on_bad_sample=skip``).
 
-When: filled by the first AnyRes pass that needs it (``stored_sizes``), never at store build: a
-LLaVA-1.5 run over the same file needs no sizes and pays nothing for them, and the store is keyed
-by the data file alone while the sizes depend on the image folder too. The fill takes a file lock
+When: filled by the first AnyRes length pass (``length_key``, before its workers fork; also
+``data.check``'s), never at store build: a LLaVA-1.5 run over the same file needs no sizes and pays
+nothing for them, and the store is keyed by the data file alone while the sizes depend on the image
+folder too. Samples use the sizes once stored, else read their own headers as before (a run without
+a length pass -- no grouping, no packing -- does not read every header of the file on its first
+sample). The fill takes a file lock
 beside it (the store's own pattern): processes starting at once read the headers once, the others
 wait and then read the file; the runner's length pass already runs on rank 0 first.
 
@@ -95,27 +98,40 @@ def given_sizes(per_record: list[list], where: str) -> StoredSizes:
     return StoredSizes(sizes, offsets, problems, StoredSizes.digest_of(sizes, problems))
 
 
-def of_dataset(ds) -> StoredSizes | None:
-    """The sizes a LazySupervisedDataset ``ds`` counts its AnyRes runs from: ``ds.sizes_given`` (kept
-    elsewhere: a shard folder's), or its record store's (read on first use, kept on ``ds``); None for
-    a LLaVA-1.5 rule or records without a store (a list, a shard stream's sample)."""
+def of_dataset(ds, fill: bool = True) -> StoredSizes | None:
+    """The sizes a LazySupervisedDataset ``ds`` counts its AnyRes runs from: ``ds.sizes_given`` if set
+    (kept elsewhere: a shard folder's, packed_stream.py), or its record store's (kept on ``ds`` as
+    ``_sizes``; read from the headers if not there yet, unless ``fill`` is False: a sample then reads
+    its own headers, as a run without a length pass always did); None for a LLaVA-1.5 rule, records
+    without a store (a list, a shard stream's sample) or, without ``fill``, sizes not stored yet."""
     from llava_hydra.data.store import RecordStore
 
     if not ds.anyres:
         return None
-    if ds.sizes_given is not None:
+    if getattr(ds, "sizes_given", None) is not None:
         return ds.sizes_given
     if not isinstance(ds.records, RecordStore):
         return None
-    if ds._sizes is None or ds._sizes[0] is not ds.records:
-        ds._sizes = (ds.records, stored_sizes(ds.records, ds.images))
+    if getattr(ds, "_sizes", None) is None or ds._sizes[0] is not ds.records:
+        if (found := stored_sizes(ds.records, ds.images, fill)) is None:
+            return None
+        ds._sizes = (ds.records, found)
     return ds._sizes[1]
 
 
-def stored_of(ds, i: int | None, names: list[str]) -> list[tuple[int, int]] | None:
-    """Record i's images' stored sizes (``of_dataset``), None without stored sizes (or without i)."""
-    stored = of_dataset(ds) if i is not None else None
-    return stored.of(i, names) if stored is not None else None
+def length_key(ds) -> str:
+    """What the length cache's key adds for ``ds``'s stored sizes ("" without): their digest, so the
+    length pass and the samples count from the same sizes. Called before the pass forks its workers,
+    it fills the sizes there."""
+    stored = of_dataset(ds)
+    return f"/sizes{stored.digest}" if stored is not None else ""
+
+
+def stored_of(ds, i: int | None, names: list[str], keep: int | None = None) -> list[tuple[int, int]] | None:
+    """Record i's images' stored sizes (``of_dataset``, not filled here: the length pass fills them;
+    the first ``keep``), None without stored sizes (or without i)."""
+    stored = of_dataset(ds, fill=False) if i is not None else None
+    return stored.of(i, names)[:keep] if stored is not None else None
 
 
 def sizes_of(ds, i: int | None, names: list[str]) -> list[tuple[int, int]]:
@@ -131,12 +147,15 @@ def sizes_key(source: ImageSource) -> str:
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:32]
 
 
-def stored_sizes(store, source: ImageSource) -> StoredSizes:
+def stored_sizes(store, source: ImageSource, fill: bool = True) -> StoredSizes | None:
     """The sizes of ``store``'s (a RecordStore) image paths under ``source``: read from its sizes
-    file, or read from the headers and kept there (under a lock: once across processes)."""
-    offsets = store.image_offsets()
+    file, or read from the headers and kept there (under a lock: once across processes); None if
+    not there and not ``fill``."""
     folder = Path(store.folder) / SIZES_DIR
     path = folder / f"{sizes_key(source)}.npz"
+    if not fill and not path.exists():
+        return None
+    offsets = store.image_offsets()
     if (found := _load(path, offsets, warn=True)) is not None:
         return found
     try:

@@ -75,8 +75,9 @@ class ShardImages(ImageSource):
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, url: str, encoder, collate, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
                  shuffle_buffer: int = 1000, group: int = 1, group_by_length: bool = False,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, workers: int | None = None):
         self.url, self.storage_options = str(url), dict(storage_options or {})
+        self.dataloader_workers = workers  # the DataLoader's num_workers: they split each rank's part (None: unsaid)
         self.index, self.data_digest = read_index(self.url, self.storage_options)
         self.data_path = self.url
         self.counts = np.array([s["samples"] for s in self.index["shards"]], dtype=np.int64)
@@ -104,7 +105,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def key(self) -> dict:
         """What decides every rank's samples per step; a resumed run must have the same."""
         return {"samples": self.n, "world": self.plan.world, "batch": self.plan.batch, "group": self.plan.group,
-                "seed": self.seed, "shuffle_buffer": self.buffer, "index_sha256": self.data_digest}
+                "seed": self.seed, "shuffle_buffer": self.buffer, "index_sha256": self.data_digest,
+                "workers": None if self.dataloader_workers is None else max(1, self.dataloader_workers)}
 
     # -- one worker ----------------------------------------------------------------------------
 
@@ -174,6 +176,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.dataloader_workers is not None and max(1, self.dataloader_workers) != workers:
+            raise RuntimeError(f"{self.url}: the stream was built for {self.dataloader_workers} DataLoader workers "
+                               f"(its checkpoints' key says so) but is read by {workers}")
         # the DataLoader asks worker 0 first: after k groups, worker 0 plays the one whose group k is next
         w = (w + self.start_step // self.plan.group) % workers
         if self.plan.padding and w == 0 and self.start_step == 0:
@@ -240,4 +245,4 @@ def stream_dataset(cfg, tokenizer, image_processor, num_image_tokens, image_toke
     return ShardStream(s.shards, encoder, collate, args.per_device_train_batch_size, args.process_index,
                        args.world_size, seed, s.shuffle_buffer, args.gradient_accumulation_steps,
                        s.group_by_length or cfg.training.group_by_modality_length,
-                       OmegaConf.to_container(s.storage_options, resolve=True))
+                       OmegaConf.to_container(s.storage_options, resolve=True), args.dataloader_num_workers)

@@ -18,6 +18,7 @@ import torch
 from llava_hydra.data.conversation import render
 from llava_hydra.data.dataset import LazySupervisedDataset, batch_images, encode_prompt, normalize_turns
 from llava_hydra.data.records import images_of
+from llava_hydra.data.video import Video, batch_videos, video_of
 from llava_hydra.model.llava import find_llava_model
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,12 @@ def prompt_and_reference(dataset: LazySupervisedDataset, i: int) -> tuple[list[i
     template's generation prompt) and the reference answer (that last turn)."""
     turns = normalize_turns(dataset.records[i])
     prompt = render(dataset.template, turns[:-1], tokenizer=dataset.tokenizer)
-    runs = dataset.image_runs(images_of(dataset.records[i]))  # AnyRes: a count per image, by its size
+    video = video_of(dataset.records[i])  # OneVision: the tag's run is the video's (data/video.py)
+    runs = dataset.image_runs([Video(video)] if video else images_of(dataset.records[i]))  # AnyRes: by size
     ids = encode_prompt(prompt.text, dataset.tokenizer, dataset.image_token_id, runs,
                         add_special_tokens=prompt.add_special_tokens)
+    if video:
+        ids = [dataset.video_token_id if t == dataset.image_token_id else t for t in ids]
     return ids, turns[-1]["value"]
 
 
@@ -49,13 +53,24 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
     model.eval()
 
     def answer_batch(questions: list[int]) -> list[tuple[str, str]]:
-        """(reference, answer) of each question."""
+        """(reference, answer) of each question; videos of different frame counts go in separate calls
+        (transformers takes one frame count per batch)."""
+        groups: dict = {}
+        for i in questions:
+            video = video_of(dataset.records[i])
+            groups.setdefault(dataset.videos.frame_count(video) if video else None, []).append(i)
+        answers = {}
+        for group in groups.values():
+            answers.update(zip(group, answer_group(group)))
+        return [answers[i] for i in questions]
+
+    def answer_group(questions: list[int]) -> list[tuple[str, str]]:
         prompts, images, refs = [], [], []
         for i in questions:
             ids, ref = prompt_and_reference(dataset, i)
             prompts.append(ids)
             refs.append(ref)
-            if dataset.records[i].get("image"):
+            if dataset.records[i].get("image") or video_of(dataset.records[i]):
                 images.append(dataset.build(i))  # its own pixel values (never a replacement sample), in tag order
         longest = max(map(len, prompts))
         ids = torch.full((len(prompts), longest), tok.pad_token_id, dtype=torch.long)
@@ -63,9 +78,10 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
         for row, p in enumerate(prompts):  # left padding for generation
             ids[row, longest - len(p):] = torch.tensor(p)
             mask[row, longest - len(p):] = 1
-        kwargs = batch_images(images)  # pixel_values (+ image_sizes for AnyRes)
-        if kwargs:
-            kwargs["pixel_values"] = kwargs["pixel_values"].to(model.device, pixel_dtype)
+        kwargs = {**batch_images(images), **batch_videos(images)}  # pixel_values (+ image_sizes for AnyRes)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in kwargs:
+                kwargs[key] = kwargs[key].to(model.device, pixel_dtype)
         out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
         return [(ref, tok.decode(row[longest:], skip_special_tokens=True)) for ref, row in zip(refs, out)]

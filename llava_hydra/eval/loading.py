@@ -2,7 +2,8 @@
 
 - a LoRA run directory or one of its ``checkpoint-N``: the base is rebuilt from the run's spec
   (as ``python -m llava_hydra.merge`` does), the adapter applied with peft and merged in memory;
-  the processor carries the run's training template as its chat template;
+  the processor carries the run's training template as its chat template (OneVision without
+  torchvision: the image-and-text ``LlavaOnevisionProcessor`` a saved folder loads as);
 - a stage 2 run directory, a merged model, any HF-native LLaVA folder: its family's class
   (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``, by the saved config)
   + ``AutoProcessor.from_pretrained``.
@@ -78,6 +79,10 @@ def load_for_inference(path: str | Path, dtype: str | None = None, device: str |
     if (path / "adapter_config.json").exists():
         model, tokenizer, image_processor, cfg = adapted_base(path, dtype)
         processor = make_processor(tokenizer, image_processor, model, cfg.data.template, cfg.data.image_aspect_ratio)
+        if family_of_config(model.config) == "llava_onevision":  # without torchvision: the saving object
+            from llava_hydra.model.onevision_processor import serving
+
+            processor = serving(processor)  # -> the processor a saved folder loads as (inference_processor)
         model = model.merge_and_unload()
     elif (path / "config.json").exists():
         kwargs = {"dtype": DTYPES[dtype]} if dtype else {}

@@ -9,7 +9,9 @@ writes -- tokenizer files, ``chat_template.jinja`` and ``processor_config.json``
 video processors nested in it (tests compare the two byte for byte) -- so wherever torchvision is
 installed (any GPU install, vLLM, lmms-eval) ``AutoProcessor.from_pretrained`` loads the folder as a
 ``LlavaOnevisionProcessor``. The video processor is written with the tower's input size and mean / std
-(OneVision's frames are the tower's view of each frame); videos are not trained here.
+(OneVision's frames are the tower's view of each frame, as training makes them: data/video.py).
+For generation without torchvision (``inference_processor`` from a folder; ``serving`` for the object made in
+memory for a LoRA run) the same class is built without its video processor, for images and text.
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ class SavedOnevisionProcessor:
         with open(os.path.join(save_directory, "processor_config.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
+    def for_inference(self):
+        """The processor a client gets from the files ``save_pretrained`` writes (``inference_processor``),
+        built from the same parts without the round trip: what chat / eval use for a LoRA run, whose
+        processor is made in memory from the rebuilt base rather than loaded from a folder."""
+        return _image_only_class()(image_processor=self.image_processor, tokenizer=self.tokenizer,
+                                   chat_template=self.chat_template, **self.kwargs)
+
 
 def load_parts(path, trust_remote_code: bool = False):
     """A saved OneVision folder's tokenizer and image processor (``.tokenizer``, ``.image_processor``), which
@@ -113,6 +122,12 @@ def _image_only_class():
 
         _IMAGE_ONLY.append(ImageOnlyOnevisionProcessor)
     return _IMAGE_ONLY[0]
+
+
+def serving(processor):
+    """``processor`` ready to prompt and encode: a ``SavedOnevisionProcessor`` (no torchvision) becomes its
+    image-and-text ``LlavaOnevisionProcessor``; transformers' own processor is returned as it is."""
+    return processor.for_inference() if isinstance(processor, SavedOnevisionProcessor) else processor
 
 
 def inference_processor(path):

@@ -80,6 +80,7 @@ def run_tower_on_text_only(model) -> None:
 
     def forward(input_ids=None, pixel_values=None, *args, inputs_embeds=None, **kwargs):
         if (args or pixel_values is not None or kwargs.get("mm_encoder_outputs") is not None
+                or kwargs.get("pixel_values_videos") is not None  # a video runs the tower itself
                 or not inner.training or not torch.is_grad_enabled() or not placeholder_needed(inner)):
             return original(input_ids, pixel_values, *args, inputs_embeds=inputs_embeds, **kwargs)
         if inputs_embeds is None:

@@ -47,10 +47,9 @@ class PackedShardStream(ShardStream):
                  shuffle_buffer: int = 1000, group: int = 1, workers: int = 0, capacity: int = 2048,
                  fill: float = FILL, epochs: int = 1, storage_options: dict | None = None):
         super().__init__(url, encoder, collate, batch_size, rank, world, seed, shuffle_buffer, group, False,
-                         storage_options)
+                         storage_options, workers)
         self.packed = PackedStreamPlan(list(lengths), self.counts.tolist(), world, batch_size, max(1, group),
                                        max(1, workers), shuffle_buffer, capacity, seed, fill, epochs)
-        self.dataloader_workers = workers
         self.lengths_digest = hashlib.sha256(np.asarray(lengths, dtype=np.int64).tobytes()).hexdigest()
 
     def __len__(self) -> int:
@@ -63,7 +62,7 @@ class PackedShardStream(ShardStream):
 
     def key(self) -> dict:
         p = self.packed
-        return {**super().key(), "packing": {"workers": self.dataloader_workers, "capacity": p.capacity,
+        return {**super().key(), "packing": {"capacity": p.capacity,
                                              "fill": p.fill, "lengths_sha256": self.lengths_digest}}
 
     @staticmethod

@@ -45,6 +45,7 @@ from __future__ import annotations
 import torch
 
 from llava_hydra.data.dataset import batch_images
+from llava_hydra.data.video import batch_videos, stack_videos
 from llava_hydra.data.labels import IGNORE_INDEX
 from llava_hydra.sampling.packing_rows import (FILL, bin_lengths, pack_lengths, pack_rows, packed_epoch, padding_stats,
                                       step_counts)
@@ -70,6 +71,7 @@ def pack_samples(samples: list[dict]) -> dict:
     if "source" in samples[0]:  # a mixture's samples: their sources, for per-source loss (data.mixture_dataset)
         row["sources"] = torch.tensor([s["source"] for s in samples])
     row.update(batch_images(samples))  # every image in order; AnyRes: all crops, and image_sizes per image
+    row.update(batch_videos(samples))  # OneVision: every video in order (one frame count: stack_videos)
     return row
 
 
@@ -214,6 +216,9 @@ def _images(rows: list[dict]) -> dict:
         parts = [r[key] for r in rows if key in r]
         if parts:
             out[key] = torch.cat(parts)
+    videos = stack_videos([r["pixel_values_videos"] for r in rows if "pixel_values_videos" in r], "a packed batch")
+    if videos is not None:
+        out["pixel_values_videos"] = videos
     return out
 
 

@@ -9,10 +9,10 @@ mid-epoch resume, and the stream position in every checkpoint.
   ``_prepare_inputs``.
 - Every checkpoint's run record carries ``stream``: the epoch, the micro-batches of it already
   trained on this rank, and the key that decides every rank's samples (sample count, ranks,
-  batch, group, seed, buffer, the shard index's digest).
+  batch, group, seed, buffer, DataLoader workers, the shard index's digest).
 - Resuming mid-epoch, the Trainer asks ``get_resumed_dataloader(loader, k)`` to skip k micro-batches:
   the stream starts after them instead (its workers skip the consumed samples without reading,
-  data.stream), and a checkpoint whose key differs (another world size, batch, seed, buffer or
+  data.stream), and a checkpoint whose key differs (another world size, batch, seed, buffer, worker count or
   data) is refused: its step would not see the samples the uninterrupted run would.
 """
 
@@ -86,7 +86,8 @@ class StreamTraining:
                     f"{self._stream_resume_from} was written by a stream split differently ({', '.join(diff)}: "
                     f"{ {k: saved.get('key', {}).get(k) for k in diff} } then, { {k: here[k] for k in diff} } now); "
                     f"resuming would not see the samples the run would have seen: resume with the same "
-                    f"launcher.nproc_per_node, batch size, gradient accumulation, seed, data.stream and shards")
+                    f"launcher.nproc_per_node, batch size, gradient accumulation, seed, training.dataloader_num_workers, "
+                    f"data.stream and shards")
             if saved.get("micro_batches") != num_batches:
                 raise CheckpointError(f"{self._stream_resume_from}: its stream position ({saved.get('micro_batches')} "
                                       f"micro-batches into epoch {saved.get('epoch')}) is not the step it was "
