@@ -156,7 +156,7 @@ def stored_sizes(store, source: ImageSource, fill: bool = True) -> StoredSizes |
     if not fill and not path.exists():
         return None
     offsets = store.image_offsets()
-    if (found := _load(path, offsets, warn=True)) is not None:
+    if (found := _load(path, offsets, warn=fill)) is not None or not fill:
         return found
     try:
         folder.mkdir(exist_ok=True)
