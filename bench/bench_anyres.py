@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_anyres.py                 # writes bench/results/anyres.json
     .venv/bin/python bench/bench_data.py --anyres          # the same
     .venv/bin/python bench/bench_anyres.py --records 50000 --header-images 500   # quicker
+    .venv/bin/python bench/bench_anyres.py --only-headers                        # the header pass rows alone
 
 Rows, all in one run:
 
@@ -14,14 +15,17 @@ Rows, all in one run:
   collate), our fast path (data/anyres_pixels.py) and our path with the transformers processor;
   then images/s on the same already-decoded images of transformers' image processor called
   directly (``processor(images=[img])``) and of the fast path alone.
-- The header pass over --records records (default 665,000) shaped like mix665k, the image ones
-  naming --header-images distinct real files (JPEG and 1 in 10 PNG, 64-2000 px a side, some
+- The header pass over --records records (default 665,000) shaped like mix665k, each image record
+  naming its own path (``v<k>/../<file>``: the store reads each distinct path once, and real data
+  name ~one file per record), the paths leading to --header-images distinct real files (JPEG and 1 in 10 PNG, 64-2000 px a side, some
   portrait; LLaVA-665K names ~624K distinct images, see BENCHMARKS.md for how this extrapolates):
   (a) reading every record's image size from its file header, one process, as the length pass
   does per record (no decoding), (b) the same records' LLaVA-1.5 length pass cold (a fixed run per
   image: no headers read; it runs first and builds the record store), (c) the AnyRes length pass
-  cold (no length cache: headers + render + tokenize, one process per core), (d) the AnyRes second run (a new dataset object: open the
-  record store + the length pass from its cache), and (e) the header reads of the distinct files
+  cold (no length cache: the image sizes read from the headers into the record store, then render +
+  tokenize, one process per core; the reads timed apart), (d) the AnyRes second run (a new dataset
+  object: open the record store, its sizes + the length pass from its cache), (d') the AnyRes pass
+  again with its length cache deleted (sizes from the store: no header read), and (e) the header reads of the distinct files
   with each file first dropped from the page cache (posix_fadvise DONTNEED after a sync): the
   per-file cost of a header read from disk.
 """
@@ -159,9 +163,14 @@ def header_rows(work: Path, tok, n: int, n_files: int, template: str) -> list[di
     names = header_images(folder, n_files)
     print(f"{n_files} header images written in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     records = bench_data.make_records(n, n_files, seed=2)
-    for r in records:
-        if "image" in r:
-            r["image"] = names[int(r["image"].split(".")[0])]
+    seen: dict[str, int] = {}
+    for r in records:  # every record names its own path, as in real data (LLaVA-665K: ~624K distinct files), while
+        if "image" in r:  # the reads stay on the same n_files files: the k-th record of a file says "v<k>/../<file>"
+            name = names[int(r["image"].split(".")[0])]
+            seen[name] = seen.get(name, -1) + 1
+            r["image"] = f"v{seen[name]}/../{name}"
+    for k in range(max(seen.values(), default=-1) + 1):
+        (folder / f"v{k}").mkdir(exist_ok=True)
     big = work / "hdr.json"
     big.write_text(json.dumps(records))
     image_names = [r["image"] for r in records if "image" in r]
@@ -186,37 +195,75 @@ def header_rows(work: Path, tok, n: int, n_files: int, template: str) -> list[di
              {"what": "  the same per image record", "value": round(reads / len(image_names) * 1e6, 1),
               "unit": "us/record"}]
 
-    def length_pass(rule_or_run, cache: Path) -> tuple[float, float, list]:
+    def length_pass(rule_or_run, cache: Path, label: str) -> tuple[float, float, list]:
         t0 = time.perf_counter()
         ds = LazySupervisedDataset(big, tok, None, template, image_folder=folder, num_image_tokens=rule_or_run,
                                    model_max_length=max_len, cache_dir=cache)
         t1, c1 = time.perf_counter(), bench_data.cpu_seconds()
         got = ds.modality_lengths
-        cpu[id(cache)] = bench_data.cpu_seconds() - c1  # all processes: robust to other load on the machine
+        cpu[label] = bench_data.cpu_seconds() - c1  # all processes: robust to other load on the machine
         return t1 - t0, time.perf_counter() - t1, got
 
-    cpu: dict[int, float] = {}
+    def sizes_fill(label: str):
+        """Time the header reads of the next pass into ``fills[label]`` (store_sizes._read, wrapped);
+        returns the real function to put back (None for a version without stored sizes)."""
+        if store_sizes is None:
+            return None
+        real = store_sizes._read
 
-    fixed_cache, anyres_cache = work / "cache-fixed", work / "cache-anyres"
-    opened, fixed_cold, fixed_lengths = length_pass(576, fixed_cache)  # builds the store: not timed twice
-    fixed_cpu = cpu[id(fixed_cache)]
+        def timed(*a, **k):
+            t, c = time.perf_counter(), bench_data.cpu_seconds()
+            out = real(*a, **k)
+            fills[label] = (time.perf_counter() - t, bench_data.cpu_seconds() - c)
+            return out
+        store_sizes._read = timed
+        return real
+
+    try:
+        from llava_hydra.data import store_sizes
+    except ImportError:  # a version before stored sizes (for its baseline): every pass reads the headers
+        store_sizes = None
+
+    cpu: dict[str, float] = {}
+    fills: dict[str, tuple[float, float]] = {}
+    cache = work / "cache"  # one cache: one record store, as a LLaVA-1.5 and a NeXT run over the same file share
+    opened, fixed_cold, fixed_lengths = length_pass(576, cache, "fixed")  # builds the store: not timed twice
+    fixed_cpu = cpu["fixed"]
     drop_from_page_cache([folder / nm for nm in names])  # the pass's first read of each file is from disk
-    _, cold, anyres_lengths = length_pass(rule, anyres_cache)
-    anyres_cpu = cpu[id(anyres_cache)]
+    real = sizes_fill("anyres")
+    try:
+        _, cold, anyres_lengths = length_pass(rule, cache, "anyres")
+    finally:
+        if real is not None:
+            store_sizes._read = real
+    anyres_cpu = cpu["anyres"]
+    fill_wall, fill_cpu = fills.get("anyres", (float("nan"), float("nan")))
     t = time.perf_counter()
-    _, warm_pass, again = length_pass(rule, anyres_cache)
+    _, warm_pass, again = length_pass(rule, cache, "warm")
     warm = time.perf_counter() - t
     assert again == anyres_lengths
+    for f in (cache / "lengths").glob("*.npz"):  # the same AnyRes pass again, its length cache gone (as for another
+        f.unlink()  # rule, tokenizer or max length): the sizes come from the store, no header is read
+    _, other_cold, other_lengths = length_pass(rule, cache, "other")
+    assert other_lengths == anyres_lengths
     longer = sum(abs(a) > abs(b) for a, b in zip(anyres_lengths, fixed_lengths))
     rows += [
         {"what": f"open {n} records (build the record store)", "value": round(opened, 2), "unit": "s"},
-        {"what": f"AnyRes (NeXT-336) length pass over {n} records, cold: headers + render + tokenize",
+        {"what": f"AnyRes (NeXT-336) length pass over {n} records, cold: sizes from headers + render + tokenize",
          "value": round(cold, 2), "unit": "s"},
+        {"what": "  of which reading the image sizes from headers into the store (first AnyRes pass only), "
+                 "wall / CPU", "value": f"{fill_wall:.2f} / {fill_cpu:.1f}", "unit": "s"},
+        {"what": "  CPU of that read per image record", "value": round(fill_cpu / len(image_names) * 1e6, 1),
+         "unit": "us/record"},
+        {"what": f"the AnyRes length pass again, its length cache deleted (as for another rule): sizes from the "
+                 f"store", "value": f"{other_cold:.2f} / {cpu['other']:.1f}", "unit": "s wall / CPU"},
         {"what": f"LLaVA-1.5 (576 per image) length pass over the same {n} records, cold: no headers",
          "value": round(fixed_cold, 2), "unit": "s"},
         {"what": "AnyRes cold / LLaVA-1.5 cold", "value": round(cold / fixed_cold, 2), "unit": "x"},
         {"what": "  CPU time of the cold passes (all processes), LLaVA-1.5 / AnyRes",
          "value": f"{fixed_cpu:.1f} / {anyres_cpu:.1f}", "unit": "s"},
+        {"what": "  AnyRes with stored sizes / LLaVA-1.5 CPU time", "value": round(cpu["other"] / fixed_cpu, 2),
+         "unit": "x"},
         {"what": "  AnyRes / LLaVA-1.5 CPU time", "value": round(anyres_cpu / fixed_cpu, 2), "unit": "x"},
         {"what": "AnyRes second run: open the store + length pass from its cache (warm)", "value": round(warm, 3),
          "unit": "s"},
@@ -236,6 +283,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--template", default="v1")
     parser.add_argument("--only-throughput", action="store_true")
+    parser.add_argument("--only-headers", action="store_true", help="the header pass rows alone")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "anyres.json")
     args = parser.parse_args(argv)
 
@@ -245,7 +293,7 @@ def main(argv=None) -> None:
     tok = testing.bpe_tokenizer(work / "tok", vocab_size=args.vocab, texts=texts)
     bench_data.make_images(work / "images", args.images)
     print(f"setup (tokenizer, {args.images} images) {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    rows = throughput_rows(work, tok, args.samples, args.batch_size, args.images)
+    rows = [] if args.only_headers else throughput_rows(work, tok, args.samples, args.batch_size, args.images)
     if not args.only_throughput:
         rows += header_rows(work, tok, args.records, args.header_images, args.template)
     meta = {"records": args.records, "header_images": args.header_images, "samples": args.samples,

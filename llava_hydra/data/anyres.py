@@ -6,7 +6,9 @@ model takes them: ``pixel_values`` (crops, C, h, w) -- the base view then the gr
 Pixels come from data/anyres_pixels.py: the AnyRes processor's steps on uint8 tensors (the fast
 path, as pixels.py's for the base view) or transformers' own AnyRes image processor. Sizes from headers are what the length pass and the
 sample's token runs count with (data/image_tokens.py); they are upright sizes: an EXIF rotation
-of 90 or 270 degrees swaps them, as the decoder's transpose will (images.open_rgb).
+of 90 or 270 degrees swaps them, as the decoder's transpose will (images.open_rgb). With a record
+store they are read once and kept in it (store_sizes.py), and a decoded image is checked against
+the stored size (``DecodedSize``).
 """
 
 from __future__ import annotations
@@ -82,26 +84,48 @@ def image_size(source: ImageSource, name: str) -> tuple[int, int]:
         raise ImageError(f"cannot read the image header of {path}: {e}", "unreadable_image") from None
 
 
-def anyres_images(source: ImageSource, names: list[str], image_processor, of: int | None = None) -> dict:
+def anyres_images(source: ImageSource, names: list[str], image_processor, of: int | None = None,
+                  sizes: list[tuple[int, int]] | None = None) -> dict:
     """A sample's images: every image's crops (base view first) concatenated as ``pixel_values``,
     and ``image_sizes`` (n, 2); ImageError for an unusable image, or one whose decoded size is not
-    the header's (its token run was counted from the header). ``of``: how many images the record
+    the one its token run was counted from: ``sizes`` (one per name: the record store's,
+    store_sizes.py), else its header's. ``of``: how many images the record
     has (``names`` may be the ones truncation kept). OneVision (multi_view.py): a record of several
     images gives each one padded base view, and the sample says how many it has (``batch_num_images``)."""
     import torch
 
     of = len(names) if of is None else of
+    check = DecodedSize(None if sizes is None else dict(zip(names, sizes)))
     if is_multi_view(image_processor) and of > 1:
-        return multi_view_images(source, names, image_processor, of, image_size)
-    crops, sizes = [], []
+        return multi_view_images(source, names, image_processor, of, check)
+    crops, out_sizes = [], []
     for name in names:
         pixels, size = anyres_pixels(source.open(name), image_processor)
-        if tuple(size.tolist()) != image_size(source, name):
-            raise ImageError(f"image {name}: decoded size {tuple(size.tolist())} is not its header's "
-                             f"{image_size(source, name)}", "unreadable_image")
+        check(source, name, tuple(size.tolist()))
         crops.append(pixels)
-        sizes.append(size)
-    out = {"pixel_values": torch.cat(crops), "image_sizes": torch.stack(sizes)}
+        out_sizes.append(size)
+    out = {"pixel_values": torch.cat(crops), "image_sizes": torch.stack(out_sizes)}
     if is_multi_view(image_processor):
         out["batch_num_images"] = torch.tensor([len(names)])
     return out
+
+
+class DecodedSize:
+    """``check(source, name, decoded)``: ImageError unless a decoded image's (height, width) is the one its
+    token run was counted from: ``stored`` (name -> size, the record store's: store_sizes.py) or, without,
+    its header's."""
+
+    def __init__(self, stored: dict | None = None):
+        self.stored = stored
+
+    def __call__(self, source: ImageSource, name: str, decoded: tuple[int, int]) -> None:
+        if self.stored is None:
+            if decoded != image_size(source, name):
+                raise ImageError(f"image {name}: decoded size {decoded} is not its header's "
+                                 f"{image_size(source, name)}", "unreadable_image")
+        elif decoded != tuple(self.stored[name]):
+            raise ImageError(f"image {name}: decoded size {decoded} is not {tuple(self.stored[name])}, the size "
+                             f"stored for it when its header was read (the record store's sizes, which its token "
+                             f"run was counted from): {source.path(name)} was replaced by an image of another "
+                             f"size since; delete the store's sizes/ folder (or paths.cache_dir) to read the "
+                             f"headers again", "unreadable_image")

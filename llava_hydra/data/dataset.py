@@ -8,8 +8,8 @@ grouped sampler asks. A multi-image record's sample carries its images' pixel va
 ``(n, C, H, W)`` in tag order (a single image's are ``(C, H, W)``); the collator and packing
 concatenate every sample's images in order (``stack_images``), as the model fills the batch's
 image-token runs in order. AnyRes (``num_image_tokens`` an ImageTokens rule): each image's run is
-counted from its size in the file header (length pass and sample alike), and a sample carries
-its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``. A OneVision video: data/video.py.
+counted from its size (from its file header, kept in the record store: store_sizes.py), and a sample
+carries its images' crops ``(crops, C, h, w)`` with ``image_sizes`` ``(n, 2)``. A OneVision video: data/video.py.
 
 Bad samples follow ``on_bad_sample``: ``raise`` stops with a BadSampleError naming the file,
 the sample index and id and the problem; ``skip`` logs each bad sample once and hands out a
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from llava_hydra.data import lengths as lengths_mod
-from llava_hydra.data.anyres import anyres_images, image_size
+from llava_hydra.data import lengths as lengths_mod, store_sizes
+from llava_hydra.data.anyres import anyres_images
 from llava_hydra.data.image_tokens import ImageTokens
 from llava_hydra.data.conversation import IMAGE_TOKEN, Rendered, check_template, render
 from llava_hydra.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource
@@ -106,18 +106,18 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         turns = normalize_turns(record)
         return render(self.template, turns, tokenizer=self.tokenizer), media_of(record, self.videos)
 
-    def image_runs(self, images: list[str]):
-        """The token run of each image: the fixed count (LLaVA-1.5), or one count per image by its size."""
+    def image_runs(self, images: list[str], i: int | None = None):
+        """The token run of each image (of record i): the fixed count (LLaVA-1.5), or one per image by its size."""
         if images and isinstance(images[0], Video):  # by its frame count (video_tokens.py)
             return [require(self.videos).tokens(images[0])]
         if not self.anyres:
             return self.num_image_tokens
-        # by size; OneVision: one view + a newline for each of several (ImageTokens.runs)
-        return self.image_tokens.runs([image_size(self.images, name) for name in images])
+        # by size (stored, else its header's); OneVision: one view + a newline for each of several (ImageTokens.runs)
+        return self.image_tokens.runs(store_sizes.sizes_of(self, i, images))
 
-    def _runs_for_lengths(self, images: list[str]) -> list[int]:
+    def _runs_for_lengths(self, images: list[str], i: int) -> list[int]:
         try:
-            return self.image_runs(images)
+            return self.image_runs(images, i)
         except ImageError as e:
             raise RecordError(str(e), e.kind) from None
 
@@ -125,7 +125,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         """Tokens + labels of record i (no image decoded); BadSampleError / NothingToTrain."""
         try:
             rendered, images = self.prepare(i)
-            return encode(rendered, self.tokenizer, self.image_token_id, self.image_runs(images),
+            return encode(rendered, self.tokenizer, self.image_token_id, self.image_runs(images, i),
                           self.model_max_length), images
         except NothingToTrain:
             raise
@@ -141,8 +141,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
                 if isinstance(images[0], Video):  # its run re-tagged <video>, its frames
                     return video_sample(sample, images[0], self.videos, self.image_token_id, self.video_token_id)
                 if self.anyres:
-                    kept = images[:e.num_images]
-                    return {**sample, **anyres_images(self.images, kept, self.image_processor, of=len(images))}
+                    kept, sizes = images[:e.num_images], store_sizes.stored_of(self, i, images, e.num_images)
+                    return {**sample, **anyres_images(self.images, kept, self.image_processor, len(images), sizes)}
                 pixels = [self.images.load(path, self.image_aspect_ratio, self.image_processor)
                           for path in images[:e.num_images]]
             except ImageError as err:
@@ -224,11 +224,11 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     def length_table(self) -> lengths_mod.LengthTable:
         """The cached length pass (computed on first use)."""
         if self._table is None:
-            digest = f"{self.data_digest}/checks{CHECKS_VERSION}"  # the record checks decide its problems
+            digest = f"{self.data_digest}/checks{CHECKS_VERSION}" + store_sizes.length_key(self)  # + AnyRes sizes
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
                                         (self.image_tokens.key if self.anyres else self.num_image_tokens)
                                         if self.videos is None else [self.image_tokens.key, self.videos.rule.key])
-            runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes from headers
+            runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes (stored)
             started = time.time()
             self._table, hit = lengths_mod.cached(
                 self.cache_dir, key,

@@ -11,6 +11,7 @@ decoding would add, and the image is not decoded; otherwise (rare) it is, as bef
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -20,8 +21,9 @@ _METADATA = {b"eXIf", b"tEXt", b"zTXt", b"iTXt"}
 
 
 def png_metadata_after_data(path: str | Path) -> bool:
-    """True when a metadata chunk follows the PNG's image data (or the file cannot be walked)."""
-    with open(path, "rb") as f:
+    """True when a metadata chunk follows the PNG's image data (or the file cannot be walked). ``path``
+    may be in-memory bytes (a BytesIO: a shard's image, stream.ShardImage), walked on a copy."""
+    with (io.BytesIO(path.getbuffer()) if hasattr(path, "getbuffer") else open(path, "rb")) as f:
         if f.read(8) != _SIGNATURE:
             return True
         seen_data = False

@@ -90,7 +90,8 @@ def cache_key(data_digest: str, tokenizer, template: str, max_length: int, num_i
 def compute(n: int, prepare: Callable[[int], tuple[Rendered, list[str]]], tokenizer, num_image_tokens,
             max_length: int, batch_size: int = 2048, num_proc: int | None = None) -> LengthTable:
     """Run ``prepare(i) -> (rendered, images)`` over all records (RecordError marks a bad one)
-    (``num_image_tokens``: an int for every image, or a callable image paths -> a count per image)
+    (``num_image_tokens``: an int for every image, or a callable (image paths, record index) -> a count
+    per image)
     and tokenize the rendered texts in batches, split at ``<image>`` as training splits them
     (labels.tokenize): the counts are those of the samples the dataset hands out.
     ``num_proc`` worker processes (default: the cores this process may use) share the records."""
@@ -165,7 +166,7 @@ def _compute_range(lo0: int, hi0: int, prepare, tokenizer, num_image_tokens, max
             over = []
             for i, r, pieces in part:
                 try:
-                    runs[i] = _runs(num_image_tokens, r, images_of[i])
+                    runs[i] = _runs(num_image_tokens, r, images_of[i], i)
                 except RecordError as e:
                     problems[i] = (e.kind, str(e))
                     for _ in pieces:
@@ -211,13 +212,13 @@ def _kept(encoded, tokenizer, runs: list[int], max_length: int) -> int:
     return min(pos, max_length)
 
 
-def _runs(num_image_tokens, r: Rendered, images: list[str]) -> list[int]:
-    """The token run of each <image> of a rendered record: ``num_image_tokens`` for all (an int), or
-    ``num_image_tokens(images)`` per image (AnyRes: by size from the headers; it raises RecordError)."""
+def _runs(num_image_tokens, r: Rendered, images: list[str], i: int) -> list[int]:
+    """The token run of each <image> of rendered record i: ``num_image_tokens`` for all (an int), or
+    ``num_image_tokens(images, i)`` per image (AnyRes: by size, the record store's; it raises RecordError)."""
     n = r.text.count(IMAGE_TOKEN)
     if isinstance(num_image_tokens, int):
         return [num_image_tokens] * n
-    runs = list(num_image_tokens(images)) if n else []
+    runs = list(num_image_tokens(images, i)) if n else []
     if len(runs) != n:
         raise RecordError(f"{n} <image> tag(s) rendered for {len(runs)} image(s)", kind="image_tags")
     return runs

@@ -29,10 +29,10 @@ def is_multi_view(image_processor) -> bool:
 
 
 def multi_view_images(source: ImageSource, names: list[str], image_processor, of: int,
-                      size_of: Callable[[ImageSource, str], tuple[int, int]]) -> dict:
+                      check: Callable[[ImageSource, str, tuple[int, int]], None]) -> dict:
     """The kept images ``names`` of a record of ``of`` (> 1) images: ``pixel_values`` (n, C, h, w), one
-    padded base view each, ``image_sizes`` (n, 2) and ``batch_num_images`` [n]. ``size_of``: an image's
-    (height, width) from its header (the decoded size must equal it, as for crops)."""
+    padded base view each, ``image_sizes`` (n, 2) and ``batch_num_images`` [n]. ``check(source, name,
+    decoded)``: ImageError unless the decoded size is the one its run was counted from (anyres.DecodedSize)."""
     import torch
 
     if len(names) == 1:
@@ -49,9 +49,7 @@ def multi_view_images(source: ImageSource, names: list[str], image_processor, of
                                  f"a {len(names)}-image sample, expected 1")
         pixels = pixels[:, 0]
     for name, size in zip(names, sizes.tolist()):
-        if tuple(size) != size_of(source, name):
-            raise ImageError(f"image {name}: decoded size {tuple(size)} is not its header's "
-                             f"{size_of(source, name)}", "unreadable_image")
+        check(source, name, tuple(size))
     return {"pixel_values": pixels, "image_sizes": sizes, "batch_num_images": torch.tensor([len(names)])}
 
 

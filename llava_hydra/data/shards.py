@@ -11,6 +11,11 @@ epoch across ranks and workers from it without opening a shard, and its digest i
 a checkpoint records (llava_hydra.train.data_tie). ``records.jsonl`` (listed in the index with its
 sha256) holds the records alone in the shards' order, so that packing (sampling.packed_stream)
 knows every sample's length, through the JSON path's length pass, before it reads a tar.
+``image_sizes.jsonl`` (listed likewise) holds, line for line, each record's images' upright
+(height, width), read from the headers of the bytes written into the tars (null where a header
+cannot be read): an AnyRes packed stream counts its image runs from them (store_sizes.py), where
+the JSON path counts from its record store's sizes; shards converted before it was written are
+refused by an AnyRes packed stream with a request to convert them again.
 
 Reading goes through fsspec (a local path, ``s3://``, ``gs://``, ``http(s)://`` ...), one shard
 at a time, front to back (tarfile's stream mode: no seek, so any store that can serve a byte
@@ -34,6 +39,7 @@ from llava_hydra.data.records import RecordError, images_of, load_records, norma
 FORMAT = "llava_hydra-webdataset/1"
 INDEX = "index.json"
 RECORDS = "records.jsonl"
+SIZES = "image_sizes.jsonl"
 KEY_DIGITS = 9
 
 
@@ -67,7 +73,7 @@ def convert(data_path, image_folder, out, samples_per_shard: int = 1000, on_bad_
     source = ImageSource(Path(image_folder or "."), allow_images_outside_folder, None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards, skipped, written, tar, current, count = [], [], [], None, None, 0
+    shards, skipped, written, sizes, tar, current, count = [], [], [], [], None, None, 0
 
     def close():
         if tar is not None:
@@ -100,17 +106,31 @@ def convert(data_path, image_folder, out, samples_per_shard: int = 1000, on_bad_
             _add(tar, f"{key}.img{j}.{_suffix(name)}", data)
         count += 1
         written.append(record)
+        sizes.append([_header_size(data) for _, data in blobs])
     close()
     if not shards:
         raise ShardError(f"{data_path}: no record to write ({len(skipped)} skipped)")
     # the records alone, one a line in the shards' order: what packing plans rows from (lengths) before reading a tar
     raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written).encode()
     (out / RECORDS).write_bytes(raw)
+    raw_sizes = "".join(json.dumps(s) + "\n" for s in sizes).encode()  # line i: record i's images' [h, w]
+    (out / SIZES).write_bytes(raw_sizes)
     index = {"format": FORMAT, "source": {"data_path": str(Path(data_path).resolve()), "sha256": digest},
              "samples": sum(s["samples"] for s in shards), "shards": shards, "skipped": skipped,
-             "records": {"name": RECORDS, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}}
+             "records": {"name": RECORDS, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()},
+             "image_sizes": {"name": SIZES, "bytes": len(raw_sizes), "sha256": hashlib.sha256(raw_sizes).hexdigest()}}
     (out / INDEX).write_text(json.dumps(index, indent=1))
     return index
+
+
+def _header_size(data: bytes) -> list[int] | None:
+    """[height, width] upright of an image's bytes from its header, None if it cannot be read."""
+    from llava_hydra.data.anyres import header_size
+
+    try:
+        return list(header_size(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 -- PIL raises many kinds for a bad header; the stream names the sample
+        return None
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -153,6 +173,26 @@ def read_records(url: str, storage_options: dict | None, index: dict) -> tuple[s
     if len(records) != index["samples"]:
         raise ShardError(f"{where}: {len(records)} records for the index's {index['samples']} samples")
     return meta["name"], records
+
+
+def read_image_sizes(url: str, storage_options: dict | None, index: dict) -> list[list]:
+    """Each record's images' [height, width] (None: unreadable header) from the shard folder's
+    ``image_sizes.jsonl``, in records.jsonl's order, checked against the index's sha256."""
+    import fsspec
+
+    meta = index.get("image_sizes")
+    if not meta:
+        raise ShardError(f"{join(str(url), INDEX)}: no {SIZES} listed (shards written before AnyRes streams kept "
+                         f"image sizes): convert again with python -m llava_hydra.data.shards")
+    where = join(str(url), meta["name"])
+    with fsspec.open(where, "rb", **(storage_options or {})) as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
+        raise ShardError(f"{where}: its sha256 is not the one {INDEX} lists (changed after conversion)")
+    sizes = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    if len(sizes) != index["samples"]:
+        raise ShardError(f"{where}: {len(sizes)} lines for the index's {index['samples']} samples")
+    return sizes
 
 
 def read_shard(url: str, storage_options: dict | None = None, wanted=None):

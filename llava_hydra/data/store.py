@@ -7,10 +7,12 @@ holding the record as a JSON string, exactly what :func:`records.load_records` r
 line-aligned), a ``has_image`` column (the record names an image) so that counting
 modalities decodes nothing, and an ``images`` column (the record's image paths, in tag order;
 none for a malformed ``image`` field) so that checking where images live decodes nothing either
-(``image_paths``). Reading record ``i`` slices its bytes straight out of the mapped
-Arrow buffers (numpy views of the offsets, no pyarrow scalar per access) and decodes that one
-string: no process holds the whole list of dicts, nor per-record Python objects, and the Arrow
-pages are shared through the page cache instead of copied per process.
+(``image_paths``). AnyRes runs keep each path's image size beside them, in the store's
+``sizes/`` folder (store_sizes.py: filled by the first AnyRes pass, not at build). Reading
+record ``i`` slices its bytes straight out of the mapped Arrow buffers (numpy views of the
+offsets, no pyarrow scalar per access) and decodes that one string: no process holds the
+whole list of dicts, nor per-record Python objects, and the Arrow pages are shared through the
+page cache instead of copied per process.
 
 The store lives at ``<cache_dir>/records/<key>`` where the key is the sha256 of the file's
 bytes plus whether bad lines are kept (``on_bad_sample=skip``). The sha256 is computed once per
@@ -48,7 +50,10 @@ from llava_hydra.data.store_check import expected_rows, record_content, store_pr
 
 log = logging.getLogger(__name__)
 
-FORMAT = 5  # bump when what is stored changes (3: has_image as int8; 4: the images column; 5: content.json)
+# bump when what is stored changes (3: has_image as int8; 4: the images column; 5: content.json; 6: a
+# sizes/ folder of image sizes filled by the first AnyRes pass, store_sizes.py: a FORMAT 5 check would
+# take it for a file not built and rebuild the store, so versions sharing a cache keep apart)
+FORMAT = 6
 COLUMN = "record"
 IMAGE_COLUMN = "has_image"
 PATHS_COLUMN = "images"
@@ -180,6 +185,15 @@ class RecordStore:
         if not paths:
             return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
         return np.concatenate(indices).astype(np.int64), pa.concat_arrays(paths)
+
+    def image_offsets(self) -> np.ndarray:
+        """int64 (records + 1): record i's paths are rows ``[i]:[i + 1]`` of ``image_paths()``'s."""
+        parts, start = [np.zeros(1, dtype=np.int64)], 0
+        for chunk in self._table.column(PATHS_COLUMN).chunks:  # each chunk's list offsets (a view), renumbered
+            offsets = chunk.offsets.to_numpy().astype(np.int64)
+            parts.append(offsets[1:] - offsets[0] + start)
+            start = int(parts[-1][-1]) if len(parts[-1]) else start
+        return np.concatenate(parts)
 
     def __len__(self) -> int:
         return self._n

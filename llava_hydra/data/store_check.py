@@ -15,7 +15,9 @@ store is verified in full at least once after it was built. What this cannot see
 that leaves the stat untouched (bit rot under the filesystem): that is the disk's to catch.
 
 A missing, incomplete or damaged store is reported as a problem (a string naming the file), never
-raised: the caller rebuilds it with a warning.
+raised: the caller rebuilds it with a warning. The ``sizes/`` folder (image sizes filled after the
+build by the first AnyRes pass, store_sizes.py) is not part of what was built: its files carry their
+own check (npz CRCs and coverage).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 CONTENT = "content.json"
+SIZES_DIR = "sizes"  # image sizes filled into a built store later (store_sizes.py), checked on their own
 RACY_NS = 2_000_000_000  # a stat taken within 2 s of a file's last write is not trusted later
 
 
@@ -43,7 +46,8 @@ def hash_file(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CONTENT and not p.name.endswith(".tmp"))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CONTENT and not p.name.endswith(".tmp")
+                  and p.relative_to(folder).parts[0] != SIZES_DIR)
 
 
 def record_content(folder: str | Path, rows: int) -> None:

@@ -111,7 +111,8 @@ def packed_stream_dataset(cfg, tokenizer, image_processor, num_image_tokens, ima
     from omegaconf import OmegaConf
 
     from llava_hydra.data.dataset import LazySupervisedDataset
-    from llava_hydra.data.shards import join, read_index
+    from llava_hydra.data.shards import SIZES, join, read_image_sizes, read_index
+    from llava_hydra.data.store_sizes import given_sizes
 
     s = cfg.data.stream
     options = OmegaConf.to_container(s.storage_options, resolve=True)
@@ -127,6 +128,8 @@ def packed_stream_dataset(cfg, tokenizer, image_processor, num_image_tokens, ima
 
     lengths_of = dataset(records)  # the JSON path's cached length pass, over the shards' records.jsonl
     lengths_of.data_digest = index["records"]["sha256"]
+    if lengths_of.anyres:  # image runs by size: the sizes kept at conversion (no image file is opened)
+        lengths_of.sizes_given = given_sizes(read_image_sizes(s.shards, options, index), join(s.shards, SIZES))
     with args.main_process_first(local=False, desc="length pass"):
         lengths = lengths_of.modality_lengths
     seed = args.data_seed if args.data_seed is not None else args.seed
