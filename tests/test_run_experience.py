@@ -95,6 +95,7 @@ def test_short_run_reports_its_final_loss_and_plots_it(short_run):
     assert (run_dir / "loss.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # CI runs README's own-data command itself: tests/test_readme_commands.py
 @pytest.mark.e2e
 def test_own_data_with_readmes_overrides_exits_0(tmp_path):
     """README's command for one's own data (stage 2 after stage 1 of the default): no synthetic eval."""

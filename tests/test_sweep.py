@@ -52,6 +52,7 @@ def test_a_failing_job_is_marked_and_the_others_still_report(tmp_path):
     assert (Path(rows[1]["dir"]) / "mm_projector.safetensors").exists()
 
 
+@pytest.mark.slow  # CI runs README's command for it: tests/test_readme_commands.py
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     done, sweep = multirun(tmp_path, "hydra/launcher=slurm_local", "training.learning_rate=1e-3,2e-3")
@@ -61,6 +62,7 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
     assert (sweep / ".submitit").is_dir()  # the jobs went through submitit, not the basic launcher
 
 
+@pytest.mark.slow  # CI runs README's command for it: tests/test_readme_commands.py
 def test_optuna_search_maximises_the_returned_eval_metric(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     args = [sys.executable, "-m", "llava_hydra", "stage=finetune", "stage.pretrain_mm_mlp_adapter=null",
