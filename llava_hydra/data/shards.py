@@ -158,41 +158,35 @@ def read_index(url: str, storage_options: dict | None = None) -> tuple[dict, str
 def read_records(url: str, storage_options: dict | None, index: dict) -> tuple[str, list[dict]]:
     """(file name, records) of the shard folder's ``records.jsonl``: every sample's LLaVA record in
     the shards' order (sample id order), checked against the index's sha256."""
-    import fsspec
-
-    meta = index.get("records")
-    if not meta:
-        raise ShardError(f"{join(str(url), INDEX)}: no {RECORDS} listed (shards written before packing could read "
-                         f"them): convert again with python -m llava_hydra.data.shards to pack a stream")
-    where = join(str(url), meta["name"])
-    with fsspec.open(where, "rb", **(storage_options or {})) as f:
-        raw = f.read()
-    if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
-        raise ShardError(f"{where}: its sha256 is not the one {INDEX} lists (changed after conversion)")
-    records = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-    if len(records) != index["samples"]:
-        raise ShardError(f"{where}: {len(records)} records for the index's {index['samples']} samples")
-    return meta["name"], records
+    records = _listed_lines(url, storage_options, index, "records", RECORDS, "shards written before packing could "
+                            "read them): convert again with python -m llava_hydra.data.shards to pack a stream")
+    return index["records"]["name"], records
 
 
 def read_image_sizes(url: str, storage_options: dict | None, index: dict) -> list[list]:
     """Each record's images' [height, width] (None: unreadable header) from the shard folder's
     ``image_sizes.jsonl``, in records.jsonl's order, checked against the index's sha256."""
+    return _listed_lines(url, storage_options, index, "image_sizes", SIZES, "shards written before AnyRes "
+                         "streams kept image sizes): convert again with python -m llava_hydra.data.shards")
+
+
+def _listed_lines(url: str, storage_options: dict | None, index: dict, key: str, file: str, missing: str) -> list:
+    """The JSON lines of a file ``index[key]`` lists beside the shards, one per sample, checked against
+    its sha256; ``missing`` ends the error for an index that lists none."""
     import fsspec
 
-    meta = index.get("image_sizes")
+    meta = index.get(key)
     if not meta:
-        raise ShardError(f"{join(str(url), INDEX)}: no {SIZES} listed (shards written before AnyRes streams kept "
-                         f"image sizes): convert again with python -m llava_hydra.data.shards")
+        raise ShardError(f"{join(str(url), INDEX)}: no {file} listed ({missing}")
     where = join(str(url), meta["name"])
     with fsspec.open(where, "rb", **(storage_options or {})) as f:
         raw = f.read()
     if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
         raise ShardError(f"{where}: its sha256 is not the one {INDEX} lists (changed after conversion)")
-    sizes = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-    if len(sizes) != index["samples"]:
-        raise ShardError(f"{where}: {len(sizes)} lines for the index's {index['samples']} samples")
-    return sizes
+    lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    if len(lines) != index["samples"]:
+        raise ShardError(f"{where}: {len(lines)} lines for the index's {index['samples']} samples")
+    return lines
 
 
 def read_shard(url: str, storage_options: dict | None = None, wanted=None):
