@@ -52,7 +52,7 @@ def folder(tmp_path):
     return tmp_path
 
 
-def dataset(folder, tok, records, upbound=0, force=False, **kw):
+def dataset(folder, tok, records, upbound=0, force=False, video_folder=None, **kw):
     from llava_hydra.data.dataset import LazySupervisedDataset
     from llava_hydra.data.video import VideoSource
 
@@ -60,7 +60,8 @@ def dataset(folder, tok, records, upbound=0, force=False, **kw):
     proc = ov_processor()
     return LazySupervisedDataset(folder / "d.json", tok, proc, "qwen_1_5", image_folder=folder,
                                  image_aspect_ratio="anyres_max_9", num_image_tokens=TINY,
-                                 videos=VideoSource(folder, VideoTokens(TINY.side, upbound, force), proc), **kw)
+                                 videos=VideoSource(video_folder or folder, VideoTokens(TINY.side, upbound, force), proc),
+                                 **kw)
 
 
 def test_counts_written_out_and_equal_to_transformers_processor():
@@ -272,3 +273,61 @@ def test_the_spec_gives_videos_to_onevision_only_from_its_or_a_sources_folder():
     assert video_source(cfg, TINY, None, video_folder="/source_videos").folder == Path("/source_videos")
     assert video_source(cfg, ImageTokens(576), None) is None  # LLaVA-1.5: video records are refused
     assert video_source(cfg, ImageTokens(576, 336, 14, [[336, 672]], "anyres"), None) is None  # LLaVA-NeXT
+
+
+def test_a_length_pass_of_another_video_folder_is_not_read_from_the_cache(folder, qwen_tok, tmp_path):
+    """The length cache's key holds the video folder: a video missing from one folder is not missing
+    from another (before, the second dataset read the first one's problems and text-only lengths)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cache = tmp_path / "cache"
+    missing = dataset(folder, qwen_tok, [VIDEO, TEXT], on_bad_sample="skip", video_folder=empty, cache_dir=cache)
+    missing.modality_lengths
+    assert missing.report()["by_reason"] == {"missing_video": 1}
+    found = dataset(folder, qwen_tok, [VIDEO, TEXT], on_bad_sample="skip", cache_dir=cache)
+    assert found.modality_lengths[0] > 0 and found.report()["skipped"] == 0  # 3 frames x 4 + 1 tokens + text
+
+
+def test_video_batches_that_need_one_frame_count_are_refused_before_the_run():
+    from omegaconf import OmegaConf
+
+    from llava_hydra.config.families import family_problems
+
+    def problems(data, **training):
+        data = {"image_aspect_ratio": "anyres_max_9", "video_folder": None, "force_sample": False, **data}
+        return family_problems(OmegaConf.create({"family": "llava_onevision"}), OmegaConf.create(data),
+                               OmegaConf.create({"per_device_train_batch_size": 1, "packing": False, **training}))
+
+    assert problems({"video_folder": "/v"}) == []  # OneVision's recipe: batch 1
+    assert problems({"video_folder": "/v", "force_sample": True}, per_device_train_batch_size=4) == []
+    assert problems({}, per_device_train_batch_size=4) == []  # no videos
+    [batch] = problems({"video_folder": "/v"}, per_device_train_batch_size=4)
+    assert "training.per_device_train_batch_size=4" in batch and "data.force_sample=true" in batch
+    [packed] = problems({"sources": [{"video_folder": "/s"}]}, packing=True)
+    assert packed.startswith("video records (a video_folder is set) with training.packing")
+
+
+def test_in_run_eval_makes_the_same_generate_calls_on_every_rank(folder, qwen_tok, monkeypatch):
+    """Questions go to generate in groups of one frame count, and the groups are the whole held-out set's,
+    so every rank shards each group alike (ZeRO-3's generate is a collective: a rank that split its own
+    share into more calls than another would wait forever)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from llava_hydra.eval import heldout, sharding
+
+    long = {**VIDEO, "video": "long.mov"}
+    ds = dataset(folder, qwen_tok, [VIDEO, IMAGE, long, TEXT, VIDEO], upbound=4)  # 3, -, 4, -, 3 frames
+    calls = []
+
+    def sharded(items, answer_batch, batch_size):
+        calls.append(list(items))
+        return [("ref", f"answer {i}") for i in items]
+
+    monkeypatch.setattr(sharding, "answer_sharded", sharded)
+    monkeypatch.setattr(heldout, "find_llava_model", lambda model: SimpleNamespace(vision_tower=torch.nn.Linear(1, 1)))
+    model = torch.nn.Linear(1, 1)
+    out = heldout.exact_match(model, ds)
+    assert calls == [[0, 4], [1, 3], [2]]  # 3 frames, no video, 4 frames: in the set's order, not a rank's
+    assert out["eval_samples"] == 5

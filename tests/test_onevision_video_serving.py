@@ -185,3 +185,21 @@ def test_eval_own_benchmark_answers_video_records_as_the_stock_client(served, qw
     cfg.output_dir = str(tmp_path / "eval_gone" / "own")
     with pytest.raises(ValueError, match=r"question 'gone': video file not found: .*gone.mov"):
         eval_run(cfg)
+
+
+def test_a_spec_without_the_frame_keys_reads_by_onevisions_recipe(tmp_path):
+    """A run's spec written before videos trained has no data.frames_upbound: its folder reads videos by
+    OneVision's recipe (at most 32 frames, one a second), not the schema's 0 (no cap: a 10-minute clip
+    would be 600 frames, 117,601 tokens at SigLIP-384)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from llava_hydra.eval.videos import video_rule
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"data": {"image_aspect_ratio": "anyres_max_9"}}), tmp_path / ".hydra" / "config.yaml")
+    config = SimpleNamespace(vision_config=SimpleNamespace(image_size=384, patch_size=14))
+    assert video_rule(tmp_path, config).key == ["video", 27, 32, False, 1]
+    OmegaConf.save(OmegaConf.create({"data": {"frames_upbound": 8, "force_sample": True}}), tmp_path / ".hydra" / "config.yaml")
+    assert video_rule(tmp_path, config).key == ["video", 27, 8, True, 1]

@@ -97,12 +97,15 @@ def test_conversion_names_a_bad_record_or_lists_it_when_skipping(data, tmp_path)
     records = json.loads((data / "qa.json").read_text())
     records[2] = {**records[2], "image": "gone.png"} if "image" in records[2] else records[2]
     records[5] = {"id": "x", "conversations": []}
+    records[7] = {"id": "v", "video": "clip.mp4", "conversations": [  # shards carry images: a video record
+        {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "Nothing."}]}  # is not text
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(records))
     with pytest.raises(ShardError, match=r"bad.json: sample (2|5): "):
         convert(bad, data / "images", tmp_path / "a")
     index = convert(bad, data / "images", tmp_path / "b", on_bad_sample="skip")
-    assert 5 in [s["index"] for s in index["skipped"]] and index["samples"] == 14 - len(index["skipped"])
+    assert {5, 7} <= {s["index"] for s in index["skipped"]} and index["samples"] == 14 - len(index["skipped"])
+    assert "shards carry images, not videos" in [s for s in index["skipped"] if s["index"] == 7][0]["problem"]
     assert json.loads((tmp_path / "b" / INDEX).read_text())["skipped"] == index["skipped"]
 
 
@@ -196,3 +199,13 @@ def test_a_checkpoint_of_a_stream_read_by_other_worker_counts_is_refused(data, b
     monkeypatch.setattr(worker_mod, "_worker_info", as_worker(0, 3))
     with pytest.raises(RuntimeError, match="built for 2 DataLoader workers .* read by 3"):
         next(iter(two))
+
+
+def test_stream_keys_written_before_the_worker_count_still_resume():
+    from llava_hydra.train.stream_loader import older_key
+
+    new = {"samples": 14, "workers": 2, "packing": {"capacity": 64}}
+    assert older_key(new, 2) == new
+    packed_before = {"samples": 14, "packing": {"workers": 2, "capacity": 64}}  # packed: under "packing"
+    assert older_key(packed_before, 1) == {"samples": 14, "packing": {"capacity": 64}, "workers": 2}
+    assert older_key({"samples": 14}, 3) == {"samples": 14, "workers": 3}  # unpacked: not recorded

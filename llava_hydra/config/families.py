@@ -93,4 +93,21 @@ def family_problems(model, data, training=None) -> list[str]:
                         f"AnyRes models merge spatial_unpad only")
     if is_anyres(aspect) and model.get("mm_vision_select_feature") == "cls_patch":
         problems.append("model.mm_vision_select_feature=cls_patch: the AnyRes grid has no place for a CLS token; use patch")
+    problems += video_batch_problems(family, data, training)
     return problems
+
+
+def video_batch_problems(family, data, training) -> list[str]:
+    """Videos of different lengths get different frame counts, and transformers' OneVision takes one
+    frame count per batch: refused before the run rather than at the first such batch, hours in."""
+    folders = [data.get("video_folder")] + [s.get("video_folder") for s in (data.get("sources") or [])]
+    if family != "llava_onevision" or training is None or not any(folders) or data.get("force_sample"):
+        return []
+    batch, packing = training.get("per_device_train_batch_size", 1), training.get("packing", False)
+    if batch == 1 and not packing:
+        return []
+    return [f"video records (a video_folder is set) with "
+            + ("training.packing" if packing else f"training.per_device_train_batch_size={batch}")
+            + ": transformers takes one frame count per batch and clips of different lengths get different "
+            "counts; set data.force_sample=true (every video data.frames_upbound frames) or "
+            "per_device_train_batch_size=1 without packing (OneVision's recipe)"]

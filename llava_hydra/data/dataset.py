@@ -227,7 +227,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
             digest = f"{self.data_digest}/checks{CHECKS_VERSION}" + store_sizes.length_key(self)  # + AnyRes sizes
             key = lengths_mod.cache_key(digest, self.tokenizer, self.template, self.model_max_length,
                                         (self.image_tokens.key if self.anyres else self.num_image_tokens)
-                                        if self.videos is None else [self.image_tokens.key, self.videos.rule.key])
+                                        if self.videos is None else [self.image_tokens.key, self.videos.key])
             runs = self._runs_for_lengths if self.anyres else self.num_image_tokens  # AnyRes: sizes (stored)
             started = time.time()
             self._table, hit = lengths_mod.cached(

@@ -85,6 +85,9 @@ def convert(data_path, image_folder, out, samples_per_shard: int = 1000, on_bad_
     for i, record in enumerate(records):
         try:
             normalize_turns(record)
+            if isinstance(record, dict) and record.get("video"):  # shards carry images: a video would train as text
+                raise RecordError(f"a video record ({record['video']!r}): shards carry images, not videos; "
+                                  f"train video records from the JSON file and data.video_folder")
             blobs = []
             for name in images_of(record):
                 path = source.path(name)

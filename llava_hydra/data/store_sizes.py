@@ -60,6 +60,8 @@ class StoredSizes:
     offsets: np.ndarray  # int64 (records + 1)
     problems: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (kind, message)
     digest: str = ""  # of the sizes and problems: the length cache's key holds it
+    # said after a stored problem: it was read once (a file restored since is not seen until re-read)
+    stored_note: str = " (as read when the image sizes were stored; delete the record store's sizes/ to read it again)"
 
     @staticmethod
     def digest_of(sizes: np.ndarray, problems: dict) -> str:
@@ -76,7 +78,7 @@ class StoredSizes:
         for row in range(lo, hi):
             if row in self.problems:
                 kind, message = self.problems[row]
-                raise ImageError(message, kind)
+                raise ImageError(message + self.stored_note, kind)
         return [(int(h), int(w)) for h, w in self.sizes[lo:hi].tolist()]
 
 
@@ -95,7 +97,7 @@ def given_sizes(per_record: list[list], where: str) -> StoredSizes:
                                                      f"read when the shards were written")
             else:
                 sizes[row] = size
-    return StoredSizes(sizes, offsets, problems, StoredSizes.digest_of(sizes, problems))
+    return StoredSizes(sizes, offsets, problems, StoredSizes.digest_of(sizes, problems), stored_note="")
 
 
 def of_dataset(ds, fill: bool = True) -> StoredSizes | None:

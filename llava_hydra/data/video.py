@@ -75,6 +75,12 @@ class VideoSource:
         self.folder, self.rule, self.image_processor = Path(folder) if folder else None, rule, image_processor
         self.allow_outside = allow_outside
 
+    @property
+    def key(self) -> list:
+        """What a length pass's video runs depend on besides the records: the rule and the folder the
+        names are read against (a missing video there is a problem of that folder, not of another)."""
+        return [self.rule.key, os.path.realpath(self.folder) if self.folder else None, self.allow_outside]
+
     def path(self, name: str) -> Path:
         if self.folder is None:
             raise ImageError(f"video {name!r}: no data.video_folder is set (a mixture source: its video_folder)",

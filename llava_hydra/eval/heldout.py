@@ -52,18 +52,6 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
     pixel_dtype = next(find_llava_model(model).vision_tower.parameters()).dtype
     model.eval()
 
-    def answer_batch(questions: list[int]) -> list[tuple[str, str]]:
-        """(reference, answer) of each question; videos of different frame counts go in separate calls
-        (transformers takes one frame count per batch)."""
-        groups: dict = {}
-        for i in questions:
-            video = video_of(dataset.records[i])
-            groups.setdefault(dataset.videos.frame_count(video) if video else None, []).append(i)
-        answers = {}
-        for group in groups.values():
-            answers.update(zip(group, answer_group(group)))
-        return [answers[i] for i in questions]
-
     def answer_group(questions: list[int]) -> list[tuple[str, str]]:
         prompts, images, refs = [], [], []
         for i in questions:
@@ -86,7 +74,17 @@ def exact_match(model, dataset: LazySupervisedDataset, max_new_tokens: int = 8, 
                              max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
         return [(ref, tok.decode(row[longest:], skip_special_tokens=True)) for ref, row in zip(refs, out)]
 
-    results = answer_sharded(range(n), answer_batch, batch_size)
+    # videos of different frame counts go in separate calls (transformers takes one frame count per
+    # batch); the groups are the whole set's, the same on every rank, so every rank makes the same
+    # generate calls (ZeRO-3's generate is a collective: a rank with one call more would wait forever)
+    groups: dict = {}
+    for i in range(n):
+        video = video_of(dataset.records[i])
+        groups.setdefault(dataset.videos.frame_count(video) if video else None, []).append(i)
+    results: list = [None] * n
+    for group in groups.values():
+        for i, result in zip(group, answer_sharded(group, answer_group, batch_size)):
+            results[i] = result
     hits = [normalize_answer(answer) == normalize_answer(ref) for ref, answer in results]
     examples = [{"reference": ref, "answer": answer, "correct": hit}
                 for (ref, answer), hit in list(zip(results, hits))[:8]]

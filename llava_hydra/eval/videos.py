@@ -34,15 +34,14 @@ RECIPE_RULE = {"frames_upbound": 32, "force_sample": False, "video_fps": 1}
 def video_rule(path, config):
     """The ``VideoTokens`` rule of the run that wrote ``path`` (model folder, run directory or checkpoint)
     for a OneVision model ``config``: the tower's patches per side and the spec's frame rule (its
-    ``data.frames_upbound`` / ``force_sample`` / ``video_fps``; RECIPE_RULE where the folder has no spec)."""
-    from llava_hydra.config.schema import DataConfig
+    ``data.frames_upbound`` / ``force_sample`` / ``video_fps``; RECIPE_RULE's value for a key the spec lacks:
+    no spec, or one written before videos trained, whose default 0 would read every second of a clip)."""
     from llava_hydra.data.video_tokens import video_tokens_for
     from llava_hydra.eval.loading import spec_data
 
     vc = config.vision_config
     data = spec_data(Path(path)) if path is not None else {}
-    defaults = {k: getattr(DataConfig(), k) for k in RECIPE_RULE} if data else RECIPE_RULE
-    return video_tokens_for(vc.image_size // vc.patch_size, {k: data.get(k, v) for k, v in defaults.items()})
+    return video_tokens_for(vc.image_size // vc.patch_size, {k: data.get(k, v) for k, v in RECIPE_RULE.items()})
 
 
 def load_video(path, rule, image_processor):

@@ -80,6 +80,7 @@ class StreamTraining:
         saved = read_record(self._stream_resume_from).get("stream") if self._stream_resume_from else None
         if saved is not None:
             here = stream.key()
+            saved = {**saved, "key": older_key(saved.get("key") or {}, here.get("workers"))}
             if saved.get("key") != here:
                 diff = sorted(k for k in here if saved.get("key", {}).get(k) != here[k])
                 raise CheckpointError(
@@ -106,3 +107,17 @@ class StreamTraining:
             self.run_data = {**(getattr(self, "run_data", None) or {}), "stream": {
                 "epoch": epoch, "micro_batches": done * self.args.gradient_accumulation_steps, "key": stream.key()}}
         return super()._save_checkpoint(model, trial)
+
+
+def older_key(key: dict, workers_now) -> dict:
+    """A stream key as this version writes it: before the worker count was a top-level field, packed
+    streams kept it under ``packing`` and unpacked ones not at all (unknown: taken to be this run's)."""
+    if "workers" in key or not key:
+        return key
+    packing = key.get("packing")
+    if isinstance(packing, dict) and "workers" in packing:
+        return {**key, "packing": {k: v for k, v in packing.items() if k != "workers"},
+                "workers": max(1, packing["workers"])}
+    log.warning("stream checkpoint written before the DataLoader worker count was recorded: resuming as if it "
+                "had the same training.dataloader_num_workers as this run")
+    return {**key, "workers": workers_now}
