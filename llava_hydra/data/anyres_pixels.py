@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from llava_hydra.data.image_tokens import select_best_resolution
-from llava_hydra.data.pixels import _MODES, TOLERANCE_LEVELS, _one_thread
+from llava_hydra.data.pixels import _MODES, TOLERANCE_LEVELS, _one_thread, once_per_processor
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,4 @@ class AnyresPipeline:
 
 def anyres_pipeline(image_processor) -> AnyresPipeline:
     """The AnyRes pipeline for this processor object (made once per process, its choice logged)."""
-    hit = _CACHE.get(id(image_processor))
-    if hit is not None and hit[0] is image_processor:
-        return hit[1]
-    made = AnyresPipeline(image_processor)
-    _CACHE[id(image_processor)] = (image_processor, made)
-    log.info("images: %s for %s", made.name, type(image_processor).__name__)
-    return made
+    return once_per_processor(_CACHE, AnyresPipeline, image_processor)

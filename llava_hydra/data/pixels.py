@@ -250,10 +250,16 @@ def _plan(proc) -> dict | None:
 
 def pipeline(image_processor) -> Pipeline:
     """The pipeline for this processor object (made once per process, its choice logged)."""
-    hit = _CACHE.get(id(image_processor))
+    return once_per_processor(_CACHE, Pipeline, image_processor)
+
+
+def once_per_processor(cache: dict, make, image_processor):
+    """``make(image_processor)`` once per processor object and process (keyed by id, held with the
+    object so a reused id is not taken for it); the path it chose is logged once."""
+    hit = cache.get(id(image_processor))
     if hit is not None and hit[0] is image_processor:
         return hit[1]
-    made = Pipeline(image_processor)
-    _CACHE[id(image_processor)] = (image_processor, made)
+    made = make(image_processor)
+    cache[id(image_processor)] = (image_processor, made)
     log.info("images: %s for %s", made.name, type(image_processor).__name__)
     return made

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_hydra.data.images import ImageError
+from llava_hydra.data.images import ImageError, outside_folder
 from llava_hydra.data.records import images_of, video_of
 from llava_hydra.data.video_tokens import VideoTokens
 
@@ -85,7 +85,7 @@ class VideoSource:
         if self.folder is None:
             raise ImageError(f"video {name!r}: no data.video_folder is set (a mixture source: its video_folder)",
                              "missing_video")
-        if not self.allow_outside and (os.path.isabs(name) or os.path.normpath(name).startswith("..")):
+        if not self.allow_outside and outside_folder(self.folder, name) is not None:  # the image paths' rule
             raise ImageError(f"video path {name!r} leaves data.video_folder {self.folder} "
                              f"(data.allow_images_outside_folder=true allows it)", "image_outside_folder")
         path = self.folder / name
